@@ -1,0 +1,37 @@
+# Sluice: `make run` starts a host with the example modules; `make test` runs what CI runs.
+CARGO ?= cargo
+WASM_DIR := target/wasm32-wasip2/release
+LISTEN ?= 127.0.0.1:7470
+
+.PHONY: run test modules wasm-target host lint fmt bench clean
+
+wasm-target:
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+## The example modules and test fixtures (a separate wasm32-wasip2 workspace).
+modules: wasm-target
+	cd modules && $(CARGO) build --release
+
+host:
+	$(CARGO) build --release -p sluice
+
+## Build everything, start a host on $(LISTEN) with data in ./data, deploy the examples.
+run: modules host
+	LISTEN=$(LISTEN) ./scripts/run.sh
+
+lint: wasm-target
+	$(CARGO) fmt --all --check
+	cd modules && $(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	cd modules && $(CARGO) clippy --release -- -D warnings
+
+## Everything CI runs: lints, unit tests, end-to-end tests against the real binary.
+test: modules lint
+	$(CARGO) test --workspace
+
+fmt:
+	$(CARGO) fmt --all
+	cd modules && $(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

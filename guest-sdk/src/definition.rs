@@ -1,0 +1,188 @@
+//! Typed declarations: what `define` returns to the host.
+
+use std::rc::Rc;
+
+use serde::de::DeserializeOwned;
+
+use crate::bindings::sluice::module::types as wit;
+use crate::{decode, Ctx, HandlerOutput, Result};
+
+/// How a depot routes an appended record to a partition.
+#[derive(Debug, Clone)]
+pub enum Partitioner {
+    /// By the stable hash of a field; nested fields are dotted: `"user.id"`.
+    Hash(Vec<String>),
+    /// Spread evenly.
+    Random,
+    /// The appender names the partition (`?partition=k`).
+    Direct,
+}
+
+impl Partitioner {
+    /// Hash by the field at this dotted path, e.g. `"word"` or `"user.id"`.
+    pub fn hash(field: &str) -> Self {
+        Partitioner::Hash(field.split('.').map(str::to_string).collect())
+    }
+}
+
+/// The shape of a PState. Build with the constructors; a PState's schema is a `map` whose keys
+/// partition it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schema(String);
+
+impl Schema {
+    pub fn bool() -> Self {
+        Schema("bool".into())
+    }
+    pub fn int() -> Self {
+        Schema("int".into())
+    }
+    pub fn float() -> Self {
+        Schema("float".into())
+    }
+    pub fn string() -> Self {
+        Schema("string".into())
+    }
+    pub fn bytes() -> Self {
+        Schema("bytes".into())
+    }
+    /// Any value at all (not checked).
+    pub fn any() -> Self {
+        Schema("any".into())
+    }
+    pub fn map(key: Schema, value: Schema) -> Self {
+        Schema(format!("map<{}, {}>", key.0, value.0))
+    }
+    pub fn set(element: Schema) -> Self {
+        Schema(format!("set<{}>", element.0))
+    }
+    pub fn list(element: Schema) -> Self {
+        Schema(format!("list<{}>", element.0))
+    }
+    /// The schema's text form, as the host shows it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+type Handler = Rc<dyn Fn(&Ctx, &[u8]) -> Result<Option<Vec<u8>>>>;
+
+/// The name under which a topology's record handler is declared.
+const RECORD_HANDLER: &str = "on-record";
+
+/// A stream topology being declared.
+pub struct StreamTopology {
+    name: String,
+    depots: Vec<String>,
+    handler: Option<Handler>,
+}
+
+impl StreamTopology {
+    /// Subscribe to a depot: the handler runs for each record appended to it.
+    pub fn reads(&mut self, depot: &str) -> &mut Self {
+        self.depots.push(depot.to_string());
+        self
+    }
+
+    /// The function run for each record, decoded into `R`.
+    pub fn handler<R, O, F>(&mut self, f: F) -> &mut Self
+    where
+        R: DeserializeOwned,
+        O: HandlerOutput,
+        F: Fn(&Ctx, R) -> Result<O> + 'static,
+    {
+        self.handler = Some(Rc::new(move |ctx, bytes| {
+            let record: R = decode(bytes, "the record")?;
+            f(ctx, record)?.into_ack()
+        }));
+        self
+    }
+}
+
+/// Everything a module declares.
+#[derive(Default)]
+pub struct Definition {
+    depots: Vec<(String, Partitioner)>,
+    pstates: Vec<(String, Schema)>,
+    topologies: Vec<StreamTopology>,
+    partitions_hint: Option<u32>,
+}
+
+impl Definition {
+    /// Declare a depot.
+    pub fn depot(&mut self, name: &str, partitioner: Partitioner) -> &mut Self {
+        self.depots.push((name.to_string(), partitioner));
+        self
+    }
+
+    /// Declare a PState.
+    pub fn pstate(&mut self, name: &str, schema: Schema) -> &mut Self {
+        self.pstates.push((name.to_string(), schema));
+        self
+    }
+
+    /// Declare a stream topology; chain `.reads(depot)` and `.handler(f)`.
+    pub fn stream_topology(&mut self, name: &str) -> &mut StreamTopology {
+        self.topologies.push(StreamTopology {
+            name: name.to_string(),
+            depots: Vec::new(),
+            handler: None,
+        });
+        self.topologies.last_mut().expect("just pushed")
+    }
+
+    /// The partition count this module would like (a power of two); a deploy may override it.
+    pub fn partitions_hint(&mut self, partitions: u32) -> &mut Self {
+        self.partitions_hint = Some(partitions);
+        self
+    }
+
+    pub(crate) fn handler(&self, topology: &str, handler: &str) -> Option<Handler> {
+        if handler != RECORD_HANDLER {
+            return None;
+        }
+        self.topologies
+            .iter()
+            .find(|t| t.name == topology)
+            .and_then(|t| t.handler.clone())
+    }
+
+    pub(crate) fn to_wit(&self) -> wit::ModuleDefinition {
+        wit::ModuleDefinition {
+            depots: self
+                .depots
+                .iter()
+                .map(|(name, p)| wit::DepotDef {
+                    name: name.clone(),
+                    partitioner: match p {
+                        Partitioner::Hash(fields) => wit::Partitioner::Hash(fields.clone()),
+                        Partitioner::Random => wit::Partitioner::Random,
+                        Partitioner::Direct => wit::Partitioner::Direct,
+                    },
+                })
+                .collect(),
+            pstates: self
+                .pstates
+                .iter()
+                .map(|(name, s)| wit::PstateDef {
+                    name: name.clone(),
+                    schema: s.0.clone(),
+                })
+                .collect(),
+            stream_topologies: self
+                .topologies
+                .iter()
+                .map(|t| wit::StreamTopologyDef {
+                    name: t.name.clone(),
+                    depots: t.depots.clone(),
+                    handler: if t.handler.is_some() {
+                        RECORD_HANDLER.to_string()
+                    } else {
+                        String::new()
+                    },
+                })
+                .collect(),
+            partitions_hint: self.partitions_hint,
+        }
+    }
+}

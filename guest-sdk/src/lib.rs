@@ -1,0 +1,226 @@
+//! # sluice-sdk: write Sluice modules in plain Rust
+//!
+//! A Sluice module declares **depots** (durable, partitioned logs of records), **PStates**
+//! (partitioned, persistent indexes) and **stream topologies** (handlers run for each record
+//! appended to the depots they read). This crate hides the WIT contract, the CBOR encoding and
+//! the ABI: you write serde types and functions.
+//!
+//! ```no_run
+//! use serde::Deserialize;
+//! use sluice_sdk::{Ctx, Definition, Module, Partitioner, Path, Result, Schema};
+//!
+//! #[derive(Deserialize)]
+//! struct Word {
+//!     word: String,
+//! }
+//!
+//! struct Wordcount;
+//!
+//! impl Module for Wordcount {
+//!     fn define(m: &mut Definition) {
+//!         m.depot("words", Partitioner::hash("word"));
+//!         m.pstate("counts", Schema::map(Schema::string(), Schema::int()));
+//!         m.stream_topology("wordcount").reads("words").handler(count);
+//!     }
+//! }
+//!
+//! fn count(ctx: &Ctx, record: Word) -> Result<()> {
+//!     ctx.pstate("counts").increment(&Path::key(&record.word), 1)
+//! }
+//!
+//! sluice_sdk::export_module!(Wordcount);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2` and deploy the `.wasm`:
+//! `curl -X PUT --data-binary @wordcount.wasm http://127.0.0.1:7470/v1/modules/wordcount`.
+//!
+//! Handlers run on the partition that owns the record (a `hash` depot routes by the key's
+//! stable hash, the same function that partitions PStates by their top-level key), so a
+//! handler for key K reads and writes K's PState entries locally. Writing a key owned by
+//! another partition is an error. A handler that returns an error, panics, loops past its
+//! deadline or runs out of memory has its writes rolled back; after retries the record goes to
+//! the topology's dead letters.
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "module",
+        pub_export_macro: true,
+        export_macro_name: "__export_sluice_world",
+        default_bindings_module: "::sluice_sdk::bindings",
+    });
+}
+
+mod definition;
+mod error;
+mod pstate;
+
+pub use definition::{Definition, Partitioner, Schema, StreamTopology};
+pub use error::{Error, Result};
+pub use pstate::{PState, Path};
+
+use std::cell::RefCell;
+
+use bindings::sluice::module::types as wit;
+
+/// Implemented by a module's root type; see the crate docs.
+pub trait Module {
+    /// Declares the module's depots, PStates and topologies.
+    fn define(m: &mut Definition);
+}
+
+/// A handler's return value: `()` or an [`AckReturn`] that reaches the appender.
+pub trait HandlerOutput {
+    #[doc(hidden)]
+    fn into_ack(self) -> Result<Option<Vec<u8>>>;
+}
+
+impl HandlerOutput for () {
+    fn into_ack(self) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+}
+
+/// A value returned to the client whose append waited for `full` ack (under `results`).
+pub struct AckReturn<T>(pub T);
+
+impl<T: serde::Serialize> HandlerOutput for AckReturn<T> {
+    fn into_ack(self) -> Result<Option<Vec<u8>>> {
+        Ok(Some(encode(&self.0)?))
+    }
+}
+
+/// Where the record being handled came from.
+#[derive(Debug, Clone)]
+pub struct RecordInfo {
+    pub depot: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub partitions: u32,
+}
+
+/// What a handler gets besides its record: access to its partition's PStates.
+pub struct Ctx {
+    record: RecordInfo,
+}
+
+impl Ctx {
+    /// A handle on the PState `name` of the current partition.
+    pub fn pstate(&self, name: &str) -> PState {
+        PState::new(name)
+    }
+
+    /// The record's depot, partition and offset.
+    pub fn record(&self) -> &RecordInfo {
+        &self.record
+    }
+}
+
+/// Logging into the host's log, tagged with the module's name.
+pub mod log {
+    use super::bindings::sluice::module::host;
+    use super::wit::LogLevel;
+
+    pub fn debug(message: &str) {
+        host::log(LogLevel::Debug, message);
+    }
+    pub fn info(message: &str) {
+        host::log(LogLevel::Info, message);
+    }
+    pub fn warn(message: &str) {
+        host::log(LogLevel::Warn, message);
+    }
+    pub fn error(message: &str) {
+        host::log(LogLevel::Error, message);
+    }
+}
+
+pub(crate) fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    ciborium::ser::into_writer(value, &mut out)
+        .map_err(|e| Error::new("encode", format!("cannot encode value: {e}")))?;
+    Ok(out)
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+    ciborium::de::from_reader(bytes)
+        .map_err(|e| Error::new("decode", format!("cannot decode {what}: {e}")))
+}
+
+thread_local! {
+    static DEFINITION: RefCell<Option<Definition>> = const { RefCell::new(None) };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    use super::*;
+
+    fn with_definition<M: Module, R>(f: impl FnOnce(&Definition) -> R) -> R {
+        DEFINITION.with(|d| {
+            let mut d = d.borrow_mut();
+            let def = d.get_or_insert_with(|| {
+                let mut def = Definition::default();
+                M::define(&mut def);
+                def
+            });
+            f(def)
+        })
+    }
+
+    pub fn define<M: Module>() -> wit::ModuleDefinition {
+        with_definition::<M, _>(|d| d.to_wit())
+    }
+
+    pub fn handle<M: Module>(
+        topology: String,
+        handler: String,
+        input: Vec<u8>,
+        ctx: wit::RecordCtx,
+    ) -> core::result::Result<Option<Vec<u8>>, wit::Error> {
+        let ctx = Ctx {
+            record: RecordInfo {
+                depot: ctx.depot,
+                partition: ctx.partition,
+                offset: ctx.offset,
+                partitions: ctx.partitions,
+            },
+        };
+        let f = with_definition::<M, _>(|d| d.handler(&topology, &handler));
+        let Some(f) = f else {
+            return Err(wit::Error {
+                code: "unknown-handler".into(),
+                message: format!("topology `{topology}` has no handler `{handler}`"),
+            });
+        };
+        f(&ctx, &input).map_err(|e| wit::Error {
+            code: e.code,
+            message: e.message,
+        })
+    }
+}
+
+/// Exports a [`Module`] implementation as the component's `sluice:module/guest` interface.
+#[macro_export]
+macro_rules! export_module {
+    ($module:ty) => {
+        struct __SluiceGuest;
+        impl $crate::bindings::exports::sluice::module::guest::Guest for __SluiceGuest {
+            fn define() -> $crate::bindings::sluice::module::types::ModuleDefinition {
+                $crate::__private::define::<$module>()
+            }
+            fn handle(
+                topology: ::std::string::String,
+                handler: ::std::string::String,
+                input: ::std::vec::Vec<u8>,
+                ctx: $crate::bindings::sluice::module::types::RecordCtx,
+            ) -> ::core::result::Result<
+                ::core::option::Option<::std::vec::Vec<u8>>,
+                $crate::bindings::sluice::module::types::Error,
+            > {
+                $crate::__private::handle::<$module>(topology, handler, input, ctx)
+            }
+        }
+        $crate::bindings::__export_sluice_world!(__SluiceGuest);
+    };
+}

@@ -1,0 +1,180 @@
+//! `ApiError`: every failure an HTTP client sees, mapped to a status and a JSON body
+//! `{"error": {"code", "message", ...}}` in one place.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+
+use crate::depot::RouteError;
+use crate::module::{AppendError, DeployError};
+use crate::pstate::AccessError;
+use crate::runtime::CompileError;
+use crate::topology::ProcessingError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after_s: Option<u32>,
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after_s: None,
+            details: serde_json::Map::new(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn detail(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.details.insert(key.to_string(), value.into());
+        self
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut e = serde_json::Map::new();
+        e.insert("code".into(), self.code.into());
+        e.insert("message".into(), self.message.clone().into());
+        for (k, v) in &self.details {
+            e.insert(k.clone(), v.clone());
+        }
+        serde_json::json!({ "error": e })
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut r = super::json_response(self.status, &self.to_json());
+        if let Some(s) = self.retry_after_s {
+            r.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                s.to_string().parse().expect("digits"),
+            );
+        }
+        r
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        let status = match e.code {
+            "unknown-pstate" => StatusCode::NOT_FOUND,
+            "storage" => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.code, e.message)
+    }
+}
+
+impl From<AppendError> for ApiError {
+    fn from(e: AppendError) -> Self {
+        let message = e.to_string();
+        match e {
+            AppendError::UnknownDepot { .. } => ApiError::not_found("unknown-depot", message),
+            AppendError::Route(r) => ApiError::bad_request(
+                match r {
+                    RouteError::MissingKey(_) => "missing-key",
+                    RouteError::BadKey { .. } => "invalid-key",
+                    RouteError::PartitionRequired => "partition-required",
+                    RouteError::PartitionRange { .. } => "partition-out-of-range",
+                    RouteError::PartitionNotAllowed => "partition-not-allowed",
+                },
+                message,
+            ),
+            AppendError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "record-too-large", message)
+            }
+            AppendError::QueueFull(_) => {
+                let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue-full", message);
+                e.retry_after_s = Some(1);
+                e
+            }
+            AppendError::Unavailable(_) => {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "partition-unavailable",
+                    message,
+                );
+                e.retry_after_s = Some(1);
+                e
+            }
+        }
+    }
+}
+
+impl From<ProcessingError> for ApiError {
+    fn from(e: ProcessingError) -> Self {
+        let message = e.to_string();
+        match e {
+            ProcessingError::Topology {
+                partition,
+                offset,
+                topology,
+                error,
+            } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "topology-failed",
+                message,
+            )
+            .detail("partition", partition)
+            .detail("offset", offset)
+            .detail("topology", topology)
+            .detail("guest_error", error.code),
+            ProcessingError::Storage { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
+            }
+        }
+    }
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        let message = e.to_string();
+        match e {
+            DeployError::BadName(_) => ApiError::bad_request("invalid-name", message),
+            DeployError::Exists(_) => ApiError::new(StatusCode::CONFLICT, "module-exists", message),
+            DeployError::BadPartitions(_) => ApiError::bad_request("invalid-partitions", message),
+            DeployError::Compile(c) => match c {
+                CompileError::TooLarge { .. } => {
+                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "module-too-large", message)
+                }
+                CompileError::Invalid(_) => ApiError::bad_request("invalid-component", message),
+                CompileError::ForbiddenImport(name) => {
+                    ApiError::bad_request("forbidden-import", message).detail("import", name)
+                }
+                CompileError::ContractVersion { .. } => {
+                    ApiError::bad_request("contract-version", message)
+                }
+                CompileError::MissingExport => {
+                    ApiError::bad_request("not-a-sluice-module", message)
+                }
+                CompileError::Cache(_) => {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
+                }
+            },
+            DeployError::Define(g) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "define-failed", message)
+                    .detail("guest_error", g.code)
+            }
+            DeployError::InvalidDefinition(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-definition",
+                message,
+            ),
+            DeployError::Io(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Parsing request bodies: records, NDJSON batches, and the JSON form of paths.
+//!
+//! The JSON form of a navigator is an object with one key naming it: `{"key": <value>}`.
+//! Values use the JSON forms of [`crate::value`].
+
+use serde_json::Value as J;
+
+use super::ApiError;
+use crate::pstate::Navigator;
+use crate::value::{from_json, Value};
+
+/// The most lines one NDJSON append may carry.
+pub const NDJSON_LINES_MAX: usize = 10_000;
+/// The most navigators one path may have.
+pub const PATH_NAVIGATORS_MAX: usize = 64;
+
+fn parse_json(bytes: &[u8], what: &str) -> Result<J, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request("malformed-json", format!("{what}: {e}")))
+}
+
+fn value(json: &J, what: &str) -> Result<Value, ApiError> {
+    from_json(json).map_err(|e| ApiError::bad_request("invalid-value", format!("{what}: {e}")))
+}
+
+pub fn parse_record(body: &[u8]) -> Result<Value, ApiError> {
+    value(&parse_json(body, "the record")?, "the record")
+}
+
+pub fn parse_ndjson(body: &[u8]) -> Result<Vec<Value>, ApiError> {
+    let mut out = Vec::new();
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if out.len() >= NDJSON_LINES_MAX {
+            return Err(ApiError::new(
+                hyper::StatusCode::PAYLOAD_TOO_LARGE,
+                "too-many-lines",
+                format!("the batch has more than the ndjson_lines_max limit of {NDJSON_LINES_MAX} lines"),
+            ));
+        }
+        let what = format!("line {}", i + 1);
+        let v = value(
+            &parse_json(line, &what).map_err(|e| e.detail("line", i + 1))?,
+            &what,
+        )?;
+        out.push(v);
+    }
+    if out.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty-batch",
+            "the NDJSON body has no records",
+        ));
+    }
+    Ok(out)
+}
+
+/// A select request.
+pub struct SelectRequest {
+    pub path: Vec<Navigator>,
+    pub partition: Option<u32>,
+}
+
+pub fn parse_path(json: &J) -> Result<Vec<Navigator>, ApiError> {
+    let J::Array(items) = json else {
+        return Err(ApiError::bad_request(
+            "invalid-path",
+            "`path` must be a list of navigators",
+        ));
+    };
+    if items.len() > PATH_NAVIGATORS_MAX {
+        return Err(ApiError::bad_request(
+            "path-too-long",
+            format!(
+                "the path has {} navigators, over the limit of {PATH_NAVIGATORS_MAX}",
+                items.len()
+            ),
+        ));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let J::Object(o) = item else {
+                return Err(ApiError::bad_request(
+                    "invalid-path",
+                    format!("navigator {i} must be an object like {{\"key\": \"apple\"}}"),
+                ));
+            };
+            if o.len() != 1 {
+                return Err(ApiError::bad_request(
+                    "invalid-path",
+                    format!("navigator {i} must have exactly one key"),
+                ));
+            }
+            let (name, arg) = o.iter().next().expect("one entry");
+            match name.as_str() {
+                "key" => Ok(Navigator::Key(value(arg, &format!("navigator {i}"))?)),
+                other => Err(ApiError::bad_request(
+                    "unknown-navigator",
+                    format!("navigator {i}: unknown navigator `{other}`"),
+                )),
+            }
+        })
+        .collect()
+}
+
+pub fn parse_select(body: &[u8]) -> Result<SelectRequest, ApiError> {
+    let j = parse_json(body, "the select request")?;
+    let J::Object(o) = &j else {
+        return Err(ApiError::bad_request(
+            "invalid-request",
+            "the select request must be an object with `path`",
+        ));
+    };
+    for k in o.keys() {
+        if k != "path" && k != "partition" {
+            return Err(ApiError::bad_request(
+                "unknown-field",
+                format!("unknown field `{k}` (expected `path`, `partition`)"),
+            ));
+        }
+    }
+    let path = parse_path(
+        o.get("path")
+            .ok_or_else(|| ApiError::bad_request("invalid-request", "missing `path`"))?,
+    )?;
+    let partition = match o.get("partition") {
+        None | Some(J::Null) => None,
+        Some(J::Number(n)) => Some(n.as_u64().and_then(|p| u32::try_from(p).ok()).ok_or_else(
+            || ApiError::bad_request("partition-out-of-range", format!("invalid partition {n}")),
+        )?),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid-request",
+                format!("`partition` must be an integer, got {other}"),
+            ))
+        }
+    };
+    if partition.is_none() && path.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid-path",
+            "the path is empty; it must start with a `key` navigator",
+        ));
+    }
+    Ok(SelectRequest { path, partition })
+}

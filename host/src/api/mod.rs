@@ -1,0 +1,497 @@
+//! The HTTP+JSON API under `/v1`: the only module that knows HTTP and JSON.
+//!
+//! [`handle`] turns one request into one response and is callable without a socket;
+//! [`serve`] runs it on a listener with hyper. Invariants: every error is an [`ApiError`]
+//! (`{"error": {"code", "message"}}` with a fitting status); a request is fully validated
+//! (parsed, routed, size-checked) before anything is queued, so a rejected request writes
+//! nothing; no request body is read past its limit.
+
+mod error;
+mod json;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+pub use error::ApiError;
+
+use crate::module::{Module, Registry};
+use crate::topology::{AckLevel, AppendOutcome};
+use crate::value::{from_cbor, to_json};
+
+/// Shared by all requests.
+pub struct AppState {
+    pub registry: Arc<Registry>,
+}
+
+pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("valid response")
+}
+
+/// Accepts connections until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// Answers one request.
+pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match route(state, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn query_params(req: &Request<Incoming>) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.to_string(), String::new()),
+        })
+        .collect()
+}
+
+async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    limit_name: &str,
+) -> Result<Bytes, ApiError> {
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                format!("the request body is over the {limit_name} limit of {limit} bytes"),
+            ))
+        }
+        Err(e) => Err(ApiError::bad_request(
+            "bad-body",
+            format!("reading the body: {e}"),
+        )),
+    }
+}
+
+fn module(state: &AppState, name: &str) -> Result<Arc<Module>, ApiError> {
+    state
+        .registry
+        .get(name)
+        .ok_or_else(|| ApiError::not_found("unknown-module", format!("no module named `{name}`")))
+}
+
+fn parse_u64(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+    params
+        .get(name)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid-parameter",
+                    format!("`{name}` must be a non-negative integer, got `{v}`"),
+                )
+            })
+        })
+        .transpose()
+}
+
+fn parse_partition(params: &HashMap<String, String>) -> Result<Option<u32>, ApiError> {
+    parse_u64(params, "partition")?
+        .map(|p| {
+            u32::try_from(p).map_err(|_| {
+                ApiError::bad_request(
+                    "partition-out-of-range",
+                    format!("partition {p} is out of range"),
+                )
+            })
+        })
+        .transpose()
+}
+
+async fn route(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let method = req.method().clone();
+    let limits = state.registry.runtime().limits().clone();
+    let not_allowed = || {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            format!("{method} is not allowed on {path}"),
+        )
+    };
+    match segments.as_slice() {
+        ["health"] => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        ["v1", "modules"] => match method {
+            Method::GET => {
+                let list: Vec<_> = state
+                    .registry
+                    .list()
+                    .iter()
+                    .map(|m| json!({"name": m.name, "version": m.version, "partitions": m.partitions}))
+                    .collect();
+                Ok(json_response(StatusCode::OK, &json!({ "modules": list })))
+            }
+            _ => Err(not_allowed()),
+        },
+        ["v1", "modules", name] => match method {
+            Method::PUT => {
+                let name = name.to_string();
+                let params = query_params(&req);
+                let partitions =
+                    parse_u64(&params, "partitions")?.map(|p| u32::try_from(p).unwrap_or(u32::MAX));
+                let wasm = read_body(req, limits.module_size_bytes, "module_size_bytes").await?;
+                let registry = Arc::clone(&state.registry);
+                let module =
+                    tokio::task::spawn_blocking(move || registry.deploy(&name, &wasm, partitions))
+                        .await
+                        .map_err(|e| {
+                            ApiError::new(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "internal",
+                                e.to_string(),
+                            )
+                        })??;
+                Ok(json_response(StatusCode::CREATED, &module.describe()))
+            }
+            Method::GET => Ok(json_response(
+                StatusCode::OK,
+                &module(state, name)?.describe(),
+            )),
+            Method::DELETE => {
+                let name = name.to_string();
+                let registry = Arc::clone(&state.registry);
+                let existed = tokio::task::spawn_blocking(move || registry.undeploy(&name))
+                    .await
+                    .map_err(|e| {
+                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                    })??;
+                if existed {
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &json!({"deleted": segments[2]}),
+                    ))
+                } else {
+                    Err(ApiError::not_found(
+                        "unknown-module",
+                        format!("no module named `{}`", segments[2]),
+                    ))
+                }
+            }
+            _ => Err(not_allowed()),
+        },
+        ["v1", "modules", m, "depots", d, "append"] => {
+            if method != Method::POST {
+                return Err(not_allowed());
+            }
+            let module = module(state, m)?;
+            append(&module, d, req, &limits).await
+        }
+        ["v1", "modules", m, "depots", d] => {
+            if method != Method::GET {
+                return Err(not_allowed());
+            }
+            let module = module(state, m)?;
+            depot_info(&module, d)
+        }
+        ["v1", "modules", m, "depots", d, "partitions", k] => {
+            if method != Method::GET {
+                return Err(not_allowed());
+            }
+            let module = module(state, m)?;
+            let params = query_params(&req);
+            depot_read(&module, d, k, &params, limits.depot_read_max)
+        }
+        ["v1", "modules", m, "pstates", p, "select"] => {
+            if method != Method::POST {
+                return Err(not_allowed());
+            }
+            let module = module(state, m)?;
+            let body = read_body(req, limits.request_body_bytes, "request_body_bytes").await?;
+            select(&module, p, &body, limits.select_values_max)
+        }
+        ["v1", "modules", m, "topologies", t, "dead-letters"] => {
+            if method != Method::GET {
+                return Err(not_allowed());
+            }
+            let module = module(state, m)?;
+            dead_letters(&module, t)
+        }
+        _ => Err(ApiError::not_found(
+            "not-found",
+            format!("no route for {path}"),
+        )),
+    }
+}
+
+fn outcome_json(o: &AppendOutcome) -> serde_json::Value {
+    let results: serde_json::Map<String, serde_json::Value> = o
+        .results
+        .iter()
+        .map(|(t, v)| (t.clone(), to_json(v)))
+        .collect();
+    json!({"partition": o.partition, "offset": o.offset, "results": results})
+}
+
+async fn append(
+    module: &Module,
+    depot: &str,
+    req: Request<Incoming>,
+    limits: &crate::config::Limits,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let params = query_params(&req);
+    let ack = match params.get("ack") {
+        None => AckLevel::Full,
+        Some(a) => AckLevel::parse(a).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid-ack",
+                format!("unknown ack level `{a}`: use none, append or full"),
+            )
+        })?,
+    };
+    let partition = parse_partition(&params)?;
+    let ndjson = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-ndjson"));
+    if !module.depots.contains_key(depot) {
+        return Err(ApiError::not_found(
+            "unknown-depot",
+            format!("module `{}` has no depot `{depot}`", module.name),
+        ));
+    }
+    let body = read_body(req, limits.request_body_bytes, "request_body_bytes").await?;
+    if !ndjson {
+        let record = json::parse_record(&body)?;
+        let submitted = module.submit(depot, &record, partition, ack)?;
+        return match submitted.reply {
+            None => Ok(json_response(
+                StatusCode::ACCEPTED,
+                &json!({"partition": submitted.partition}),
+            )),
+            Some(rx) => {
+                let outcome = rx.await.map_err(|_| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "partition-unavailable",
+                        "the partition stopped before answering",
+                    )
+                })??;
+                Ok(json_response(StatusCode::OK, &outcome_json(&outcome)))
+            }
+        };
+    }
+    // NDJSON: every line is parsed and routed before any is queued, so a bad line rejects
+    // the whole batch with nothing written.
+    let records = json::parse_ndjson(&body)?;
+    let depot_ref = &module.depots[depot];
+    for (i, r) in records.iter().enumerate() {
+        depot_ref
+            .route(r, partition, module.partitions)
+            .map_err(|e| {
+                ApiError::from(crate::module::AppendError::Route(e)).detail("line", i + 1)
+            })?;
+    }
+    let mut pending = Vec::with_capacity(records.len());
+    for r in &records {
+        pending.push(module.submit(depot, r, partition, ack));
+    }
+    let mut results = Vec::with_capacity(pending.len());
+    for p in pending {
+        let v = match p {
+            Err(e) => ApiError::from(e).to_json(),
+            Ok(s) => match s.reply {
+                None => json!({"partition": s.partition}),
+                Some(rx) => match rx.await {
+                    Ok(Ok(o)) => outcome_json(&o),
+                    Ok(Err(e)) => ApiError::from(e).to_json(),
+                    Err(_) => ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "partition-unavailable",
+                        "the partition stopped before answering",
+                    )
+                    .to_json(),
+                },
+            },
+        };
+        results.push(v);
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "results": results }),
+    ))
+}
+
+fn check_depot(module: &Module, depot: &str) -> Result<(), ApiError> {
+    if module.depots.contains_key(depot) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(
+            "unknown-depot",
+            format!("module `{}` has no depot `{depot}`", module.name),
+        ))
+    }
+}
+
+fn depot_info(module: &Module, depot: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+    check_depot(module, depot)?;
+    let mut parts = Vec::new();
+    for (k, h) in module.handles.iter().enumerate() {
+        let end = h.log.end_offset(depot).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
+        })?;
+        parts.push(json!({"partition": k, "start": 0, "end": end}));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"depot": depot, "partitions": parts}),
+    ))
+}
+
+fn depot_read(
+    module: &Module,
+    depot: &str,
+    k: &str,
+    params: &HashMap<String, String>,
+    read_max: usize,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    check_depot(module, depot)?;
+    let p: usize = k
+        .parse()
+        .ok()
+        .filter(|p| *p < module.handles.len())
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "partition-out-of-range",
+                format!(
+                    "no partition `{k}`: this module has partitions 0..{}",
+                    module.partitions
+                ),
+            )
+        })?;
+    let from = parse_u64(params, "from")?.unwrap_or(0);
+    let limit = parse_u64(params, "limit")?
+        .map_or(100, |l| l as usize)
+        .min(read_max);
+    let records = module.handles[p]
+        .log
+        .read(depot, from, limit)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()))?;
+    let next = records.last().map_or(from, |(o, _)| o + 1);
+    let records: Vec<_> = records
+        .iter()
+        .map(|(o, bytes)| json!({"offset": o, "record": from_cbor(bytes).map(|v| to_json(&v)).unwrap_or(serde_json::Value::Null)}))
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"partition": p, "records": records, "next": next}),
+    ))
+}
+
+fn select(
+    module: &Module,
+    pstate: &str,
+    body: &[u8],
+    values_max: usize,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let request = json::parse_select(body)?;
+    let values = module.select(pstate, &request.path, request.partition)?;
+    if values.len() > values_max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "result-too-large",
+            format!(
+                "the select returned {} values, over the select_values_max limit of {values_max}",
+                values.len()
+            ),
+        ));
+    }
+    let values: Vec<_> = values.iter().map(to_json).collect();
+    Ok(json_response(StatusCode::OK, &json!({ "values": values })))
+}
+
+fn dead_letters(module: &Module, topology: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+    const DEAD_LETTERS_PAGE_MAX: usize = 1000;
+    if !module.topologies.iter().any(|t| t.name == topology) {
+        return Err(ApiError::not_found(
+            "unknown-topology",
+            format!("module `{}` has no topology `{topology}`", module.name),
+        ));
+    }
+    let mut out = Vec::new();
+    for (k, h) in module.handles.iter().enumerate() {
+        let dls = h
+            .store
+            .dead_letters(topology, DEAD_LETTERS_PAGE_MAX)
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
+            })?;
+        for d in dls {
+            let record = h
+                .log
+                .read(&d.depot, d.offset, 1)
+                .ok()
+                .and_then(|r| r.into_iter().next())
+                .and_then(|(_, b)| from_cbor(&b).ok())
+                .map_or(serde_json::Value::Null, |v| to_json(&v));
+            out.push(
+                json!({"partition": k, "depot": d.depot, "offset": d.offset, "code": d.error_code,
+                            "error": d.error, "attempts": d.attempts, "record": record}),
+            );
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"topology": topology, "dead_letters": out}),
+    ))
+}

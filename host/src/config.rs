@@ -1,0 +1,59 @@
+//! Host configuration: every limit with its default. Each limit is named with its unit, has a
+//! `sluice serve` flag, and hitting it yields an error that names it.
+
+use std::path::PathBuf;
+
+/// Limits on guests and on requests.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Wall-clock deadline of one guest call (`define` or one record's handler), enforced by
+    /// epoch interruption.
+    pub call_deadline_ms: u64,
+    /// Linear memory one guest instance may grow to.
+    pub instance_memory_bytes: usize,
+    /// Largest `.wasm` accepted at deploy.
+    pub module_size_bytes: usize,
+    /// Largest HTTP request body (other than a module upload).
+    pub request_body_bytes: usize,
+    /// Largest single record (as CBOR).
+    pub record_size_bytes: usize,
+    /// Work items queued per partition before appends are refused with 503.
+    pub partition_queue_depth: usize,
+    /// Records one worker batch (one group commit) takes at most.
+    pub batch_records_max: usize,
+    /// Attempts of a failing handler before its record becomes a dead letter.
+    pub handler_attempts_max: u32,
+    /// Values one select may return.
+    pub select_values_max: usize,
+    /// Records one depot read may return.
+    pub depot_read_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            call_deadline_ms: 2_000,
+            instance_memory_bytes: 64 << 20,
+            module_size_bytes: 32 << 20,
+            request_body_bytes: 8 << 20,
+            record_size_bytes: 1 << 20,
+            partition_queue_depth: 4_096,
+            batch_records_max: 1_000,
+            handler_attempts_max: 3,
+            select_values_max: 10_000,
+            depot_read_max: 1_000,
+        }
+    }
+}
+
+/// Everything a host needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+    /// Partitions of a module deployed without `?partitions=`.
+    pub default_partitions: u32,
+}
+
+/// The most partitions a module may have.
+pub const PARTITIONS_MAX: u32 = 1024;

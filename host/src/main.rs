@@ -1,0 +1,138 @@
+//! The `sluice` binary: `sluice serve` runs a host.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use sluice::api::{serve, AppState};
+use sluice::config::{Config, Limits};
+use sluice::module::Registry;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice: application backends from WebAssembly modules"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a host.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:7470")]
+    listen: SocketAddr,
+    /// Where modules and their data live.
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Listen on a non-loopback address without authentication.
+    #[arg(long)]
+    insecure: bool,
+    /// Partitions of a module deployed without `?partitions=`.
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// Deadline of one guest call, in milliseconds.
+    #[arg(long, default_value_t = Limits::default().call_deadline_ms)]
+    call_deadline_ms: u64,
+    /// Linear memory one guest instance may use, in MiB.
+    #[arg(long, default_value_t = Limits::default().instance_memory_bytes >> 20)]
+    instance_memory_mb: usize,
+    /// Largest module accepted, in MiB.
+    #[arg(long, default_value_t = Limits::default().module_size_bytes >> 20)]
+    module_size_mb: usize,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = Limits::default().request_body_bytes)]
+    request_body_bytes: usize,
+    /// Largest record, in bytes (CBOR).
+    #[arg(long, default_value_t = Limits::default().record_size_bytes)]
+    record_size_bytes: usize,
+    /// Work items queued per partition before appends get 503.
+    #[arg(long, default_value_t = Limits::default().partition_queue_depth)]
+    partition_queue_depth: usize,
+    /// Records one group commit takes at most.
+    #[arg(long, default_value_t = Limits::default().batch_records_max)]
+    batch_records_max: usize,
+    /// Attempts of a failing handler before the record becomes a dead letter.
+    #[arg(long, default_value_t = Limits::default().handler_attempts_max)]
+    handler_attempts_max: u32,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => run_serve(args),
+    }
+}
+
+fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() && !args.insecure {
+        anyhow::bail!(
+            "refusing to listen on non-loopback {} without authentication; pass --insecure to do it anyway",
+            args.listen
+        );
+    }
+    let limits = Limits {
+        call_deadline_ms: args.call_deadline_ms,
+        instance_memory_bytes: args.instance_memory_mb << 20,
+        module_size_bytes: args.module_size_mb << 20,
+        request_body_bytes: args.request_body_bytes,
+        record_size_bytes: args.record_size_bytes,
+        partition_queue_depth: args.partition_queue_depth,
+        batch_records_max: args.batch_records_max.max(1),
+        handler_attempts_max: args.handler_attempts_max.max(1),
+        ..Limits::default()
+    };
+    let config = Config {
+        data_dir: args.data_dir.clone(),
+        limits,
+        default_partitions: args.partitions,
+    };
+    let registry = Registry::open(config)
+        .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        println!("sluice listening on http://{addr}");
+        tracing::info!(%addr, data_dir = %args.data_dir.display(), "listening");
+        let state = Arc::new(AppState {
+            registry: Arc::clone(&registry),
+        });
+        serve(listener, state, shutdown_signal()).await;
+        anyhow::Ok(())
+    })?;
+    tracing::info!("shutting down: draining partitions");
+    registry.shutdown();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,151 @@
+//! A module's declarations, as its `define` export returns them, and their validation.
+//!
+//! Invariant: a [`Validated`] definition has unique, well-formed names; every PState schema
+//! parses and is a top-level map; every topology reads only declared depots.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::depot::{Depot, Partitioner};
+use crate::pstate::{Catalog, Schema};
+use crate::topology::StreamTopology;
+
+#[derive(Debug, Clone)]
+pub struct DepotDecl {
+    pub name: String,
+    pub partitioner: Partitioner,
+}
+
+#[derive(Debug, Clone)]
+pub struct PStateDecl {
+    pub name: String,
+    pub schema: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamTopologyDecl {
+    pub name: String,
+    pub depots: Vec<String>,
+    pub handler: String,
+}
+
+/// What `define` returned.
+#[derive(Debug, Clone)]
+pub struct Definition {
+    pub depots: Vec<DepotDecl>,
+    pub pstates: Vec<PStateDecl>,
+    pub stream_topologies: Vec<StreamTopologyDecl>,
+    pub partitions_hint: Option<u32>,
+}
+
+/// A definition the host can run.
+#[derive(Debug)]
+pub struct Validated {
+    pub depots: BTreeMap<String, Depot>,
+    pub catalog: Catalog,
+    pub topologies: Vec<StreamTopology>,
+}
+
+/// The most declarations of each kind a module may make.
+pub const DECLARATIONS_MAX: usize = 256;
+
+/// Whether `name` is a valid name for a module, depot, PState, topology or handler:
+/// 1–64 characters of `a-z`, `0-9`, `-`, `_`, starting with a letter or digit.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+impl Definition {
+    pub fn validate(&self) -> Result<Validated, String> {
+        let total = self.depots.len() + self.pstates.len() + self.stream_topologies.len();
+        if total > DECLARATIONS_MAX * 3 {
+            return Err(format!(
+                "more than {DECLARATIONS_MAX} declarations of one kind"
+            ));
+        }
+        let check = |kind: &str, name: &str, seen: &mut BTreeSet<String>| -> Result<(), String> {
+            if !valid_name(name) {
+                return Err(format!(
+                    "{kind} name `{name}` is invalid: use 1-64 of a-z, 0-9, '-', '_'"
+                ));
+            }
+            if !seen.insert(name.to_string()) {
+                return Err(format!("{kind} `{name}` is declared twice"));
+            }
+            Ok(())
+        };
+        let mut depots = BTreeMap::new();
+        let mut seen = BTreeSet::new();
+        for d in &self.depots {
+            check("depot", &d.name, &mut seen)?;
+            if let Partitioner::Hash(fields) = &d.partitioner {
+                if fields.is_empty() || fields.iter().any(|f| f.is_empty()) {
+                    return Err(format!(
+                        "depot `{}`: hash partitioner needs a key field",
+                        d.name
+                    ));
+                }
+            }
+            depots.insert(
+                d.name.clone(),
+                Depot::new(d.name.clone(), d.partitioner.clone()),
+            );
+        }
+        let mut catalog = Catalog::default();
+        let mut seen = BTreeSet::new();
+        for p in &self.pstates {
+            check("PState", &p.name, &mut seen)?;
+            let schema =
+                Schema::parse(&p.schema).map_err(|e| format!("PState `{}`: {e}", p.name))?;
+            if schema.as_top_level().is_none() {
+                return Err(format!(
+                    "PState `{}`: the top-level schema must be a map (its keys partition the PState), not `{schema}`",
+                    p.name
+                ));
+            }
+            catalog.schemas.insert(p.name.clone(), schema);
+        }
+        let mut topologies = Vec::new();
+        let mut seen = BTreeSet::new();
+        for t in &self.stream_topologies {
+            check("topology", &t.name, &mut seen)?;
+            if t.depots.is_empty() {
+                return Err(format!("topology `{}` reads no depot", t.name));
+            }
+            for d in &t.depots {
+                if !depots.contains_key(d) {
+                    return Err(format!("topology `{}` reads unknown depot `{d}`", t.name));
+                }
+            }
+            if t.handler.is_empty() {
+                return Err(format!("topology `{}` has no handler", t.name));
+            }
+            topologies.push(StreamTopology {
+                name: t.name.clone(),
+                depots: t.depots.clone(),
+                handler: t.handler.clone(),
+            });
+        }
+        Ok(Validated {
+            depots,
+            catalog,
+            topologies,
+        })
+    }
+
+    /// The JSON shape `describe` shows.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "depots": self.depots.iter().map(|d| serde_json::json!({
+                "name": d.name, "partitioner": d.partitioner.describe()})).collect::<Vec<_>>(),
+            "pstates": self.pstates.iter().map(|p| serde_json::json!({
+                "name": p.name, "schema": Schema::parse(&p.schema).map(|s| s.to_string()).unwrap_or_else(|_| p.schema.clone())})).collect::<Vec<_>>(),
+            "topologies": self.stream_topologies.iter().map(|t| serde_json::json!({
+                "name": t.name, "kind": "stream", "depots": t.depots, "handler": t.handler})).collect::<Vec<_>>(),
+        })
+    }
+}

@@ -1,0 +1,54 @@
+//! Which partition a key belongs to.
+//!
+//! Owns the one stable hash every router uses: depots partitioned by `hash` and PStates
+//! (partitioned by their top-level key) call [`partition_of`] on the key's order-preserving
+//! encoding ([`crate::pstate::key`]), so a topology handling key K runs where K's PState entries
+//! live. Invariant: the function is fixed forever (FNV-1a 64 over the bytes, then the splitmix64
+//! finalizer so the low bits are well mixed, then modulo the partition count); changing it would
+//! move keys between partitions of existing data.
+
+/// The stable 64-bit hash of a key's encoded bytes.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = FNV_OFFSET;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    // splitmix64 finalizer
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The partition (of `partitions`) that owns the key whose encoding is `key_bytes`.
+pub fn partition_of(key_bytes: &[u8], partitions: u32) -> u32 {
+    (stable_hash(key_bytes) % u64::from(partitions.max(1))) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_is_fixed_forever() {
+        // These values pin the function: if they change, existing data is routed wrongly.
+        assert_eq!(stable_hash(b""), 0xf52a_15e9_a9b5_e89b);
+        assert_eq!(stable_hash(b"apple"), 0xba8e_799d_ceb3_bcb1);
+        assert_eq!(partition_of(b"apple", 8), 1);
+    }
+
+    #[test]
+    fn spreads_keys_evenly() {
+        let mut counts = [0u32; 8];
+        for i in 0..8000u32 {
+            counts[partition_of(format!("key-{i}").as_bytes(), 8) as usize] += 1;
+        }
+        for c in counts {
+            assert!((800..1200).contains(&c), "uneven spread: {counts:?}");
+        }
+    }
+}

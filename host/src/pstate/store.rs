@@ -1,0 +1,208 @@
+//! The PState store: one redb file per (module, partition) holding that partition's PState
+//! entries, each topology's processed offsets, and its dead letters.
+//!
+//! Tables: `pstate/<name>` maps a top-level key's order-preserving encoding to the entry's
+//! value as CBOR; `offsets` maps `"<topology>/<depot>"` to the next depot offset that topology
+//! has not yet finished; `dead-letters` maps `(topology, depot, offset)` to the failure.
+//! Invariant: entries and offsets change only together, in one [`Batch`] commit, so the offsets
+//! always describe exactly the records the entries reflect (the depot log is the write-ahead log
+//! that replays the rest after a crash).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, TableDefinition};
+
+use crate::value::{from_cbor, to_cbor, Value};
+
+const OFFSETS: TableDefinition<&str, u64> = TableDefinition::new("offsets");
+const DEAD_LETTERS: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("dead-letters");
+
+type EntryTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
+fn table_name(pstate: &str) -> String {
+    format!("pstate/{pstate}")
+}
+
+fn offsets_key(topology: &str, depot: &str) -> String {
+    format!("{topology}/{depot}")
+}
+
+/// A record a topology gave up on, with why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub topology: String,
+    pub depot: String,
+    pub offset: u64,
+    pub error_code: String,
+    pub error: String,
+    pub attempts: u32,
+}
+
+/// Everything one partition-worker batch commits at once.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// `(pstate, encoded key)` to the entry's new value; `None` removes it.
+    pub entries: BTreeMap<(String, Vec<u8>), Option<Value>>,
+    /// `(topology, depot)` to the new processed offset.
+    pub offsets: BTreeMap<(String, String), u64>,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.offsets.is_empty() && self.dead_letters.is_empty()
+    }
+}
+
+/// One partition's PState store.
+pub struct PStateStore {
+    db: Database,
+}
+
+impl PStateStore {
+    pub fn open(path: &Path) -> Result<Self, redb::Error> {
+        let db = Database::create(path)?;
+        Ok(Self { db })
+    }
+
+    /// A snapshot of the last commit; never blocks the writer.
+    pub fn begin_read(&self) -> Result<ReadTransaction, redb::Error> {
+        Ok(self.db.begin_read()?)
+    }
+
+    /// The value of the top-level entry `key` (encoded) of `pstate` in `snapshot`.
+    pub fn get(
+        snapshot: &ReadTransaction,
+        pstate: &str,
+        key: &[u8],
+    ) -> Result<Option<Value>, redb::Error> {
+        let name = table_name(pstate);
+        let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
+        let table = match snapshot.open_table(def) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match table.get(key)? {
+            Some(v) => Ok(Some(from_cbor(v.value()).map_err(|e| {
+                redb::Error::Corrupted(format!("PState {pstate} holds an undecodable value: {e}"))
+            })?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The next offset of `depot` that `topology` has not finished (0 when it has none).
+    pub fn processed_offset(&self, topology: &str, depot: &str) -> Result<u64, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(OFFSETS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(table
+            .get(offsets_key(topology, depot).as_str())?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// Commits a batch durably (fsync) in one transaction.
+    pub fn commit(&self, batch: Batch) -> Result<(), redb::Error> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut current: Option<(String, EntryTable)> = None;
+            for ((pstate, key), value) in &batch.entries {
+                if current.as_ref().is_none_or(|(n, _)| n != pstate) {
+                    let name = table_name(pstate);
+                    let table = txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name))?;
+                    current = Some((pstate.clone(), table));
+                }
+                let (_, table) = current.as_mut().expect("opened above");
+                match value {
+                    Some(v) => {
+                        table.insert(key.as_slice(), to_cbor(v).as_slice())?;
+                    }
+                    None => {
+                        table.remove(key.as_slice())?;
+                    }
+                }
+            }
+            drop(current);
+            let mut offsets = txn.open_table(OFFSETS)?;
+            for ((topology, depot), offset) in &batch.offsets {
+                offsets.insert(offsets_key(topology, depot).as_str(), *offset)?;
+            }
+            let mut dead = txn.open_table(DEAD_LETTERS)?;
+            for d in &batch.dead_letters {
+                let v = Value::Map(vec![
+                    (
+                        Value::Text("code".into()),
+                        Value::Text(d.error_code.clone()),
+                    ),
+                    (Value::Text("error".into()), Value::Text(d.error.clone())),
+                    (
+                        Value::Text("attempts".into()),
+                        Value::Integer(d.attempts.into()),
+                    ),
+                ]);
+                dead.insert(
+                    (d.topology.as_str(), d.depot.as_str(), d.offset),
+                    to_cbor(&v).as_slice(),
+                )?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Up to `limit` dead letters of `topology`, oldest offsets first.
+    pub fn dead_letters(
+        &self,
+        topology: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(DEAD_LETTERS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for item in table.range((topology, "", 0u64)..)? {
+            let (k, v) = item?;
+            let (t, depot, offset) = k.value();
+            if t != topology || out.len() >= limit {
+                break;
+            }
+            let v = from_cbor(v.value()).unwrap_or(Value::Null);
+            let field = |name: &str| match &v {
+                Value::Map(es) => es
+                    .iter()
+                    .find(|(k, _)| *k == Value::Text(name.into()))
+                    .map(|(_, v)| v.clone()),
+                _ => None,
+            };
+            out.push(DeadLetter {
+                topology: t.to_string(),
+                depot: depot.to_string(),
+                offset,
+                error_code: match field("code") {
+                    Some(Value::Text(s)) => s,
+                    _ => String::new(),
+                },
+                error: match field("error") {
+                    Some(Value::Text(s)) => s,
+                    _ => String::new(),
+                },
+                attempts: field("attempts")
+                    .and_then(|v| crate::value::as_i64(&v))
+                    .unwrap_or(0) as u32,
+            });
+        }
+        Ok(out)
+    }
+}

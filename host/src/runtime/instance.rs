@@ -1,0 +1,396 @@
+//! One guest instance and the state its host imports see.
+//!
+//! A [`GuestInstance`] owns a wasmtime `Store` and the instantiated bindings. Every call gets
+//! a fresh epoch deadline; any failed call (trap, deadline, memory cap) discards the store and
+//! instantiates anew, carrying the [`Session`] over, because a trapped instance is poisoned.
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::sluice::module::{host, types};
+use super::bindings::{Module, ModulePre};
+use super::{Runtime, EPOCH_TICK_MS};
+use crate::depot::Partitioner;
+use crate::module::definition::{Definition, DepotDecl, PStateDecl, StreamTopologyDecl};
+use crate::pstate::{Navigator, Session, TransformOp};
+use crate::value::from_cbor;
+
+/// A component linked and ready to instantiate.
+pub type Pre = ModulePre<HostState>;
+
+/// Bytes of guest stdout/stderr kept (panic messages end up here).
+const GUEST_OUTPUT_BYTES_MAX: usize = 64 << 10;
+/// Tables (funcref etc.) a guest may grow to, in elements.
+const TABLE_ELEMENTS_MAX: usize = 1 << 20;
+
+/// Where the record a handler processes came from.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordCtx<'a> {
+    pub depot: &'a str,
+    pub partition: u32,
+    pub offset: u64,
+    pub partitions: u32,
+}
+
+/// A failed guest call. `code` is one of `guest-error` (the guest returned an error),
+/// `trap`, `deadline-exceeded`, `memory-limit`, `invalid-definition`, `instantiate`.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[error("{code}: {message}")]
+pub struct GuestError {
+    pub code: String,
+    pub message: String,
+}
+
+struct MemoryCap {
+    max_bytes: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= TABLE_ELEMENTS_MAX)
+    }
+}
+
+/// What a guest's host imports act on.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    cap: MemoryCap,
+    output: MemoryOutputPipe,
+    module: Arc<str>,
+    /// PState access for the call in progress; `None` (e.g. during `define`) refuses it.
+    pub session: Option<Session>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn wit_error(code: &str, message: impl Into<String>) -> types::Error {
+    types::Error {
+        code: code.to_string(),
+        message: message.into(),
+    }
+}
+
+fn navigators(path: Vec<types::Navigator>) -> Result<Vec<Navigator>, types::Error> {
+    path.into_iter()
+        .map(|n| match n {
+            types::Navigator::Key(bytes) => from_cbor(&bytes)
+                .map(Navigator::Key)
+                .map_err(|e| wit_error("invalid-value", format!("navigator key: {e}"))),
+        })
+        .collect()
+}
+
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    fn select(
+        &mut self,
+        pstate: String,
+        path: Vec<types::Navigator>,
+    ) -> wasmtime::Result<Result<Vec<Vec<u8>>, types::Error>> {
+        let Some(session) = self.session.as_mut() else {
+            return Ok(Err(wit_error(
+                "no-pstate-access",
+                "PStates are not available in this call",
+            )));
+        };
+        let path = match navigators(path) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(session
+            .select(&pstate, &path)
+            .map(|vs| vs.iter().map(crate::value::to_cbor).collect())
+            .map_err(|e| wit_error(e.code, e.message)))
+    }
+
+    fn transform(
+        &mut self,
+        pstate: String,
+        path: Vec<types::Navigator>,
+        op: types::TransformOp,
+    ) -> wasmtime::Result<Result<(), types::Error>> {
+        let Some(session) = self.session.as_mut() else {
+            return Ok(Err(wit_error(
+                "no-pstate-access",
+                "PStates are not available in this call",
+            )));
+        };
+        let path = match navigators(path) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        let op = match op {
+            types::TransformOp::Set(bytes) => match from_cbor(&bytes) {
+                Ok(v) => TransformOp::Set(v),
+                Err(e) => return Ok(Err(wit_error("invalid-value", format!("set: {e}")))),
+            },
+            types::TransformOp::Increment(by) => TransformOp::Increment(by),
+            types::TransformOp::Remove => TransformOp::Remove,
+        };
+        Ok(session
+            .transform(&pstate, &path, &op)
+            .map_err(|e| wit_error(e.code, e.message)))
+    }
+
+    fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
+        const LOG_LINE_BYTES_MAX: usize = 4096;
+        let mut message = message;
+        if message.len() > LOG_LINE_BYTES_MAX {
+            let mut cut = LOG_LINE_BYTES_MAX;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let module = &*self.module;
+        match level {
+            types::LogLevel::Trace => tracing::trace!(module, "{message}"),
+            types::LogLevel::Debug => tracing::debug!(module, "{message}"),
+            types::LogLevel::Info => tracing::info!(module, "{message}"),
+            types::LogLevel::Warn => tracing::warn!(module, "{message}"),
+            types::LogLevel::Error => tracing::error!(module, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    Module::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
+}
+
+/// One live instance of a module's component.
+pub struct GuestInstance {
+    runtime: Arc<Runtime>,
+    pre: Pre,
+    module: Arc<str>,
+    store: Store<HostState>,
+    bindings: Module,
+}
+
+impl GuestInstance {
+    pub fn new(runtime: Arc<Runtime>, pre: Pre, module: &str) -> Result<Self, GuestError> {
+        let module: Arc<str> = module.into();
+        let (store, bindings) = instantiate(&runtime, &pre, &module, None)?;
+        Ok(Self {
+            runtime,
+            pre,
+            module,
+            store,
+            bindings,
+        })
+    }
+
+    /// The session host imports act on.
+    pub fn session_mut(&mut self) -> &mut Option<Session> {
+        &mut self.store.data_mut().session
+    }
+
+    /// Calls `define` and converts the declarations (not yet validated).
+    pub fn define(&mut self) -> Result<Definition, GuestError> {
+        self.arm();
+        let result = self
+            .bindings
+            .sluice_module_guest()
+            .call_define(&mut self.store);
+        let def = self.settle(result)?;
+        convert_definition(def)
+    }
+
+    /// Runs one handler on one record; returns the handler's ack-return value (CBOR).
+    pub fn handle(
+        &mut self,
+        topology: &str,
+        handler: &str,
+        input: &[u8],
+        ctx: RecordCtx<'_>,
+    ) -> Result<Option<Vec<u8>>, GuestError> {
+        self.arm();
+        let wit_ctx = types::RecordCtx {
+            depot: ctx.depot.to_string(),
+            partition: ctx.partition,
+            offset: ctx.offset,
+            partitions: ctx.partitions,
+        };
+        let result = self.bindings.sluice_module_guest().call_handle(
+            &mut self.store,
+            topology,
+            handler,
+            &input.to_vec(),
+            &wit_ctx,
+        );
+        match self.settle(result)? {
+            Ok(ack) => Ok(ack),
+            Err(e) => Err(GuestError {
+                code: "guest-error".into(),
+                message: format!("{}: {}", e.code, e.message),
+            }),
+        }
+    }
+
+    fn arm(&mut self) {
+        let ticks = self
+            .runtime
+            .limits()
+            .call_deadline_ms
+            .div_ceil(EPOCH_TICK_MS)
+            .max(1);
+        self.store.set_epoch_deadline(ticks);
+        self.store.data_mut().cap.hit = false;
+    }
+
+    /// Turns a call's outcome into ours; after a failure, replaces the poisoned instance.
+    fn settle<T>(&mut self, result: wasmtime::Result<T>) -> Result<T, GuestError> {
+        let err = match result {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let state = self.store.data();
+        let output = String::from_utf8_lossy(&state.output.contents()).into_owned();
+        let output = output.trim();
+        let tail: String = {
+            let chars: Vec<char> = output.chars().collect();
+            chars[chars.len().saturating_sub(500)..].iter().collect()
+        };
+        let (code, message) = if state.cap.hit {
+            (
+                "memory-limit",
+                format!(
+                    "the guest tried to grow its memory past the instance_memory_bytes limit of {} bytes",
+                    self.runtime.limits().instance_memory_bytes
+                ),
+            )
+        } else if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            (
+                "deadline-exceeded",
+                format!(
+                    "the guest call ran past the call_deadline_ms limit of {} ms",
+                    self.runtime.limits().call_deadline_ms
+                ),
+            )
+        } else if tail.is_empty() {
+            ("trap", format!("{err:#}"))
+        } else {
+            ("trap", format!("{err:#}; guest output: {tail}"))
+        };
+        let session = self.store.data_mut().session.take();
+        match instantiate(&self.runtime, &self.pre, &self.module, session) {
+            Ok((store, bindings)) => {
+                self.store = store;
+                self.bindings = bindings;
+            }
+            Err(e) => tracing::error!(
+                module = &*self.module,
+                "re-instantiating after a failure: {e}"
+            ),
+        }
+        Err(GuestError {
+            code: code.into(),
+            message,
+        })
+    }
+}
+
+fn instantiate(
+    runtime: &Runtime,
+    pre: &Pre,
+    module: &Arc<str>,
+    session: Option<Session>,
+) -> Result<(Store<HostState>, Module), GuestError> {
+    let output = MemoryOutputPipe::new(GUEST_OUTPUT_BYTES_MAX);
+    let wasi = WasiCtx::builder()
+        .stdout(output.clone())
+        .stderr(output.clone())
+        .build();
+    let state = HostState {
+        wasi,
+        table: ResourceTable::new(),
+        cap: MemoryCap {
+            max_bytes: runtime.limits().instance_memory_bytes,
+            hit: false,
+        },
+        output,
+        module: Arc::clone(module),
+        session,
+    };
+    let mut store = Store::new(runtime.engine(), state);
+    store.limiter(|s| &mut s.cap);
+    store.set_epoch_deadline(
+        runtime
+            .limits()
+            .call_deadline_ms
+            .div_ceil(EPOCH_TICK_MS)
+            .max(1),
+    );
+    let bindings = pre.instantiate(&mut store).map_err(|e| GuestError {
+        code: "instantiate".into(),
+        message: format!("{e:#}"),
+    })?;
+    Ok((store, bindings))
+}
+
+fn convert_definition(def: types::ModuleDefinition) -> Result<Definition, GuestError> {
+    Ok(Definition {
+        depots: def
+            .depots
+            .into_iter()
+            .map(|d| DepotDecl {
+                name: d.name,
+                partitioner: match d.partitioner {
+                    types::Partitioner::Hash(fields) => Partitioner::Hash(fields),
+                    types::Partitioner::Random => Partitioner::Random,
+                    types::Partitioner::Direct => Partitioner::Direct,
+                },
+            })
+            .collect(),
+        pstates: def
+            .pstates
+            .into_iter()
+            .map(|p| PStateDecl {
+                name: p.name,
+                schema: p.schema,
+            })
+            .collect(),
+        stream_topologies: def
+            .stream_topologies
+            .into_iter()
+            .map(|t| StreamTopologyDecl {
+                name: t.name,
+                depots: t.depots,
+                handler: t.handler,
+            })
+            .collect(),
+        partitions_hint: def.partitions_hint,
+    })
+}

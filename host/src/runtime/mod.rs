@@ -1,0 +1,190 @@
+//! The WebAssembly runtime: engine, linker, bindings, sandbox limits, compiled-module cache.
+//!
+//! The only module that knows wasmtime. Invariants: a guest gets no ambient authority (WASI
+//! with no preopens, no environment, no network; stdout/stderr into a bounded in-memory pipe);
+//! a component importing anything outside [`ALLOWED_IMPORTS`] is refused before it runs; every
+//! guest call has an epoch deadline and a memory cap; an instance that failed a call is
+//! discarded and a fresh one instantiated, since a trapped instance cannot be entered again.
+
+mod bindings;
+mod instance;
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
+
+pub use bindings::CONTRACT_VERSION;
+pub use instance::{GuestError, GuestInstance, HostState, RecordCtx};
+
+use crate::config::Limits;
+
+/// How often the engine's epoch advances; guest deadlines are counted in these ticks.
+pub const EPOCH_TICK_MS: u64 = 10;
+
+/// Import namespaces a module may use. The `wasi:cli`/`wasi:io` imports every Rust
+/// `wasm32-wasip2` guest carries are satisfied by a WASI context that grants nothing.
+pub const ALLOWED_IMPORTS: &[&str] = &[
+    "sluice:module/types@",
+    "sluice:module/host@",
+    "wasi:io/",
+    "wasi:cli/",
+    "wasi:clocks/",
+    "wasi:random/",
+];
+
+/// A module that cannot be accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("the module is {size} bytes, over the module_size_bytes limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    #[error("the component imports `{0}`, which modules may not use (allowed: sluice:module, wasi:io, wasi:cli, wasi:clocks, wasi:random)")]
+    ForbiddenImport(String),
+    #[error("the component was built against `{found}`; this host accepts sluice:module@{CONTRACT_VERSION}")]
+    ContractVersion { found: String },
+    #[error("the component does not export `sluice:module/guest@{CONTRACT_VERSION}`; is it a Sluice module?")]
+    MissingExport,
+    #[error("compiled-module cache: {0}")]
+    Cache(#[from] std::io::Error),
+}
+
+/// The engine and linker shared by every module of a host.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    limits: Limits,
+    cache_dir: PathBuf,
+}
+
+impl Runtime {
+    pub fn new(limits: Limits, cache_dir: &Path) -> anyhow::Result<Arc<Self>> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.concurrency_support(false);
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        instance::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        std::fs::create_dir_all(cache_dir)?;
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
+                match ticker.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            })?;
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            limits,
+            cache_dir: cache_dir.to_path_buf(),
+        }))
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Validates and compiles a component, using the compiled-module cache: a component seen
+    /// before (same bytes, same engine settings) loads without compiling.
+    pub fn compile(&self, wasm: &[u8]) -> Result<Component, CompileError> {
+        if wasm.len() > self.limits.module_size_bytes {
+            return Err(CompileError::TooLarge {
+                size: wasm.len(),
+                limit: self.limits.module_size_bytes,
+            });
+        }
+        let mut compat = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut compat);
+        let digest = Sha256::digest(wasm);
+        let name: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let path = self
+            .cache_dir
+            .join(format!("{name}-{:016x}.cwasm", compat.finish()));
+        let component = if path.exists() {
+            // SAFETY: the cache directory holds only files this host wrote with
+            // `precompile_component` under a name that includes the engine's compatibility hash.
+            unsafe { Component::deserialize_file(&self.engine, &path) }
+                .map_err(|e| CompileError::Invalid(e.to_string()))?
+        } else {
+            if wasmparser_is_core_module(wasm) {
+                return Err(CompileError::Invalid(
+                    "this is a core WebAssembly module, not a component; build for wasm32-wasip2 (or wrap it with `wasm-tools component new`)".into(),
+                ));
+            }
+            let compiled = self
+                .engine
+                .precompile_component(wasm)
+                .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, &compiled)?;
+            std::fs::rename(&tmp, &path)?;
+            // SAFETY: produced just above by this engine.
+            unsafe { Component::deserialize(&self.engine, &compiled) }
+                .map_err(|e| CompileError::Invalid(e.to_string()))?
+        };
+        self.check_imports_and_exports(&component)?;
+        Ok(component)
+    }
+
+    fn check_imports_and_exports(&self, component: &Component) -> Result<(), CompileError> {
+        let ty = component.component_type();
+        for (name, _) in ty.imports(&self.engine) {
+            if let Some(rest) = name.strip_prefix("sluice:module/") {
+                let version = rest.split_once('@').map_or("", |(_, v)| v);
+                if version != CONTRACT_VERSION {
+                    return Err(CompileError::ContractVersion {
+                        found: name.to_string(),
+                    });
+                }
+            }
+            if !ALLOWED_IMPORTS.iter().any(|p| name.starts_with(p)) {
+                return Err(CompileError::ForbiddenImport(name.to_string()));
+            }
+        }
+        let want = format!("sluice:module/guest@{CONTRACT_VERSION}");
+        let mut found_other = None;
+        for (name, _) in ty.exports(&self.engine) {
+            if name == want {
+                return Ok(());
+            }
+            if name.starts_with("sluice:module/guest@") {
+                found_other = Some(name.to_string());
+            }
+        }
+        Err(match found_other {
+            Some(found) => CompileError::ContractVersion { found },
+            None => CompileError::MissingExport,
+        })
+    }
+
+    /// Prepares a compiled component for instantiation (links its imports once).
+    pub fn prepare(&self, component: &Component) -> Result<instance::Pre, CompileError> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
+        instance::Pre::new(pre).map_err(|e| CompileError::Invalid(format!("{e:#}")))
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// Core modules start with the same magic as components but a different version/layer field.
+fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}

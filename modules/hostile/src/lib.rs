@@ -1,0 +1,83 @@
+//! A misbehaving module for tests. Depot `commands` (hash by `key`) carries records like
+//! `{"key": "k", "do": "ok"}`; the handler first increments `seen[key]`, then does what `do`
+//! says: `ok`, `loop` (forever), `membomb` (allocate without bound), `trap` (wasm `unreachable`),
+//! `panic`, `error` (return an error), `stack` (unbounded recursion), `wrong-partition`
+//! (write a key owned by another partition), `bad-type` (write a string into an int PState).
+//! Every failure must roll the increment back.
+
+use serde::Deserialize;
+use sluice_sdk::{Ctx, Definition, Error, Module, Partitioner, Path, Result, Schema};
+
+#[derive(Deserialize)]
+struct Command {
+    key: String,
+    #[serde(rename = "do")]
+    action: String,
+}
+
+struct Hostile;
+
+impl Module for Hostile {
+    fn define(m: &mut Definition) {
+        m.depot("commands", Partitioner::hash("key"));
+        m.pstate("seen", Schema::map(Schema::string(), Schema::int()));
+        m.stream_topology("run").reads("commands").handler(run);
+    }
+}
+
+#[inline(never)]
+fn recurse(n: u64) -> u64 {
+    if n == u64::MAX {
+        return 0;
+    }
+    let local = [n; 64];
+    std::hint::black_box(&local);
+    recurse(n + 1) + local[3]
+}
+
+fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
+    let seen = ctx.pstate("seen");
+    seen.increment(&Path::key(&cmd.key), 1)?;
+    match cmd.action.as_str() {
+        "ok" => Ok(()),
+        "loop" => {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "membomb" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        "trap" => {
+            #[cfg(target_arch = "wasm32")]
+            core::arch::wasm32::unreachable();
+            #[cfg(not(target_arch = "wasm32"))]
+            unreachable!()
+        }
+        "panic" => panic!("hostile module panicked on purpose"),
+        "error" => Err(Error::new("refused", "hostile module refused the record")),
+        "stack" => {
+            let n = recurse(0);
+            Err(Error::new("unreachable", format!("recursion returned {n}")))
+        }
+        "wrong-partition" => {
+            // Among these keys some belong to other partitions: the host refuses the write.
+            for i in 0..64 {
+                seen.increment(&Path::key(&format!("{}-{i}", cmd.key)), 1)?;
+            }
+            Ok(())
+        }
+        "bad-type" => seen.set(&Path::key(&cmd.key), "not a number"),
+        other => Err(Error::new(
+            "unknown-command",
+            format!("unknown command `{other}`"),
+        )),
+    }
+}
+
+sluice_sdk::export_module!(Hostile);

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Starts a release host on $LISTEN with data in ./data, deploys the example modules (once),
+# prints how to talk to it, and stays in the foreground until Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LISTEN=${LISTEN:-127.0.0.1:7470}
+URL="http://$LISTEN"
+./target/release/sluice serve --listen "$LISTEN" --data-dir ./data &
+HOST_PID=$!
+trap 'kill -TERM $HOST_PID 2>/dev/null; wait $HOST_PID' INT TERM
+for _ in $(seq 1 100); do
+  curl -sf "$URL/health" >/dev/null && break
+  sleep 0.1
+done
+for m in wordcount; do
+  code=$(curl -s -o /tmp/sluice-deploy.json -w '%{http_code}' -X PUT \
+    --data-binary "@target/wasm32-wasip2/release/$m.wasm" "$URL/v1/modules/$m")
+  case "$code" in
+    201) echo "deployed $m" ;;
+    409) echo "$m already deployed" ;;
+    *) echo "deploying $m failed ($code): $(cat /tmp/sluice-deploy.json)"; kill $HOST_PID; exit 1 ;;
+  esac
+done
+cat <<MSG
+
+Sluice is running on $URL (data in ./data). Try:
+
+  curl -s -X POST $URL/v1/modules/wordcount/depots/words/append -d '{"word": "apple"}'
+  curl -s -X POST $URL/v1/modules/wordcount/pstates/counts/select -d '{"path": [{"key": "apple"}]}'
+  curl -s $URL/v1/modules/wordcount
+  curl -s $URL/v1/modules/wordcount/depots/words
+
+Ctrl-C stops it.
+MSG
+wait $HOST_PID

@@ -1,0 +1,220 @@
+//! Bad input gets a precise JSON error and writes nothing.
+
+use serde_json::json;
+
+use crate::harness::{module_wasm, Host};
+
+#[test]
+fn bad_modules_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("data"), &[]);
+
+    let r = host.deploy("junk", b"this is not wasm", "");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "invalid-component")
+    );
+
+    let core_module = b"\0asm\x01\0\0\0";
+    let r = host.deploy("core", core_module, "");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "invalid-component")
+    );
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("core WebAssembly module"));
+
+    let r = host.deploy("forbidden", &module_wasm("forbidden"), "");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "forbidden-import"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(r.json()["error"]["import"]
+        .as_str()
+        .unwrap()
+        .starts_with("wasi:filesystem/"));
+
+    let r = host.deploy("UPPER", &module_wasm("wordcount"), "");
+    assert_eq!((r.status, r.error_code().as_str()), (400, "invalid-name"));
+    let r = host.deploy("wc", &module_wasm("wordcount"), "?partitions=3");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "invalid-partitions")
+    );
+
+    // Nothing of the refused deploys was kept.
+    assert_eq!(host.get("/v1/modules").json(), json!({"modules": []}));
+    assert_eq!(host.deploy("wc", &module_wasm("wordcount"), "").status, 201);
+    let r = host.deploy("wc", &module_wasm("wordcount"), "");
+    assert_eq!((r.status, r.error_code().as_str()), (409, "module-exists"));
+}
+
+#[test]
+fn bad_requests_get_json_errors_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("data"), &["--request-body-bytes", "1024"]);
+    assert_eq!(host.deploy("wc", &module_wasm("wordcount"), "").status, 201);
+
+    // (method, path, content type, body, status, error code)
+    type Case<'a> = (&'a str, &'a str, &'a str, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/v1/modules/nope/depots/words/append",
+            "application/json",
+            br#"{"word":"a"}"#.to_vec(),
+            404,
+            "unknown-module",
+        ),
+        (
+            "POST",
+            "/v1/modules/wc/depots/nope/append",
+            "application/json",
+            br#"{"word":"a"}"#.to_vec(),
+            404,
+            "unknown-depot",
+        ),
+        (
+            "POST",
+            "/v1/modules/wc/pstates/nope/select",
+            "application/json",
+            br#"{"path":[{"key":"a"}]}"#.to_vec(),
+            404,
+            "unknown-pstate",
+        ),
+        (
+            "POST",
+            "/v1/modules/wc/depots/words/append",
+            "application/json",
+            b"{\"word\": ".to_vec(),
+            400,
+            "malformed-json",
+        ),
+        (
+            "POST",
+            "/v1/modules/wc/depots/words/append",
+            "application/json",
+            br#"{"other": 1}"#.to_vec(),
+            400,
+            "missing-key",
+        ),
+        (
+            "POST",
+            "/v1/modules/wc/depots/words/append",
+            "application/json",
+            br#"{"word": {"a": 1}}"#.to_vec(),
+            400,
+            "invalid-key",
+        ),
+        (
+            "POST",
+            "/v1/modules/wc/depots/words/append?partition=2",
+            "application/json",
+            br#"{"word":"a"}"#.to_vec(),
+            400,
+            "partition-not-allowed",
+        ),
+        (
+            "POST",
+            "/v1/modules/wc/depots/words/append?ack=maybe",
+            "application/json",
+            br#"{"word":"a"}"#.to_vec(),
+            400,
+            "invalid-ack",
+        ),
+        (
+            "POST",
+            "/v1/modules/wc/depots/words/append",
+            "application/json",
+            format!("{{\"word\": \"{}\"}}", "x".repeat(2000)).into_bytes(),
+            413,
+            "body-too-large",
+        ),
+        (
+            "GET",
+            "/v1/modules/wc/depots/words/append",
+            "application/json",
+            vec![],
+            405,
+            "method-not-allowed",
+        ),
+        (
+            "POST",
+            "/v1/modules/wc/pstates/counts/select",
+            "application/json",
+            br#"{"path":[{"sideways":1}]}"#.to_vec(),
+            400,
+            "unknown-navigator",
+        ),
+        (
+            "POST",
+            "/v1/modules/wc/pstates/counts/select",
+            "application/json",
+            br#"{"path":[{"key":5}]}"#.to_vec(),
+            400,
+            "schema-mismatch",
+        ),
+        (
+            "POST",
+            "/v1/modules/wc/pstates/counts/select",
+            "application/json",
+            br#"{"path":[]}"#.to_vec(),
+            400,
+            "invalid-path",
+        ),
+        (
+            "POST",
+            "/v1/modules/wc/pstates/counts/select",
+            "application/json",
+            br#"{"path":[{"key":"a"}],"extra":1}"#.to_vec(),
+            400,
+            "unknown-field",
+        ),
+        (
+            "GET",
+            "/v1/modules/wc/depots/words/partitions/99",
+            "application/json",
+            vec![],
+            404,
+            "partition-out-of-range",
+        ),
+        (
+            "GET",
+            "/v1/modules/wc/topologies/nope/dead-letters",
+            "application/json",
+            vec![],
+            404,
+            "unknown-topology",
+        ),
+        (
+            "GET",
+            "/v2/else",
+            "application/json",
+            vec![],
+            404,
+            "not-found",
+        ),
+    ];
+    for (method, path, ct, body, status, code) in cases {
+        let r = host.request(method, path, ct, &body);
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (status, code),
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(r.json()["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    assert_eq!(
+        host.depot_records("wc", "words"),
+        0,
+        "no rejected request wrote a record"
+    );
+    assert_eq!(host.get("/health").json()["status"], "ok");
+}

@@ -1,0 +1,235 @@
+//! Starting the real `sluice` binary and talking HTTP/1.1 to it (a minimal client, so the
+//! tests depend on nothing but std).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The example and fixture modules, built by `make modules`.
+pub fn module_wasm(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build the modules first with `make modules`",
+            path.display()
+        )
+    })
+}
+
+/// A running host process on a free loopback port.
+pub struct Host {
+    child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The error code of a JSON error body.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error body: {}", String::from_utf8_lossy(&self.body)))
+            .to_string()
+    }
+}
+
+impl Host {
+    pub fn start(data_dir: &Path, args: &[&str]) -> Host {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        Self::spawn(data_dir, args)
+    }
+
+    fn spawn(data_dir: &Path, args: Vec<String>) -> Host {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("starting sluice");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("reading the listen line");
+        let addr = line
+            .trim()
+            .strip_prefix("sluice listening on http://")
+            .unwrap_or_else(|| {
+                let log =
+                    std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+                panic!("unexpected first line {line:?}; host log:\n{log}")
+            })
+            .to_string();
+        Host {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            args,
+        }
+    }
+
+    /// `kill -9`, then start again on the same data dir.
+    pub fn kill9_and_restart(mut self) -> Host {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("wait");
+        let (dir, args) = (self.data_dir.clone(), std::mem::take(&mut self.args));
+        Self::spawn(&dir, args)
+    }
+
+    /// SIGTERM (graceful), then start again on the same data dir.
+    pub fn terminate_and_restart(mut self) -> Host {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait");
+        assert!(exit.success(), "graceful shutdown exited with {exit}");
+        let (dir, args) = (self.data_dir.clone(), std::mem::take(&mut self.args));
+        Self::spawn(&dir, args)
+    }
+
+    pub fn request(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Response {
+        let mut s = TcpStream::connect(&self.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        // The server may answer (e.g. 413) before reading the whole body and close.
+        let _ = s.write_all(body);
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        parse_response(&raw)
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.request("GET", path, "application/json", b"")
+    }
+
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> Response {
+        self.request(
+            "POST",
+            path,
+            "application/json",
+            body.to_string().as_bytes(),
+        )
+    }
+
+    pub fn deploy(&self, name: &str, wasm: &[u8], query: &str) -> Response {
+        self.request(
+            "PUT",
+            &format!("/v1/modules/{name}{query}"),
+            "application/wasm",
+            wasm,
+        )
+    }
+
+    pub fn append(&self, module: &str, depot: &str, record: &serde_json::Value) -> Response {
+        self.post_json(
+            &format!("/v1/modules/{module}/depots/{depot}/append"),
+            record,
+        )
+    }
+
+    /// The values a select returns; panics on an error.
+    pub fn select(
+        &self,
+        module: &str,
+        pstate: &str,
+        path: serde_json::Value,
+    ) -> Vec<serde_json::Value> {
+        let r = self.post_json(
+            &format!("/v1/modules/{module}/pstates/{pstate}/select"),
+            &serde_json::json!({ "path": path }),
+        );
+        assert_eq!(
+            r.status,
+            200,
+            "select failed: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        r.json()["values"].as_array().expect("values").clone()
+    }
+
+    /// The sum of the end offsets of a depot over all partitions.
+    pub fn depot_records(&self, module: &str, depot: &str) -> u64 {
+        let r = self.get(&format!("/v1/modules/{module}/depots/{depot}"));
+        assert_eq!(r.status, 200);
+        r.json()["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["end"].as_u64().unwrap())
+            .sum()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn parse_response(raw: &[u8]) -> Response {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Response {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}

@@ -1,0 +1,176 @@
+//! Misbehaving guests: the host stops them with a clear error, rolls their writes back, keeps
+//! serving other modules, and loses nothing committed.
+
+use serde_json::json;
+
+use crate::harness::{module_wasm, Host};
+
+#[test]
+fn runaway_guests_are_stopped_and_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(
+        &dir.path().join("data"),
+        &[
+            "--call-deadline-ms",
+            "200",
+            "--instance-memory-mb",
+            "16",
+            "--handler-attempts-max",
+            "2",
+        ],
+    );
+    let r = host.deploy("hostile", &module_wasm("hostile"), "?partitions=4");
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(host.deploy("wc", &module_wasm("wordcount"), "").status, 201);
+
+    let ok = host.append("hostile", "commands", &json!({"key": "k", "do": "ok"}));
+    assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+
+    let cases = [
+        ("loop", "deadline-exceeded"),
+        ("membomb", "memory-limit"),
+        ("trap", "trap"),
+        ("panic", "trap"),
+        ("stack", "trap"),
+        ("error", "guest-error"),
+        ("wrong-partition", "guest-error"),
+        ("bad-type", "guest-error"),
+    ];
+    for (action, guest_error) in cases {
+        let r = host.append("hostile", "commands", &json!({"key": "k", "do": action}));
+        assert_eq!(
+            r.status,
+            500,
+            "{action}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let e = r.json()["error"].clone();
+        assert_eq!(e["code"], "topology-failed", "{action}");
+        assert_eq!(e["guest_error"], guest_error, "{action}: {e}");
+        assert_eq!(e["topology"], "run");
+        // Another module keeps serving while this one misbehaves.
+        let w = host.append("wc", "words", &json!({"word": action}));
+        assert_eq!(w.status, 200);
+    }
+    let msg = |action: &str| -> String {
+        let dl = host
+            .get("/v1/modules/hostile/topologies/run/dead-letters")
+            .json();
+        dl["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["record"]["do"] == action)
+            .map(|d| d["error"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    assert!(
+        msg("panic").contains("hostile module panicked on purpose"),
+        "{}",
+        msg("panic")
+    );
+    assert!(
+        msg("wrong-partition").contains("belongs to partition"),
+        "{}",
+        msg("wrong-partition")
+    );
+    assert!(
+        msg("bad-type").contains("expected int, found string"),
+        "{}",
+        msg("bad-type")
+    );
+    assert!(msg("loop").contains("call_deadline_ms"));
+
+    let dl = host
+        .get("/v1/modules/hostile/topologies/run/dead-letters")
+        .json();
+    let dead = dl["dead_letters"].as_array().unwrap();
+    assert_eq!(dead.len(), cases.len());
+    assert!(dead.iter().all(|d| d["attempts"] == 2));
+
+    // Every failed handler's increment was rolled back: only the `ok` records count.
+    let ok2 = host.append("hostile", "commands", &json!({"key": "k", "do": "ok"}));
+    assert_eq!(ok2.status, 200);
+    assert_eq!(
+        host.select("hostile", "seen", json!([{"key": "k"}])),
+        vec![json!(2)]
+    );
+    assert_eq!(
+        host.depot_records("hostile", "commands"),
+        2 + cases.len() as u64
+    );
+    assert_eq!(
+        host.select("wc", "counts", json!([{"key": "loop"}])),
+        vec![json!(1)]
+    );
+
+    // After a restart the dead letters are not replayed and the state is the same.
+    let host = host.kill9_and_restart();
+    assert_eq!(
+        host.select("hostile", "seen", json!([{"key": "k"}])),
+        vec![json!(2)]
+    );
+}
+
+#[test]
+fn a_full_partition_queue_answers_503_and_drops_nothing_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(
+        &dir.path().join("data"),
+        &[
+            "--call-deadline-ms",
+            "300",
+            "--handler-attempts-max",
+            "2",
+            "--partition-queue-depth",
+            "2",
+            "--batch-records-max",
+            "1",
+        ],
+    );
+    assert_eq!(
+        host.deploy("hostile", &module_wasm("hostile"), "?partitions=2")
+            .status,
+        201
+    );
+    std::thread::scope(|s| {
+        // Occupies the key's partition for about 2 x 300 ms.
+        let blocker =
+            s.spawn(|| host.append("hostile", "commands", &json!({"key": "q", "do": "loop"})));
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let mut accepted = 0;
+        let mut refused = None;
+        for _ in 0..20 {
+            let r = host.request(
+                "POST",
+                "/v1/modules/hostile/depots/commands/append?ack=none",
+                "application/json",
+                br#"{"key": "q", "do": "ok"}"#,
+            );
+            match r.status {
+                202 => accepted += 1,
+                503 => {
+                    refused = Some(r);
+                    break;
+                }
+                other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&r.body)),
+            }
+        }
+        let refused = refused.expect("the bounded queue must fill up");
+        assert_eq!(refused.error_code(), "queue-full");
+        assert_eq!(refused.header("retry-after"), Some("1"));
+        assert!((1..=3).contains(&accepted), "accepted {accepted}");
+        assert_eq!(blocker.join().unwrap().status, 500);
+        // Every accepted `none`-ack record is processed; the refused one is not stored.
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            seen = host.select("hostile", "seen", json!([{"key": "q"}]));
+            if seen == vec![json!(accepted)] {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(seen, vec![json!(accepted)]);
+        assert_eq!(host.depot_records("hostile", "commands"), 1 + accepted);
+    });
+}

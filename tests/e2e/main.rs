@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `sluice` binary on a free loopback port with a temporary data
+//! directory, driven over HTTP with real `.wasm` modules (built by `make modules`).
+
+mod bad_input;
+mod harness;
+mod hostile;
+mod skeleton;
