@@ -29,6 +29,10 @@ lint: wasm-target
 test: modules lint
 	$(CARGO) test --workspace
 
+## Benchmarks (release build); results are recorded in BENCHMARKS.md.
+bench: modules
+	$(CARGO) bench -p sluice --bench append 2>/dev/null | tee target/bench-append.md
+
 fmt:
 	$(CARGO) fmt --all
 	cd modules && $(CARGO) fmt --all

@@ -23,6 +23,9 @@ pub struct Limits {
     pub batch_records_max: usize,
     /// Attempts of a failing handler before its record becomes a dead letter.
     pub handler_attempts_max: u32,
+    /// How long PState commits may stay non-durable before one is fsynced (0: fsync each).
+    /// Bounds the depot-log replay after a crash; never affects what is acked.
+    pub pstate_flush_interval_ms: u64,
     /// Values one select may return.
     pub select_values_max: usize,
     /// Records one depot read may return.
@@ -40,6 +43,7 @@ impl Default for Limits {
             partition_queue_depth: 4_096,
             batch_records_max: 1_000,
             handler_attempts_max: 3,
+            pstate_flush_interval_ms: 500,
             select_values_max: 10_000,
             depot_read_max: 1_000,
         }

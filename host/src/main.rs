@@ -63,6 +63,9 @@ struct ServeArgs {
     /// Records one group commit takes at most.
     #[arg(long, default_value_t = Limits::default().batch_records_max)]
     batch_records_max: usize,
+    /// How long PState commits may stay non-durable (the depot log replays them after a crash).
+    #[arg(long, default_value_t = Limits::default().pstate_flush_interval_ms)]
+    pstate_flush_interval_ms: u64,
     /// Attempts of a failing handler before the record becomes a dead letter.
     #[arg(long, default_value_t = Limits::default().handler_attempts_max)]
     handler_attempts_max: u32,
@@ -97,6 +100,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         partition_queue_depth: args.partition_queue_depth,
         batch_records_max: args.batch_records_max.max(1),
         handler_attempts_max: args.handler_attempts_max.max(1),
+        pstate_flush_interval_ms: args.pstate_flush_interval_ms,
         ..Limits::default()
     };
     let config = Config {

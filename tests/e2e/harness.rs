@@ -106,7 +106,7 @@ impl Host {
 
     /// `kill -9`, then start again on the same data dir.
     pub fn kill9_and_restart(mut self) -> Host {
-        self.child.kill().expect("kill -9");
+        let _ = self.child.kill();
         self.child.wait().expect("wait");
         let (dir, args) = (self.data_dir.clone(), std::mem::take(&mut self.args));
         Self::spawn(&dir, args)
@@ -126,15 +126,31 @@ impl Host {
         Self::spawn(&dir, args)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn request(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Response {
-        let mut s = TcpStream::connect(&self.addr).expect("connect");
+        self.try_request(method, path, content_type, body)
+            .unwrap_or_else(|| panic!("{method} {path}: no answer from the host"))
+    }
+
+    /// Like `request`, but `None` when the host does not answer (e.g. it was killed).
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Option<Response> {
+        let mut s = TcpStream::connect(&self.addr).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             self.addr,
             body.len()
         );
-        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(head.as_bytes()).ok()?;
         // The server may answer (e.g. 413) before reading the whole body and close.
         let _ = s.write_all(body);
         let mut raw = Vec::new();
@@ -211,25 +227,83 @@ impl Drop for Host {
     }
 }
 
-fn parse_response(raw: &[u8]) -> Response {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(raw)));
+fn parse_response(raw: &[u8]) -> Option<Response> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
     let status: u16 = lines
         .next()
         .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
+        .and_then(|s| s.parse().ok())?;
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    Response {
+    Some(Response {
         status,
         headers,
         body: raw[split + 4..].to_vec(),
+    })
+}
+
+/// A keep-alive HTTP/1.1 connection, for load generators.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn open(addr: &str) -> Conn {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_nodelay(true).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        Conn {
+            reader: BufReader::new(s),
+        }
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Response {
+        let mut msg = format!(
+            "{method} {path} HTTP/1.1\r\nHost: sluice\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        msg.extend_from_slice(body);
+        self.reader.get_mut().write_all(&msg).expect("send");
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("status line");
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        let mut headers = Vec::new();
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).expect("header");
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().expect("content-length");
+                }
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).expect("body");
+        Response {
+            status,
+            headers,
+            body,
+        }
     }
 }

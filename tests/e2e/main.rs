@@ -2,6 +2,7 @@
 //! directory, driven over HTTP with real `.wasm` modules (built by `make modules`).
 
 mod bad_input;
+mod crash;
 mod harness;
 mod hostile;
 mod skeleton;

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::harness::{module_wasm, Host};
+use crate::harness::{module_wasm, Conn, Host};
 
 #[test]
 fn deploy_append_select_and_survive_restarts() {
@@ -174,4 +174,17 @@ fn ack_levels_ndjson_batches_and_depot_reads() {
         host.select("wordcount", "counts", json!([{"key": "a"}])),
         vec![json!(2)]
     );
+
+    // One keep-alive connection carries many requests.
+    let mut conn = Conn::open(&host.addr);
+    for n in 1..=3 {
+        let r = conn.request(
+            "POST",
+            "/v1/modules/wordcount/depots/words/append",
+            "application/json",
+            br#"{"word": "kiwi"}"#,
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["results"]["wordcount"], n);
+    }
 }

@@ -257,7 +257,7 @@ async fn route(
             }
             let module = module(state, m)?;
             let body = read_body(req, limits.request_body_bytes, "request_body_bytes").await?;
-            select(&module, p, &body, limits.select_values_max)
+            select(&module, p, &body, limits.select_values_max).await
         }
         ["v1", "modules", m, "topologies", t, "dead-letters"] => {
             if method != Method::GET {
@@ -438,14 +438,31 @@ fn depot_read(
     ))
 }
 
-fn select(
+/// How long a select waits for a partition still replaying its log after a restart.
+const RECOVERY_WAIT_MS_MAX: u64 = 10_000;
+
+async fn select(
     module: &Module,
     pstate: &str,
     body: &[u8],
     values_max: usize,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let request = json::parse_select(body)?;
-    let values = module.select(pstate, &request.path, request.partition)?;
+    let p = module.select_partition(pstate, &request.path, request.partition)?;
+    let started = std::time::Instant::now();
+    while !module.is_ready(p) {
+        if started.elapsed().as_millis() as u64 > RECOVERY_WAIT_MS_MAX {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "partition-recovering",
+                format!("partition {p} is still replaying its depot log after a restart"),
+            );
+            e.retry_after_s = Some(1);
+            return Err(e);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let values = module.select(pstate, &request.path, Some(p))?;
     if values.len() > values_max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

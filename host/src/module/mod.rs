@@ -11,6 +11,7 @@ pub mod definition;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -74,6 +75,8 @@ pub struct PartitionHandle {
     tx: RwLock<Option<SyncSender<Work>>>,
     pub log: Arc<DepotLog>,
     pub store: Arc<PStateStore>,
+    /// Set once the worker finished recovery; until then the PState store may lag the log.
+    pub ready: Arc<AtomicBool>,
 }
 
 /// A deployed, running module.
@@ -169,6 +172,11 @@ impl Module {
         }
         let key = pstate::leading_key(schema, pstate, path)?;
         Ok(crate::partition::partition_of(&key, self.partitions))
+    }
+
+    /// Whether partition `p` finished recovery (its PStates reflect everything acked).
+    pub fn is_ready(&self, p: u32) -> bool {
+        self.handles[p as usize].ready.load(Ordering::Acquire)
     }
 
     /// Selects from the committed state of one partition.
@@ -371,6 +379,7 @@ impl Registry {
                 manifest.partitions,
             ));
             let (tx, rx) = sync_channel(limits.partition_queue_depth);
+            let ready = Arc::new(AtomicBool::new(false));
             let worker = Worker {
                 module: manifest.name.as_str().into(),
                 partition: p,
@@ -381,6 +390,10 @@ impl Registry {
                 topologies: Arc::clone(&topologies),
                 batch_records_max: limits.batch_records_max,
                 handler_attempts_max: limits.handler_attempts_max,
+                pstate_flush_interval: std::time::Duration::from_millis(
+                    limits.pstate_flush_interval_ms,
+                ),
+                ready: Arc::clone(&ready),
                 rx,
             };
             let thread = std::thread::Builder::new()
@@ -392,6 +405,7 @@ impl Registry {
                 tx: RwLock::new(Some(tx)),
                 log,
                 store,
+                ready,
             });
         }
         Ok(Arc::new(Module {

@@ -5,8 +5,8 @@
 //! value as CBOR; `offsets` maps `"<topology>/<depot>"` to the next depot offset that topology
 //! has not yet finished; `dead-letters` maps `(topology, depot, offset)` to the failure.
 //! Invariant: entries and offsets change only together, in one [`Batch`] commit, so the offsets
-//! always describe exactly the records the entries reflect (the depot log is the write-ahead log
-//! that replays the rest after a crash).
+//! always describe exactly the records the entries reflect, in every committed state including
+//! the one a crash falls back to (the depot log is the write-ahead log that replays the rest).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -106,13 +106,19 @@ impl PStateStore {
             .map_or(0, |v| v.value()))
     }
 
-    /// Commits a batch durably (fsync) in one transaction.
-    pub fn commit(&self, batch: Batch) -> Result<(), redb::Error> {
-        if batch.is_empty() {
+    /// Commits a batch in one transaction. `durable` fsyncs it (and every earlier commit);
+    /// otherwise it is visible at once but survives a crash only once a later durable commit
+    /// happened — which is safe because the depot log replays whatever a crash dropped.
+    pub fn commit(&self, batch: Batch, durable: bool) -> Result<(), redb::Error> {
+        if batch.is_empty() && !durable {
             return Ok(());
         }
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
         {
             let mut current: Option<(String, EntryTable)> = None;
             for ((pstate, key), value) in &batch.entries {

@@ -8,9 +8,10 @@
 //! everything acked is restored, each record's effects applied exactly once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::mpsc::Receiver;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -95,7 +96,17 @@ pub struct Worker {
     pub topologies: Arc<Vec<StreamTopology>>,
     pub batch_records_max: usize,
     pub handler_attempts_max: u32,
+    /// How long PState commits may stay non-durable (see [`PStateStore::commit`]).
+    pub pstate_flush_interval: Duration,
+    /// Set once recovery finished; selects wait for it.
+    pub ready: Arc<AtomicBool>,
     pub rx: Receiver<Work>,
+}
+
+/// When PState commits were last made durable.
+struct Flush {
+    last_durable: Instant,
+    dirty: bool,
 }
 
 struct Item {
@@ -109,7 +120,14 @@ struct Item {
 impl Worker {
     pub fn run(mut self) {
         let mut next: HashMap<String, u64> = HashMap::new();
-        if let Err(e) = self.recover() {
+        let mut flush = Flush {
+            last_durable: Instant::now(),
+            dirty: false,
+        };
+        if let Err(e) = self
+            .recover(&mut flush)
+            .and_then(|()| self.flush(&mut flush))
+        {
             tracing::error!(
                 module = &*self.module,
                 partition = self.partition,
@@ -117,7 +135,26 @@ impl Worker {
             );
             return;
         }
-        while let Ok(first) = self.rx.recv() {
+        self.ready.store(true, Ordering::Release);
+        loop {
+            let first = match self
+                .rx
+                .recv_timeout(self.pstate_flush_interval.max(Duration::from_millis(1)))
+            {
+                Ok(w) => w,
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(e) = self.flush(&mut flush) {
+                        tracing::error!(
+                            module = &*self.module,
+                            partition = self.partition,
+                            "PState flush failed, stopping the partition: {e}"
+                        );
+                        return;
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             let mut work = vec![first];
             while work.len() < self.batch_records_max {
                 match self.rx.try_recv() {
@@ -178,7 +215,7 @@ impl Worker {
                     reply,
                 });
             }
-            if let Err(e) = self.process(items) {
+            if let Err(e) = self.process(items, &mut flush) {
                 tracing::error!(
                     module = &*self.module,
                     partition = self.partition,
@@ -187,11 +224,28 @@ impl Worker {
                 return;
             }
         }
+        if let Err(e) = self.flush(&mut flush) {
+            tracing::error!(
+                module = &*self.module,
+                partition = self.partition,
+                "final PState flush failed: {e}"
+            );
+        }
+    }
+
+    /// Makes every earlier PState commit durable, if any was not.
+    fn flush(&mut self, flush: &mut Flush) -> Result<(), redb::Error> {
+        if flush.dirty {
+            self.store.commit(Default::default(), true)?;
+        }
+        flush.dirty = false;
+        flush.last_durable = Instant::now();
+        Ok(())
     }
 
     /// Runs the topologies on `items` (already durable in the log), commits, answers acks.
-    fn process(&mut self, items: Vec<Item>) -> Result<(), redb::Error> {
-        self.process_filtered(items, None)
+    fn process(&mut self, items: Vec<Item>, flush: &mut Flush) -> Result<(), redb::Error> {
+        self.process_filtered(items, None, flush)
     }
 
     /// `process`, skipping topology t for a record when `done[(t, depot)]` is past its offset.
@@ -199,6 +253,7 @@ impl Worker {
         &mut self,
         items: Vec<Item>,
         done: Option<&HashMap<(String, String), u64>>,
+        flush: &mut Flush,
     ) -> Result<(), redb::Error> {
         let mut batch_offsets = BTreeMap::new();
         let mut dead_letters = Vec::new();
@@ -257,7 +312,8 @@ impl Worker {
         let mut batch = session.take_batch();
         batch.offsets = batch_offsets;
         batch.dead_letters = dead_letters;
-        if let Err(e) = self.store.commit(batch) {
+        let durable = flush.last_durable.elapsed() >= self.pstate_flush_interval;
+        if let Err(e) = self.store.commit(batch, durable) {
             let err = ProcessingError::Storage {
                 partition: self.partition,
                 message: e.to_string(),
@@ -268,6 +324,12 @@ impl Worker {
                 }
             }
             return Err(e);
+        }
+        if durable {
+            flush.last_durable = Instant::now();
+            flush.dirty = false;
+        } else {
+            flush.dirty = true;
         }
         for (item, outcome) in items.into_iter().zip(outcomes) {
             if let (AckLevel::Full, Some(r)) = (item.ack, item.reply) {
@@ -342,7 +404,7 @@ impl Worker {
     }
 
     /// Replays records the PState store does not reflect yet (after a crash or kill).
-    fn recover(&mut self) -> Result<(), redb::Error> {
+    fn recover(&mut self, flush: &mut Flush) -> Result<(), redb::Error> {
         let mut depots: BTreeMap<String, u64> = BTreeMap::new();
         for t in self.topologies.iter() {
             for d in &t.depots {
@@ -371,7 +433,7 @@ impl Worker {
                         reply: None,
                     })
                     .collect();
-                self.process_replay(items)?;
+                self.process_replay(items, flush)?;
                 from = last + 1;
             }
         }
@@ -387,7 +449,7 @@ impl Worker {
     }
 
     /// Like `process`, but skips each topology for records it already reflects.
-    fn process_replay(&mut self, items: Vec<Item>) -> Result<(), redb::Error> {
+    fn process_replay(&mut self, items: Vec<Item>, flush: &mut Flush) -> Result<(), redb::Error> {
         let mut done: HashMap<(String, String), u64> = HashMap::new();
         for t in self.topologies.iter() {
             for d in &t.depots {
@@ -397,6 +459,6 @@ impl Worker {
                 );
             }
         }
-        self.process_filtered(items, Some(&done))
+        self.process_filtered(items, Some(&done), flush)
     }
 }
