@@ -59,6 +59,20 @@ impl Schema {
     pub fn list(element: Schema) -> Self {
         Schema(format!("list<{}>", element.0))
     }
+    /// A record: a map with these fixed string fields (each optional).
+    pub fn record(fields: &[(&str, Schema)]) -> Self {
+        let body: Vec<String> = fields
+            .iter()
+            .map(|(n, s)| format!("{n}: {}", s.0))
+            .collect();
+        Schema(format!("{{{}}}", body.join(", ")))
+    }
+    /// Store this collection element by element: it can hold millions of elements, be
+    /// range-read with one seek, and report its size in O(1). Allowed for the PState's value or
+    /// a record field, not inside another subindexed collection.
+    pub fn subindexed(self) -> Self {
+        Schema(format!("subindexed {}", self.0))
+    }
     /// The schema's text form, as the host shows it.
     pub fn as_str(&self) -> &str {
         &self.0

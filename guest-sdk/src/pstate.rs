@@ -4,10 +4,69 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::bindings::sluice::module::host;
-use crate::bindings::sluice::module::types::{Navigator, TransformOp};
+use crate::bindings::sluice::module::types::{
+    Comparison, KeyRange as KeyRangeWit, Navigator, TransformOp,
+};
 use crate::{decode, encode, Error, Result};
 
-/// A path into a PState: `Path::key("alice").key("balance")`.
+/// Bounds of [`Path::sorted_range`]. Build with [`KeyRange::all`] and the setters.
+#[derive(Debug, Clone, Default)]
+pub struct KeyRange {
+    start: Option<(Vec<u8>, bool)>,
+    end: Option<(Vec<u8>, bool)>,
+    limit: Option<u64>,
+    reverse: bool,
+    error: Option<Error>,
+}
+
+impl KeyRange {
+    /// Every key.
+    pub fn all() -> Self {
+        Self::default()
+    }
+    /// From `k` (inclusive).
+    pub fn from<K: Serialize + ?Sized>(mut self, k: &K) -> Self {
+        self.start = self.encode(k).map(|b| (b, true));
+        self
+    }
+    /// After `k` (exclusive).
+    pub fn after<K: Serialize + ?Sized>(mut self, k: &K) -> Self {
+        self.start = self.encode(k).map(|b| (b, false));
+        self
+    }
+    /// Up to `k` (exclusive).
+    pub fn to<K: Serialize + ?Sized>(mut self, k: &K) -> Self {
+        self.end = self.encode(k).map(|b| (b, false));
+        self
+    }
+    /// Up to and including `k`.
+    pub fn through<K: Serialize + ?Sized>(mut self, k: &K) -> Self {
+        self.end = self.encode(k).map(|b| (b, true));
+        self
+    }
+    /// At most `n` entries.
+    pub fn limit(mut self, n: u64) -> Self {
+        self.limit = Some(n);
+        self
+    }
+    /// Highest keys first.
+    pub fn reverse(mut self) -> Self {
+        self.reverse = true;
+        self
+    }
+    fn encode<K: Serialize + ?Sized>(&mut self, k: &K) -> Option<Vec<u8>> {
+        match encode(k) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.error.get_or_insert(e);
+                None
+            }
+        }
+    }
+}
+
+/// A path into a PState: `Path::key("alice").then_key("balance")`. Every navigator of the
+/// host is here; see the README for what each selects.
 #[derive(Debug, Clone, Default)]
 pub struct Path {
     navigators: Vec<Navigator>,
@@ -20,10 +79,86 @@ impl Path {
         Path::default().then_key(k)
     }
 
-    /// Continue into the map value under key `k`.
-    pub fn then_key<K: Serialize + ?Sized>(mut self, k: &K) -> Path {
+    fn push_value<K: Serialize + ?Sized>(mut self, k: &K, f: fn(Vec<u8>) -> Navigator) -> Path {
         match encode(k) {
-            Ok(bytes) => self.navigators.push(Navigator::Key(bytes)),
+            Ok(bytes) => self.navigators.push(f(bytes)),
+            Err(e) => self.error = self.error.or(Some(e)),
+        }
+        self
+    }
+
+    fn push(mut self, n: Navigator) -> Path {
+        self.navigators.push(n);
+        self
+    }
+
+    /// The map value under key `k`.
+    pub fn then_key<K: Serialize + ?Sized>(self, k: &K) -> Path {
+        self.push_value(k, Navigator::Key)
+    }
+    /// Like `then_key`, but transforms never create the key.
+    pub fn must<K: Serialize + ?Sized>(self, k: &K) -> Path {
+        self.push_value(k, Navigator::Must)
+    }
+    /// Every element (list, set) or `[key, value]` entry (map).
+    pub fn all(self) -> Path {
+        self.push(Navigator::All)
+    }
+    pub fn map_keys(self) -> Path {
+        self.push(Navigator::MapKeys)
+    }
+    pub fn map_vals(self) -> Path {
+        self.push(Navigator::MapVals)
+    }
+    pub fn first(self) -> Path {
+        self.push(Navigator::First)
+    }
+    pub fn last(self) -> Path {
+        self.push(Navigator::Last)
+    }
+    pub fn nth(self, i: u64) -> Path {
+        self.push(Navigator::Nth(i))
+    }
+    /// The number of elements (0 when absent).
+    pub fn count(self) -> Path {
+        self.push(Navigator::Count)
+    }
+    /// The entries within a key range (a map; for a set, a list of elements).
+    pub fn sorted_range(mut self, r: KeyRange) -> Path {
+        if let Some(e) = r.error {
+            self.error.get_or_insert(e);
+            return self;
+        }
+        let (start, start_inclusive) = r.start.map_or((None, true), |(b, i)| (Some(b), i));
+        let (end, end_inclusive) = r.end.map_or((None, false), |(b, i)| (Some(b), i));
+        self.push(Navigator::SortedRange(KeyRangeWit {
+            start,
+            end,
+            start_inclusive,
+            end_inclusive,
+            limit: r.limit,
+            reverse: r.reverse,
+        }))
+    }
+    /// The value, or `v` when absent or null.
+    pub fn null_to_val<V: Serialize + ?Sized>(self, v: &V) -> Path {
+        self.push_value(v, Navigator::NullToVal)
+    }
+    /// Continue only where the value equals `v`.
+    pub fn filter_eq<V: Serialize + ?Sized>(self, v: &V) -> Path {
+        self.filter(Comparison::Eq, v)
+    }
+    /// Continue only where the value is less than `v` (key order).
+    pub fn filter_lt<V: Serialize + ?Sized>(self, v: &V) -> Path {
+        self.filter(Comparison::Lt, v)
+    }
+    /// Continue only where the value is greater than `v` (key order).
+    pub fn filter_gt<V: Serialize + ?Sized>(self, v: &V) -> Path {
+        self.filter(Comparison::Gt, v)
+    }
+    fn filter<V: Serialize + ?Sized>(mut self, c: Comparison, v: &V) -> Path {
+        match encode(v) {
+            Ok(b) => self.navigators.push(Navigator::Filter((c, b))),
             Err(e) => self.error = self.error.or(Some(e)),
         }
         self
@@ -77,6 +212,41 @@ impl PState {
     pub fn increment(&self, path: &Path, by: i64) -> Result<()> {
         host::transform(&self.name, &path.navigators()?, &TransformOp::Increment(by))
             .map_err(from_wit)
+    }
+
+    /// Adds `element` to the set at `path`.
+    pub fn insert<V: Serialize + ?Sized>(&self, path: &Path, element: &V) -> Result<()> {
+        host::transform(
+            &self.name,
+            &path.navigators()?,
+            &TransformOp::Insert(encode(element)?),
+        )
+        .map_err(from_wit)
+    }
+
+    /// Appends `element` to the list at `path`.
+    pub fn push<V: Serialize + ?Sized>(&self, path: &Path, element: &V) -> Result<()> {
+        host::transform(
+            &self.name,
+            &path.navigators()?,
+            &TransformOp::Push(encode(element)?),
+        )
+        .map_err(from_wit)
+    }
+
+    /// Sets every entry of `entries` (a map) in the map at `path`.
+    pub fn merge<V: Serialize + ?Sized>(&self, path: &Path, entries: &V) -> Result<()> {
+        host::transform(
+            &self.name,
+            &path.navigators()?,
+            &TransformOp::Merge(encode(entries)?),
+        )
+        .map_err(from_wit)
+    }
+
+    /// The number of elements of the collection at `path` (O(1) when subindexed).
+    pub fn count(&self, path: &Path) -> Result<u64> {
+        Ok(self.get(&path.clone().count())?.unwrap_or(0))
     }
 
     /// Removes the value at `path`.

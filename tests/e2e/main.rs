@@ -5,4 +5,5 @@ mod bad_input;
 mod crash;
 mod harness;
 mod hostile;
+mod pstates;
 mod skeleton;

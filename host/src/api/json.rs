@@ -6,7 +6,7 @@
 use serde_json::Value as J;
 
 use super::ApiError;
-use crate::pstate::Navigator;
+use crate::pstate::{Cmp, Navigator, Range};
 use crate::value::{from_json, Value};
 
 /// The most lines one NDJSON append may carry.
@@ -56,10 +56,120 @@ pub fn parse_ndjson(body: &[u8]) -> Result<Vec<Value>, ApiError> {
     Ok(out)
 }
 
+/// Which partitions a select reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PartitionSel {
+    /// The partition owning the path's leading key.
+    ByKey,
+    One(u32),
+    All,
+}
+
 /// A select request.
 pub struct SelectRequest {
     pub path: Vec<Navigator>,
-    pub partition: Option<u32>,
+    pub partition: PartitionSel,
+    pub limit: Option<usize>,
+}
+
+fn range(i: usize, arg: &J) -> Result<Range, ApiError> {
+    let J::Object(o) = arg else {
+        return Err(ApiError::bad_request(
+            "invalid-path",
+            format!("navigator {i}: `sorted-range` takes an object"),
+        ));
+    };
+    let mut r = Range {
+        start_inclusive: true,
+        ..Range::default()
+    };
+    for (k, v) in o {
+        let bool_arg = || {
+            v.as_bool().ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid-path",
+                    format!("navigator {i}: `{k}` must be true or false"),
+                )
+            })
+        };
+        match k.as_str() {
+            "start" => r.start = Some(value(v, &format!("navigator {i} start"))?),
+            "end" => r.end = Some(value(v, &format!("navigator {i} end"))?),
+            "start-inclusive" => r.start_inclusive = bool_arg()?,
+            "end-inclusive" => r.end_inclusive = bool_arg()?,
+            "reverse" => r.reverse = bool_arg()?,
+            "limit" => {
+                r.limit = Some(v.as_u64().ok_or_else(|| {
+                    ApiError::bad_request("invalid-path", format!("navigator {i}: `limit` must be a non-negative integer"))
+                })?)
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid-path",
+                    format!("navigator {i}: unknown sorted-range field `{other}` (start, end, start-inclusive, end-inclusive, limit, reverse)"),
+                ))
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Parses the JSON form of one navigator (see the README for every form).
+fn navigator(i: usize, item: &J) -> Result<Navigator, ApiError> {
+    if let J::String(name) = item {
+        return match name.as_str() {
+            "all" => Ok(Navigator::All),
+            "map-keys" => Ok(Navigator::MapKeys),
+            "map-vals" => Ok(Navigator::MapVals),
+            "first" => Ok(Navigator::First),
+            "last" => Ok(Navigator::Last),
+            "count" => Ok(Navigator::Count),
+            other => Err(ApiError::bad_request(
+                "unknown-navigator",
+                format!("navigator {i}: unknown navigator `{other}`"),
+            )),
+        };
+    }
+    let J::Object(o) = item else {
+        return Err(ApiError::bad_request(
+            "invalid-path",
+            format!("navigator {i} must be a name like \"all\" or an object like {{\"key\": \"apple\"}}"),
+        ));
+    };
+    if o.len() != 1 {
+        return Err(ApiError::bad_request(
+            "invalid-path",
+            format!("navigator {i} must have exactly one key"),
+        ));
+    }
+    let (name, arg) = o.iter().next().expect("one entry");
+    let v = |arg: &J| value(arg, &format!("navigator {i}"));
+    let cmp = |c: Cmp| -> Result<Navigator, ApiError> { Ok(Navigator::Filter(c, v(arg)?)) };
+    match name.as_str() {
+        "key" => Ok(Navigator::Key(v(arg)?)),
+        "must" => Ok(Navigator::Must(v(arg)?)),
+        "nth" => Ok(Navigator::Nth(arg.as_u64().ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid-path",
+                format!("navigator {i}: `nth` takes a non-negative integer"),
+            )
+        })?)),
+        "null-to-val" => Ok(Navigator::NullToVal(v(arg)?)),
+        "sorted-range" => Ok(Navigator::SortedRange(range(i, arg)?)),
+        "filter-eq" => cmp(Cmp::Eq),
+        "filter-ne" => cmp(Cmp::Ne),
+        "filter-lt" => cmp(Cmp::Lt),
+        "filter-le" => cmp(Cmp::Le),
+        "filter-gt" => cmp(Cmp::Gt),
+        "filter-ge" => cmp(Cmp::Ge),
+        "all" | "map-keys" | "map-vals" | "first" | "last" | "count" => {
+            navigator(i, &J::String(name.clone()))
+        }
+        other => Err(ApiError::bad_request(
+            "unknown-navigator",
+            format!("navigator {i}: unknown navigator `{other}`"),
+        )),
+    }
 }
 
 pub fn parse_path(json: &J) -> Result<Vec<Navigator>, ApiError> {
@@ -81,28 +191,7 @@ pub fn parse_path(json: &J) -> Result<Vec<Navigator>, ApiError> {
     items
         .iter()
         .enumerate()
-        .map(|(i, item)| {
-            let J::Object(o) = item else {
-                return Err(ApiError::bad_request(
-                    "invalid-path",
-                    format!("navigator {i} must be an object like {{\"key\": \"apple\"}}"),
-                ));
-            };
-            if o.len() != 1 {
-                return Err(ApiError::bad_request(
-                    "invalid-path",
-                    format!("navigator {i} must have exactly one key"),
-                ));
-            }
-            let (name, arg) = o.iter().next().expect("one entry");
-            match name.as_str() {
-                "key" => Ok(Navigator::Key(value(arg, &format!("navigator {i}"))?)),
-                other => Err(ApiError::bad_request(
-                    "unknown-navigator",
-                    format!("navigator {i}: unknown navigator `{other}`"),
-                )),
-            }
-        })
+        .map(|(i, item)| navigator(i, item))
         .collect()
 }
 
@@ -115,10 +204,10 @@ pub fn parse_select(body: &[u8]) -> Result<SelectRequest, ApiError> {
         ));
     };
     for k in o.keys() {
-        if k != "path" && k != "partition" {
+        if !matches!(k.as_str(), "path" | "partition" | "limit") {
             return Err(ApiError::bad_request(
                 "unknown-field",
-                format!("unknown field `{k}` (expected `path`, `partition`)"),
+                format!("unknown field `{k}` (expected `path`, `partition`, `limit`)"),
             ));
         }
     }
@@ -127,22 +216,40 @@ pub fn parse_select(body: &[u8]) -> Result<SelectRequest, ApiError> {
             .ok_or_else(|| ApiError::bad_request("invalid-request", "missing `path`"))?,
     )?;
     let partition = match o.get("partition") {
-        None | Some(J::Null) => None,
-        Some(J::Number(n)) => Some(n.as_u64().and_then(|p| u32::try_from(p).ok()).ok_or_else(
-            || ApiError::bad_request("partition-out-of-range", format!("invalid partition {n}")),
-        )?),
+        None | Some(J::Null) => PartitionSel::ByKey,
+        Some(J::String(s)) if s == "all" => PartitionSel::All,
+        Some(J::Number(n)) => PartitionSel::One(
+            n.as_u64()
+                .and_then(|p| u32::try_from(p).ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "partition-out-of-range",
+                        format!("invalid partition {n}"),
+                    )
+                })?,
+        ),
         Some(other) => {
             return Err(ApiError::bad_request(
                 "invalid-request",
-                format!("`partition` must be an integer, got {other}"),
+                format!("`partition` must be an integer or \"all\", got {other}"),
             ))
         }
     };
-    if partition.is_none() && path.is_empty() {
+    let limit = match o.get("limit") {
+        None | Some(J::Null) => None,
+        Some(l) => Some(l.as_u64().filter(|l| *l > 0).ok_or_else(|| {
+            ApiError::bad_request("invalid-request", "`limit` must be a positive integer")
+        })? as usize),
+    };
+    if partition == PartitionSel::ByKey && path.is_empty() {
         return Err(ApiError::bad_request(
             "invalid-path",
             "the path is empty; it must start with a `key` navigator",
         ));
     }
-    Ok(SelectRequest { path, partition })
+    Ok(SelectRequest {
+        path,
+        partition,
+        limit,
+    })
 }

@@ -448,7 +448,43 @@ async fn select(
     values_max: usize,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let request = json::parse_select(body)?;
-    let p = module.select_partition(pstate, &request.path, request.partition)?;
+    let partitions: Vec<u32> = match request.partition {
+        json::PartitionSel::All => {
+            module.catalog.schema(pstate)?;
+            (0..module.partitions).collect()
+        }
+        json::PartitionSel::One(p) => {
+            vec![module.select_partition(pstate, &request.path, Some(p))?]
+        }
+        json::PartitionSel::ByKey => vec![module.select_partition(pstate, &request.path, None)?],
+    };
+    let limit = request.limit.unwrap_or(values_max).min(values_max);
+    let mut values = Vec::new();
+    for p in partitions {
+        wait_ready(module, p).await?;
+        let want = limit + 1 - values.len();
+        values.extend(module.select(pstate, &request.path, Some(p), want)?);
+        if values.len() > limit {
+            break;
+        }
+    }
+    let truncated = values.len() > limit;
+    if truncated && request.limit.is_none() {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "result-too-large",
+            format!("the select returned more than the select_values_max limit of {values_max} values; pass `limit` or narrow the path"),
+        ));
+    }
+    values.truncate(limit);
+    let values: Vec<_> = values.iter().map(to_json).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "values": values, "truncated": truncated }),
+    ))
+}
+
+async fn wait_ready(module: &Module, p: u32) -> Result<(), ApiError> {
     let started = std::time::Instant::now();
     while !module.is_ready(p) {
         if started.elapsed().as_millis() as u64 > RECOVERY_WAIT_MS_MAX {
@@ -462,19 +498,7 @@ async fn select(
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let values = module.select(pstate, &request.path, Some(p))?;
-    if values.len() > values_max {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "result-too-large",
-            format!(
-                "the select returned {} values, over the select_values_max limit of {values_max}",
-                values.len()
-            ),
-        ));
-    }
-    let values: Vec<_> = values.iter().map(to_json).collect();
-    Ok(json_response(StatusCode::OK, &json!({ "values": values })))
+    Ok(())
 }
 
 fn dead_letters(module: &Module, topology: &str) -> Result<Response<Full<Bytes>>, ApiError> {

@@ -170,8 +170,13 @@ impl Module {
             }
             return Ok(p);
         }
-        let key = pstate::leading_key(schema, pstate, path)?;
-        Ok(crate::partition::partition_of(&key, self.partitions))
+        pstate::check_leading_key(schema, pstate, path)?;
+        pstate::leading_partition(path, self.partitions)?.ok_or_else(|| {
+            AccessError::new(
+                "partition-required",
+                "the path does not start with `key`/`must`: name a partition (\"partition\": k or \"all\")",
+            )
+        })
     }
 
     /// Whether partition `p` finished recovery (its PStates reflect everything acked).
@@ -185,9 +190,16 @@ impl Module {
         pstate: &str,
         path: &[Navigator],
         partition: Option<u32>,
+        limit: usize,
     ) -> Result<Vec<Value>, AccessError> {
         let p = self.select_partition(pstate, path, partition)?;
-        pstate::select_committed(&self.handles[p as usize].store, &self.catalog, pstate, path)
+        pstate::select_committed(
+            &self.handles[p as usize].store,
+            &self.catalog,
+            pstate,
+            path,
+            limit,
+        )
     }
 
     pub fn describe(&self) -> serde_json::Value {
@@ -377,6 +389,7 @@ impl Registry {
                 Arc::clone(&catalog),
                 p,
                 manifest.partitions,
+                limits.select_values_max,
             ));
             let (tx, rx) = sync_channel(limits.partition_queue_depth);
             let ready = Arc::new(AtomicBool::new(false));

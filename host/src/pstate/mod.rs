@@ -5,15 +5,18 @@
 //! reads and writes its partition. Invariants: every stored value was validated against its
 //! PState's schema; a top-level key is only ever written on the partition that owns it.
 
+pub mod engine;
 pub mod key;
 pub mod path;
 pub mod schema;
 pub mod session;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 
-pub use path::{Navigator, TransformOp};
+pub use path::{Cmp, Navigator, Range, TransformOp};
 pub use schema::Schema;
 pub use session::Session;
 pub use store::PStateStore;
@@ -64,20 +67,32 @@ impl Catalog {
     }
 }
 
-/// The top-level key of a path, encoded, after checking it against the key schema.
-pub fn leading_key(
+/// Checks a leading `key`/`must` navigator's key against the PState's key schema.
+pub fn check_leading_key(
     schema: &Schema,
     pstate: &str,
     path: &[Navigator],
-) -> Result<Vec<u8>, AccessError> {
-    let first = path.first().ok_or(path::PathError::Empty)?;
-    let Navigator::Key(k) = first;
-    if let Some((key_schema, _)) = schema.as_top_level() {
+) -> Result<(), AccessError> {
+    if let (Some(Navigator::Key(k) | Navigator::Must(k)), Some((key_schema, _))) =
+        (path.first(), schema.as_top_level())
+    {
         key_schema
-            .validate(k, &format!("{pstate} key"))
+            .normalize(k.clone(), &format!("{pstate} key"))
             .map_err(|e| AccessError::new("schema-mismatch", e.to_string()))?;
     }
-    key::encode(k).map_err(|e| AccessError::new("invalid-path", e.to_string()))
+    Ok(())
+}
+
+/// The partition owning the path's leading key, if it starts with `key`/`must`.
+pub fn leading_partition(path: &[Navigator], partitions: u32) -> Result<Option<u32>, AccessError> {
+    match path.first() {
+        Some(Navigator::Key(k) | Navigator::Must(k)) => {
+            Ok(Some(partition_of_key(k, partitions).map_err(|e| {
+                AccessError::new("invalid-path", e.to_string())
+            })?))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The partition that owns the top-level key `key` (a value) of any PState.
@@ -85,16 +100,26 @@ pub fn partition_of_key(key: &Value, partitions: u32) -> Result<u32, key::KeyErr
     Ok(partition_of(&key::encode(key)?, partitions))
 }
 
-/// Selects `path` in the committed state of one partition (used by HTTP reads).
+/// Selects `path` in the committed state of one partition (used by HTTP reads), returning at
+/// most `limit` values.
 pub fn select_committed(
     store: &PStateStore,
     catalog: &Catalog,
     pstate: &str,
     path: &[Navigator],
+    limit: usize,
 ) -> Result<Vec<Value>, AccessError> {
     let schema = catalog.schema(pstate)?;
-    let key = leading_key(schema, pstate, path)?;
+    check_leading_key(schema, pstate, path)?;
     let snapshot = store.begin_read()?;
-    let entry = PStateStore::get(&snapshot, pstate, &key)?;
-    Ok(path::select(entry.as_ref(), &path[1..], 1)?)
+    let mut view = session::SnapshotView {
+        snapshot: &snapshot,
+    };
+    engine::Engine {
+        view: &mut view,
+        pstate,
+        schema,
+        limit,
+    }
+    .select(path)
 }

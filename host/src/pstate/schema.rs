@@ -1,12 +1,17 @@
-//! PState schemas: their text form, parsing, and validating values against them.
+//! PState schemas: their text form, parsing, and normalizing values against them.
 //!
-//! The text form is what crosses the WIT boundary and what `describe` shows:
-//! `bool | int | float | string | bytes | any | map<K, V> | set<T> | list<T>`, nested freely.
-//! A PState's top-level schema is always a `map` whose keys partition it. Invariant: no value
-//! is stored in a PState unless [`Schema::validate`] accepted it.
+//! Text form (what crosses the WIT boundary and what `describe` shows):
+//! `bool | int | float | string | bytes | any | map<K, V> | set<T> | list<T> | {field: T, ...}`,
+//! nested freely; a collection marked `subindexed` (`subindexed map<K, V>`) stores each element
+//! as its own redb entry. A PState's top-level schema is always a `map` whose keys partition it.
+//! Subindexed collections may be the top-level map's value or a record field (so every one has
+//! a fixed storage prefix), and may not sit inside another subindexed collection.
+//! Invariant: no value is stored unless [`Schema::normalize`] accepted it; normalized maps are
+//! sorted by key encoding and normalized sets are sorted and free of duplicates.
 
 use std::fmt;
 
+use super::key;
 use crate::value::{as_i64, type_name, Value};
 
 /// The shape of a PState or of a value inside one.
@@ -18,9 +23,21 @@ pub enum Schema {
     String,
     Bytes,
     Any,
-    Map(Box<Schema>, Box<Schema>),
-    Set(Box<Schema>),
-    List(Box<Schema>),
+    Map {
+        key: Box<Schema>,
+        value: Box<Schema>,
+        subindexed: bool,
+    },
+    Set {
+        element: Box<Schema>,
+        subindexed: bool,
+    },
+    List {
+        element: Box<Schema>,
+        subindexed: bool,
+    },
+    /// A map with fixed string keys (fields), each optional.
+    Record(Vec<(String, Schema)>),
 }
 
 /// A schema text that does not parse, or a value that does not fit.
@@ -32,12 +49,13 @@ pub enum SchemaError {
     Mismatch {
         at: String,
         expected: String,
-        found: &'static str,
+        found: String,
     },
 }
 
 impl fmt::Display for Schema {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sub = |s: bool| if s { "subindexed " } else { "" };
         match self {
             Schema::Bool => f.write_str("bool"),
             Schema::Int => f.write_str("int"),
@@ -45,9 +63,29 @@ impl fmt::Display for Schema {
             Schema::String => f.write_str("string"),
             Schema::Bytes => f.write_str("bytes"),
             Schema::Any => f.write_str("any"),
-            Schema::Map(k, v) => write!(f, "map<{k}, {v}>"),
-            Schema::Set(e) => write!(f, "set<{e}>"),
-            Schema::List(e) => write!(f, "list<{e}>"),
+            Schema::Map {
+                key,
+                value,
+                subindexed,
+            } => write!(f, "{}map<{key}, {value}>", sub(*subindexed)),
+            Schema::Set {
+                element,
+                subindexed,
+            } => write!(f, "{}set<{element}>", sub(*subindexed)),
+            Schema::List {
+                element,
+                subindexed,
+            } => write!(f, "{}list<{element}>", sub(*subindexed)),
+            Schema::Record(fields) => {
+                f.write_str("{")?;
+                for (i, (name, s)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{name}: {s}")?;
+                }
+                f.write_str("}")
+            }
         }
     }
 }
@@ -56,7 +94,7 @@ impl fmt::Display for Schema {
 pub const SCHEMA_DEPTH_MAX: usize = 32;
 
 impl Schema {
-    /// Parses the text form.
+    /// Parses the text form and checks where `subindexed` may appear.
     pub fn parse(text: &str) -> Result<Schema, SchemaError> {
         let err = |why: &str| SchemaError::Parse {
             text: text.to_string(),
@@ -68,47 +106,217 @@ impl Schema {
         if pos != tokens.len() {
             return Err(err(&format!("unexpected `{}`", tokens[pos])));
         }
+        if let Schema::Map {
+            value, subindexed, ..
+        } = &s
+        {
+            if *subindexed {
+                return Err(err(
+                    "the top-level map is already stored entry by entry; drop `subindexed`",
+                ));
+            }
+            value.check_subindexing(true, false).map_err(|w| err(&w))?;
+        } else {
+            s.check_subindexing(false, false).map_err(|w| err(&w))?;
+        }
         Ok(s)
+    }
+
+    /// `placeable`: a subindexed collection may sit here; `inside`: we are within one.
+    fn check_subindexing(&self, placeable: bool, inside: bool) -> Result<(), String> {
+        let sub = self.is_subindexed();
+        if sub && inside {
+            return Err(format!(
+                "`{self}` is subindexed inside another subindexed collection"
+            ));
+        }
+        if sub && !placeable {
+            return Err(format!(
+                "`{self}`: a subindexed collection must be the PState's value or a record field"
+            ));
+        }
+        let inside = inside || sub;
+        match self {
+            Schema::Map { key, value, .. } => {
+                key.check_subindexing(false, inside)?;
+                value.check_subindexing(false, inside)
+            }
+            Schema::Set { element, .. } | Schema::List { element, .. } => {
+                element.check_subindexing(false, inside)
+            }
+            Schema::Record(fields) => fields
+                .iter()
+                .try_for_each(|(_, s)| s.check_subindexing(true, inside)),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn is_subindexed(&self) -> bool {
+        matches!(
+            self,
+            Schema::Map {
+                subindexed: true,
+                ..
+            } | Schema::Set {
+                subindexed: true,
+                ..
+            } | Schema::List {
+                subindexed: true,
+                ..
+            }
+        )
+    }
+
+    /// Whether any part of this schema is subindexed.
+    pub fn has_subindexed(&self) -> bool {
+        self.is_subindexed()
+            || match self {
+                Schema::Record(fields) => fields.iter().any(|(_, s)| s.has_subindexed()),
+                _ => false,
+            }
     }
 
     /// The key and value schemas of a top-level PState schema (which must be a map).
     pub fn as_top_level(&self) -> Option<(&Schema, &Schema)> {
         match self {
-            Schema::Map(k, v) => Some((k, v)),
+            Schema::Map { key, value, .. } => Some((key, value)),
             _ => None,
         }
     }
 
-    /// Checks that `value` fits this schema; `at` names where the value sits, for errors.
-    pub fn validate(&self, value: &Value, at: &str) -> Result<(), SchemaError> {
-        let mismatch = || SchemaError::Mismatch {
+    /// The schema of the value under `k` (map value or record field), if this is a map/record.
+    pub fn child(&self, k: &Value) -> Option<&Schema> {
+        match self {
+            Schema::Map { value, .. } => Some(value),
+            Schema::Record(fields) => match k {
+                Value::Text(name) => fields.iter().find(|(n, _)| n == name).map(|(_, s)| s),
+                _ => None,
+            },
+            Schema::Any => Some(&Schema::Any),
+            _ => None,
+        }
+    }
+
+    /// The schema of an element (list/set element, map value).
+    pub fn element(&self) -> Option<&Schema> {
+        match self {
+            Schema::Map { value, .. } => Some(value),
+            Schema::Set { element, .. } | Schema::List { element, .. } => Some(element),
+            Schema::Any => Some(&Schema::Any),
+            _ => None,
+        }
+    }
+
+    /// Checks that `value` fits, returning it normalized (maps sorted by key encoding, sets
+    /// sorted and deduplicated). `at` names where the value sits, for errors.
+    pub fn normalize(&self, value: Value, at: &str) -> Result<Value, SchemaError> {
+        let mismatch = |found: &Value| SchemaError::Mismatch {
             at: at.to_string(),
             expected: self.to_string(),
-            found: type_name(value),
+            found: type_name(found).to_string(),
         };
         match (self, value) {
-            (Schema::Any, _) => Ok(()),
-            (Schema::Bool, Value::Bool(_)) => Ok(()),
-            (Schema::Int, Value::Integer(_)) if as_i64(value).is_some() => Ok(()),
-            (Schema::Float, Value::Float(_)) => Ok(()),
-            (Schema::Float, Value::Integer(_)) => Ok(()),
-            (Schema::String, Value::Text(_)) => Ok(()),
-            (Schema::Bytes, Value::Bytes(_)) => Ok(()),
-            (Schema::Map(ks, vs), Value::Map(entries)) => {
+            (Schema::Any, v) => Ok(sort_any(v)),
+            (Schema::Bool, v @ Value::Bool(_)) => Ok(v),
+            (Schema::Int, v @ Value::Integer(_)) if as_i64(&v).is_some() => Ok(v),
+            (Schema::Float, v @ Value::Float(_)) => Ok(v),
+            (Schema::Float, Value::Integer(i)) => Ok(Value::Float(i128::from(i) as f64)),
+            (Schema::String, v @ Value::Text(_)) => Ok(v),
+            (Schema::Bytes, v @ Value::Bytes(_)) => Ok(v),
+            (
+                Schema::Map {
+                    key: ks, value: vs, ..
+                },
+                Value::Map(entries),
+            ) => {
+                let mut out = Vec::with_capacity(entries.len());
                 for (k, v) in entries {
-                    ks.validate(k, &format!("{at} key"))?;
-                    vs.validate(v, &format!("{at}[{}]", short(k)))?;
+                    let k = ks.normalize(k, &format!("{at} key"))?;
+                    let enc = key::encode(&k).map_err(|e| SchemaError::Mismatch {
+                        at: format!("{at} key"),
+                        expected: "a key".into(),
+                        found: e.to_string(),
+                    })?;
+                    let at = format!("{at}[{}]", short(&k));
+                    out.push((enc, k, vs.normalize(v, &at)?));
                 }
-                Ok(())
+                out.sort_by(|a, b| a.0.cmp(&b.0));
+                out.dedup_by(|a, b| a.0 == b.0);
+                Ok(Value::Map(
+                    out.into_iter().map(|(_, k, v)| (k, v)).collect(),
+                ))
             }
-            (Schema::Set(es), Value::Array(items)) | (Schema::List(es), Value::Array(items)) => {
-                for (i, e) in items.iter().enumerate() {
-                    es.validate(e, &format!("{at}[{i}]"))?;
+            (Schema::Set { element, .. }, Value::Array(items)) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, e) in items.into_iter().enumerate() {
+                    let e = element.normalize(e, &format!("{at}[{i}]"))?;
+                    let enc = key::encode(&e).map_err(|err| SchemaError::Mismatch {
+                        at: format!("{at}[{i}]"),
+                        expected: "a set element usable as a key".into(),
+                        found: err.to_string(),
+                    })?;
+                    out.push((enc, e));
                 }
-                Ok(())
+                out.sort_by(|a, b| a.0.cmp(&b.0));
+                out.dedup_by(|a, b| a.0 == b.0);
+                Ok(Value::Array(out.into_iter().map(|(_, e)| e).collect()))
             }
-            _ => Err(mismatch()),
+            (Schema::List { element, .. }, Value::Array(items)) => Ok(Value::Array(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, e)| element.normalize(e, &format!("{at}[{i}]")))
+                    .collect::<Result<_, _>>()?,
+            )),
+            (Schema::Record(fields), Value::Map(entries)) => {
+                let mut out = Vec::with_capacity(entries.len());
+                for (k, v) in entries {
+                    let Value::Text(name) = &k else {
+                        return Err(SchemaError::Mismatch {
+                            at: at.to_string(),
+                            expected: self.to_string(),
+                            found: format!("a {} field name", type_name(&k)),
+                        });
+                    };
+                    let Some((_, fs)) = fields.iter().find(|(n, _)| n == name) else {
+                        return Err(SchemaError::Mismatch {
+                            at: at.to_string(),
+                            expected: self.to_string(),
+                            found: format!("unknown field `{name}`"),
+                        });
+                    };
+                    let at = format!("{at}.{name}");
+                    let v = fs.normalize(v, &at)?;
+                    out.push((key::encode(&k).expect("text encodes"), k, v));
+                }
+                out.sort_by(|a, b| a.0.cmp(&b.0));
+                out.dedup_by(|a, b| a.0 == b.0);
+                Ok(Value::Map(
+                    out.into_iter().map(|(_, k, v)| (k, v)).collect(),
+                ))
+            }
+            (_, v) => Err(mismatch(&v)),
         }
+    }
+}
+
+/// Sorts the maps inside an `any` value by key encoding (where their keys are keys), so
+/// navigators can binary-search them.
+fn sort_any(v: Value) -> Value {
+    match v {
+        Value::Array(items) => Value::Array(items.into_iter().map(sort_any).collect()),
+        Value::Map(entries) => {
+            let mut keyed: Vec<(Option<Vec<u8>>, Value, Value)> = entries
+                .into_iter()
+                .map(|(k, v)| (key::encode(&k).ok(), k, sort_any(v)))
+                .collect();
+            if keyed.iter().all(|(e, _, _)| e.is_some()) {
+                keyed.sort_by(|a, b| a.0.cmp(&b.0));
+                keyed.dedup_by(|a, b| a.0 == b.0);
+            }
+            Value::Map(keyed.into_iter().map(|(_, k, v)| (k, v)).collect())
+        }
+        other => other,
     }
 }
 
@@ -142,22 +350,36 @@ fn tokenize(text: &str) -> Vec<String> {
     out
 }
 
+fn expect(t: &[String], pos: &mut usize, s: &str) -> Result<(), String> {
+    match t.get(*pos) {
+        Some(x) if x == s => {
+            *pos += 1;
+            Ok(())
+        }
+        Some(x) => Err(format!("expected `{s}`, found `{x}`")),
+        None => Err(format!("expected `{s}`, found the end")),
+    }
+}
+
 fn parse_at(t: &[String], pos: &mut usize, depth: usize) -> Result<Schema, String> {
     if depth > SCHEMA_DEPTH_MAX {
         return Err(format!("nested deeper than {SCHEMA_DEPTH_MAX}"));
     }
-    let word = t.get(*pos).ok_or("unexpected end")?.clone();
+    let mut word = t.get(*pos).ok_or("unexpected end")?.clone();
     *pos += 1;
-    let expect = |s: &str, pos: &mut usize| -> Result<(), String> {
-        match t.get(*pos) {
-            Some(x) if x == s => {
-                *pos += 1;
-                Ok(())
-            }
-            Some(x) => Err(format!("expected `{s}`, found `{x}`")),
-            None => Err(format!("expected `{s}`, found the end")),
+    let subindexed = word == "subindexed";
+    if subindexed {
+        word = t
+            .get(*pos)
+            .ok_or("unexpected end after `subindexed`")?
+            .clone();
+        *pos += 1;
+        if !matches!(word.as_str(), "map" | "set" | "list") {
+            return Err(format!(
+                "only map, set and list can be subindexed, not `{word}`"
+            ));
         }
-    };
+    }
     Ok(match word.as_str() {
         "bool" => Schema::Bool,
         "int" => Schema::Int,
@@ -166,22 +388,64 @@ fn parse_at(t: &[String], pos: &mut usize, depth: usize) -> Result<Schema, Strin
         "bytes" => Schema::Bytes,
         "any" => Schema::Any,
         "map" => {
-            expect("<", pos)?;
+            expect(t, pos, "<")?;
             let k = parse_at(t, pos, depth + 1)?;
-            expect(",", pos)?;
+            expect(t, pos, ",")?;
             let v = parse_at(t, pos, depth + 1)?;
-            expect(">", pos)?;
-            Schema::Map(Box::new(k), Box::new(v))
+            expect(t, pos, ">")?;
+            Schema::Map {
+                key: Box::new(k),
+                value: Box::new(v),
+                subindexed,
+            }
         }
         "set" | "list" => {
-            expect("<", pos)?;
-            let e = parse_at(t, pos, depth + 1)?;
-            expect(">", pos)?;
+            expect(t, pos, "<")?;
+            let e = Box::new(parse_at(t, pos, depth + 1)?);
+            expect(t, pos, ">")?;
             if word == "set" {
-                Schema::Set(Box::new(e))
+                Schema::Set {
+                    element: e,
+                    subindexed,
+                }
             } else {
-                Schema::List(Box::new(e))
+                Schema::List {
+                    element: e,
+                    subindexed,
+                }
             }
+        }
+        "{" => {
+            let mut fields: Vec<(String, Schema)> = Vec::new();
+            loop {
+                let name = t.get(*pos).ok_or("unexpected end in a record")?.clone();
+                *pos += 1;
+                if name == "}" && fields.is_empty() {
+                    break;
+                }
+                if !name
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+                {
+                    return Err(format!("expected a field name, found `{name}`"));
+                }
+                if fields.iter().any(|(n, _)| *n == name) {
+                    return Err(format!("field `{name}` appears twice"));
+                }
+                expect(t, pos, ":")?;
+                fields.push((name, parse_at(t, pos, depth + 1)?));
+                match t.get(*pos).map(String::as_str) {
+                    Some(",") => *pos += 1,
+                    Some("}") => {
+                        *pos += 1;
+                        break;
+                    }
+                    other => {
+                        return Err(format!("expected `,` or `}}` in a record, found {other:?}"))
+                    }
+                }
+            }
+            Schema::Record(fields)
         }
         other => return Err(format!("unknown type `{other}`")),
     })
@@ -196,20 +460,51 @@ mod tests {
         let s = Schema::parse("map< string,map<int ,list<any>>>").unwrap();
         assert_eq!(s.to_string(), "map<string, map<int, list<any>>>");
         assert_eq!(Schema::parse(&s.to_string()).unwrap(), s);
+        let r =
+            Schema::parse("map<string, {balance: int, history: subindexed list<any>}>").unwrap();
+        assert_eq!(
+            r.to_string(),
+            "map<string, {balance: int, history: subindexed list<any>}>"
+        );
+        assert!(Schema::parse("map<string, subindexed set<int>>").is_ok());
         assert!(Schema::parse("map<string>").is_err());
         assert!(Schema::parse("widget").is_err());
         assert!(Schema::parse("int int").is_err());
+        assert!(Schema::parse("subindexed int").is_err());
+        assert!(
+            Schema::parse("map<string, list<subindexed set<int>>>").is_err(),
+            "not placeable"
+        );
+        assert!(
+            Schema::parse("map<string, subindexed map<int, {a: subindexed set<int>}>>").is_err(),
+            "nested"
+        );
     }
 
     #[test]
-    fn validates_values() {
+    fn normalizes_values() {
         let s = Schema::parse("map<string, int>").unwrap();
-        let ok = Value::Map(vec![(Value::Text("a".into()), Value::Integer(1.into()))]);
-        assert!(s.validate(&ok, "counts").is_ok());
-        let bad = Value::Map(vec![(Value::Text("a".into()), Value::Text("x".into()))]);
+        let t = |s: &str| Value::Text(s.into());
+        let i = |n: i64| Value::Integer(n.into());
+        let v = Value::Map(vec![(t("b"), i(2)), (t("a"), i(1))]);
         assert_eq!(
-            s.validate(&bad, "counts").unwrap_err().to_string(),
+            s.normalize(v, "counts").unwrap(),
+            Value::Map(vec![(t("a"), i(1)), (t("b"), i(2))])
+        );
+        let bad = Value::Map(vec![(t("a"), t("x"))]);
+        assert_eq!(
+            s.normalize(bad, "counts").unwrap_err().to_string(),
             "at counts[\"a\"]: expected int, found string"
         );
+        let set = Schema::parse("set<int>").unwrap();
+        assert_eq!(
+            set.normalize(Value::Array(vec![i(3), i(-1), i(3)]), "s")
+                .unwrap(),
+            Value::Array(vec![i(-1), i(3)])
+        );
+        let rec = Schema::parse("{a: int}").unwrap();
+        assert!(rec
+            .normalize(Value::Map(vec![(t("b"), i(1))]), "r")
+            .is_err());
     }
 }

@@ -1,4 +1,5 @@
-//! A guest's view of its partition's PStates during one worker batch.
+//! A guest's view of its partition's PStates during one worker batch, and the read-only view
+//! HTTP selects use.
 //!
 //! Reads see, in order: the current record's own writes, the writes of earlier records of the
 //! same batch, then the last commit (a redb snapshot). Writes go to the current record's
@@ -7,17 +8,50 @@
 //! write at commit. Invariants: every overlay value passed schema validation; every written
 //! top-level key belongs to this session's partition.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use redb::ReadTransaction;
 
-use super::store::{Batch, PStateStore};
-use super::{leading_key, path, AccessError, Catalog, Navigator, TransformOp};
+use super::engine::{Engine, Table, View, ViewMut};
+use super::path::{EncodedRange, Navigator, TransformOp};
+use super::store::{Batch, Overlay, PStateStore};
+use super::{AccessError, Catalog};
 use crate::partition::partition_of;
 use crate::value::Value;
 
-type Overlay = BTreeMap<(String, Vec<u8>), Option<Value>>;
+/// Reads of the committed state only.
+pub struct SnapshotView<'a> {
+    pub snapshot: &'a ReadTransaction,
+}
+
+impl View for SnapshotView<'_> {
+    fn get(&mut self, pstate: &str, t: Table, key: &[u8]) -> Result<Option<Value>, AccessError> {
+        Ok(PStateStore::get(self.snapshot, pstate, t, key)?)
+    }
+
+    fn scan(
+        &mut self,
+        pstate: &str,
+        t: Table,
+        prefix: &[u8],
+        range: &EncodedRange,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Value)>, AccessError> {
+        Ok(PStateStore::scan(
+            self.snapshot,
+            pstate,
+            t,
+            prefix,
+            range,
+            reverse,
+            limit,
+        )?)
+    }
+}
+
+/// An overlay key and what it held before (`None`: nothing).
+type Undo = ((String, Table, Vec<u8>), Option<Option<Value>>);
 
 /// See the module docs.
 pub struct Session {
@@ -25,9 +59,28 @@ pub struct Session {
     catalog: Arc<Catalog>,
     partition: u32,
     partitions: u32,
+    select_values_max: usize,
     snapshot: Option<ReadTransaction>,
     batch: Overlay,
     record: Overlay,
+    /// While a transform runs: how to undo its writes to `record` if it fails.
+    undo: Vec<Undo>,
+}
+
+/// The overlay entries of one table inside `prefix`/`range`, in key order.
+fn overlay_range<'o>(
+    overlay: &'o Overlay,
+    pstate: &str,
+    t: Table,
+    prefix: &[u8],
+) -> impl Iterator<Item = (&'o [u8], &'o Option<Value>)> + 'o {
+    let start = (pstate.to_string(), t, prefix.to_vec());
+    let pstate = pstate.to_string();
+    let prefix = prefix.to_vec();
+    overlay
+        .range(start..)
+        .take_while(move |((p, tt, k), _)| *p == pstate && *tt == t && k.starts_with(&prefix))
+        .map(|((_, _, k), v)| (k.as_slice(), v))
 }
 
 impl Session {
@@ -36,15 +89,18 @@ impl Session {
         catalog: Arc<Catalog>,
         partition: u32,
         partitions: u32,
+        select_values_max: usize,
     ) -> Self {
         Self {
             store,
             catalog,
             partition,
             partitions,
+            select_values_max,
             snapshot: None,
             batch: Overlay::new(),
             record: Overlay::new(),
+            undo: Vec::new(),
         }
     }
 
@@ -70,23 +126,39 @@ impl Session {
         }
     }
 
-    fn entry(&mut self, pstate: &str, key: &[u8]) -> Result<Option<Value>, AccessError> {
-        let k = (pstate.to_string(), key.to_vec());
-        if let Some(v) = self.record.get(&k).or_else(|| self.batch.get(&k)) {
-            return Ok(v.clone());
+    fn check_partition(&self, pstate: &str, path: &[Navigator]) -> Result<(), AccessError> {
+        let Some(Navigator::Key(k) | Navigator::Must(k)) = path.first() else {
+            return Ok(());
+        };
+        let key =
+            super::key::encode(k).map_err(|e| AccessError::new("invalid-path", e.to_string()))?;
+        let owner = partition_of(&key, self.partitions);
+        if owner != self.partition {
+            return Err(AccessError::new(
+                "wrong-partition",
+                format!(
+                    "top-level key {} of PState `{pstate}` belongs to partition {owner}, but this handler runs on partition {}; hop to the key's partition first",
+                    crate::value::to_json(k),
+                    self.partition
+                ),
+            ));
         }
-        if self.snapshot.is_none() {
-            self.snapshot = Some(self.store.begin_read()?);
-        }
-        let snapshot = self.snapshot.as_ref().expect("set above");
-        Ok(PStateStore::get(snapshot, pstate, key)?)
+        Ok(())
     }
 
     pub fn select(&mut self, pstate: &str, path: &[Navigator]) -> Result<Vec<Value>, AccessError> {
-        let schema = self.catalog.schema(pstate)?;
-        let key = leading_key(schema, pstate, path)?;
-        let entry = self.entry(pstate, &key)?;
-        Ok(path::select(entry.as_ref(), &path[1..], 1)?)
+        let catalog = Arc::clone(&self.catalog);
+        let schema = catalog.schema(pstate)?;
+        super::check_leading_key(schema, pstate, path)?;
+        self.check_partition(pstate, path)?;
+        let limit = self.select_values_max;
+        Engine {
+            view: self,
+            pstate,
+            schema,
+            limit,
+        }
+        .select(path)
     }
 
     pub fn transform(
@@ -97,26 +169,126 @@ impl Session {
     ) -> Result<(), AccessError> {
         let catalog = Arc::clone(&self.catalog);
         let schema = catalog.schema(pstate)?;
-        let key = leading_key(schema, pstate, path)?;
-        let owner = partition_of(&key, self.partitions);
-        if owner != self.partition {
-            return Err(AccessError::new(
-                "wrong-partition",
-                format!(
-                    "top-level key {} of PState `{pstate}` belongs to partition {owner}, but this handler runs on partition {}; hop to the key's partition first",
-                    crate::value::to_json(&super::key::decode(&key).unwrap_or(Value::Null)),
-                    self.partition
-                ),
-            ));
+        super::check_leading_key(schema, pstate, path)?;
+        self.check_partition(pstate, path)?;
+        let limit = self.select_values_max;
+        self.undo.clear();
+        let result = Engine {
+            view: &mut *self,
+            pstate,
+            schema,
+            limit,
         }
-        let old = self.entry(pstate, &key)?;
-        let new = path::transform(old, &path[1..], op, 1)?;
-        if let (Some(v), Some((_, value_schema))) = (&new, schema.as_top_level()) {
-            value_schema
-                .validate(v, pstate)
-                .map_err(|e| AccessError::new("schema-mismatch", e.to_string()))?;
+        .transform(path, op);
+        // A failed transform leaves nothing behind, even if the guest carries on.
+        let undo = std::mem::take(&mut self.undo);
+        if result.is_err() {
+            for (k, previous) in undo.into_iter().rev() {
+                match previous {
+                    Some(v) => self.record.insert(k, v),
+                    None => self.record.remove(&k),
+                };
+            }
         }
-        self.record.insert((pstate.to_string(), key), new);
-        Ok(())
+        result
+    }
+
+    fn snapshot(&mut self) -> Result<&ReadTransaction, AccessError> {
+        if self.snapshot.is_none() {
+            self.snapshot = Some(self.store.begin_read()?);
+        }
+        Ok(self.snapshot.as_ref().expect("set above"))
+    }
+}
+
+impl View for Session {
+    fn get(&mut self, pstate: &str, t: Table, key: &[u8]) -> Result<Option<Value>, AccessError> {
+        let k = (pstate.to_string(), t, key.to_vec());
+        if let Some(v) = self.record.get(&k).or_else(|| self.batch.get(&k)) {
+            return Ok(v.clone());
+        }
+        let snapshot = self.snapshot()?;
+        Ok(PStateStore::get(snapshot, pstate, t, key)?)
+    }
+
+    fn scan(
+        &mut self,
+        pstate: &str,
+        t: Table,
+        prefix: &[u8],
+        range: &EncodedRange,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Value)>, AccessError> {
+        // Overlay entries (record over batch) inside the range, by full key.
+        let mut overlay: std::collections::BTreeMap<Vec<u8>, Option<Value>> =
+            std::collections::BTreeMap::new();
+        for o in [&self.batch, &self.record] {
+            for (k, v) in overlay_range(o, pstate, t, prefix) {
+                if range.contains(&k[prefix.len()..]) {
+                    overlay.insert(k.to_vec(), v.clone());
+                }
+            }
+        }
+        // Each overlay entry hides at most one stored entry: read that many more.
+        let want = limit.saturating_add(overlay.len());
+        let snapshot = self.snapshot()?;
+        let stored = PStateStore::scan(snapshot, pstate, t, prefix, range, reverse, want)?;
+        let mut merged: std::collections::BTreeMap<Vec<u8>, Value> = stored
+            .into_iter()
+            .map(|(suffix, v)| ([prefix, &suffix].concat(), v))
+            .collect();
+        // Stored entries beyond the last one read are unknown: only overlay keys up to it count.
+        let bound = if stored_is_complete(merged.len(), want) {
+            None
+        } else if reverse {
+            merged.keys().next().cloned()
+        } else {
+            merged.keys().next_back().cloned()
+        };
+        for (k, v) in overlay {
+            let inside = match &bound {
+                None => true,
+                Some(b) => {
+                    if reverse {
+                        k >= *b
+                    } else {
+                        k <= *b
+                    }
+                }
+            };
+            if !inside {
+                continue;
+            }
+            match v {
+                Some(v) => {
+                    merged.insert(k, v);
+                }
+                None => {
+                    merged.remove(&k);
+                }
+            }
+        }
+        let iter: Box<dyn Iterator<Item = (Vec<u8>, Value)>> = if reverse {
+            Box::new(merged.into_iter().rev())
+        } else {
+            Box::new(merged.into_iter())
+        };
+        Ok(iter
+            .take(limit)
+            .map(|(k, v)| (k[prefix.len()..].to_vec(), v))
+            .collect())
+    }
+}
+
+fn stored_is_complete(read: usize, want: usize) -> bool {
+    read < want
+}
+
+impl ViewMut for Session {
+    fn put(&mut self, pstate: &str, t: Table, key: Vec<u8>, value: Option<Value>) {
+        let k = (pstate.to_string(), t, key);
+        let previous = self.record.insert(k.clone(), value);
+        self.undo.push((k, previous));
     }
 }

@@ -1,8 +1,9 @@
 //! The PState store: one redb file per (module, partition) holding that partition's PState
 //! entries, each topology's processed offsets, and its dead letters.
 //!
-//! Tables: `pstate/<name>` maps a top-level key's order-preserving encoding to the entry's
-//! value as CBOR; `offsets` maps `"<topology>/<depot>"` to the next depot offset that topology
+//! Tables: `pstate/<name>`, `pstate/<name>/sub` and `pstate/<name>/size` hold the PState's
+//! entries, subindexed elements and collection sizes as laid out in [`super::engine`] (keys in
+//! the order-preserving encoding, values as CBOR); `offsets` maps `"<topology>/<depot>"` to the next depot offset that topology
 //! has not yet finished; `dead-letters` maps `(topology, depot, offset)` to the failure.
 //! Invariant: entries and offsets change only together, in one [`Batch`] commit, so the offsets
 //! always describe exactly the records the entries reflect, in every committed state including
@@ -13,6 +14,8 @@ use std::path::Path;
 
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, TableDefinition};
 
+use super::engine::Table;
+use super::path::EncodedRange;
 use crate::value::{from_cbor, to_cbor, Value};
 
 const OFFSETS: TableDefinition<&str, u64> = TableDefinition::new("offsets");
@@ -21,8 +24,25 @@ const DEAD_LETTERS: TableDefinition<(&str, &str, u64), &[u8]> =
 
 type EntryTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
 
-fn table_name(pstate: &str) -> String {
-    format!("pstate/{pstate}")
+/// The redb table holding one of a PState's tables (see [`super::engine`]).
+pub fn table_name(pstate: &str, t: Table) -> String {
+    match t {
+        Table::Main => format!("pstate/{pstate}"),
+        Table::Sub => format!("pstate/{pstate}/sub"),
+        Table::Size => format!("pstate/{pstate}/size"),
+    }
+}
+
+/// The smallest byte string greater than every string starting with `prefix`.
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut p = prefix.to_vec();
+    while let Some(last) = p.pop() {
+        if last < 0xff {
+            p.push(last + 1);
+            return Some(p);
+        }
+    }
+    None
 }
 
 fn offsets_key(topology: &str, depot: &str) -> String {
@@ -40,11 +60,13 @@ pub struct DeadLetter {
     pub attempts: u32,
 }
 
+/// Writes not yet committed: `(pstate, table, key)` to the new value; `None` removes it.
+pub type Overlay = BTreeMap<(String, Table, Vec<u8>), Option<Value>>;
+
 /// Everything one partition-worker batch commits at once.
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// `(pstate, encoded key)` to the entry's new value; `None` removes it.
-    pub entries: BTreeMap<(String, Vec<u8>), Option<Value>>,
+    pub entries: Overlay,
     /// `(topology, depot)` to the new processed offset.
     pub offsets: BTreeMap<(String, String), u64>,
     pub dead_letters: Vec<DeadLetter>,
@@ -72,13 +94,14 @@ impl PStateStore {
         Ok(self.db.begin_read()?)
     }
 
-    /// The value of the top-level entry `key` (encoded) of `pstate` in `snapshot`.
+    /// The value under `key` in one table of `pstate`, in `snapshot`.
     pub fn get(
         snapshot: &ReadTransaction,
         pstate: &str,
+        t: Table,
         key: &[u8],
     ) -> Result<Option<Value>, redb::Error> {
-        let name = table_name(pstate);
+        let name = table_name(pstate, t);
         let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
         let table = match snapshot.open_table(def) {
             Ok(t) => t,
@@ -91,6 +114,72 @@ impl PStateStore {
             })?)),
             None => Ok(None),
         }
+    }
+
+    /// Entries of one table whose key is `prefix ‖ suffix` with `suffix` in `range`, in key
+    /// order (or reversed), at most `limit`, as `(suffix, value)`.
+    pub fn scan(
+        snapshot: &ReadTransaction,
+        pstate: &str,
+        t: Table,
+        prefix: &[u8],
+        range: &EncodedRange,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Value)>, redb::Error> {
+        let name = table_name(pstate, t);
+        let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
+        let table = match snapshot.open_table(def) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let lo = match &range.start {
+            Some((s, _)) => [prefix, s].concat(),
+            None => prefix.to_vec(),
+        };
+        let hi = match &range.end {
+            Some((e, _)) => Some([prefix, e].concat()),
+            None => successor(prefix),
+        };
+        let iter = match &hi {
+            Some(hi) => table.range::<&[u8]>(lo.as_slice()..=hi.as_slice())?,
+            None => table.range::<&[u8]>(lo.as_slice()..)?,
+        };
+        let mut out = Vec::new();
+        type Item<'a> = Result<
+            (
+                redb::AccessGuard<'a, &'static [u8]>,
+                redb::AccessGuard<'a, &'static [u8]>,
+            ),
+            redb::StorageError,
+        >;
+        let mut push = |item: Item| -> Result<bool, redb::Error> {
+            let (k, v) = item?;
+            let k = k.value();
+            if !k.starts_with(prefix) || !range.contains(&k[prefix.len()..]) {
+                return Ok(true);
+            }
+            let v = from_cbor(v.value()).map_err(|e| {
+                redb::Error::Corrupted(format!("PState {pstate} holds an undecodable value: {e}"))
+            })?;
+            out.push((k[prefix.len()..].to_vec(), v));
+            Ok(out.len() < limit)
+        };
+        if reverse {
+            for item in iter.rev() {
+                if !push(item)? {
+                    break;
+                }
+            }
+        } else {
+            for item in iter {
+                if !push(item)? {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The next offset of `depot` that `topology` has not finished (0 when it has none).
@@ -120,12 +209,15 @@ impl PStateStore {
             Durability::None
         })?;
         {
-            let mut current: Option<(String, EntryTable)> = None;
-            for ((pstate, key), value) in &batch.entries {
-                if current.as_ref().is_none_or(|(n, _)| n != pstate) {
-                    let name = table_name(pstate);
+            let mut current: Option<((String, Table), EntryTable)> = None;
+            for ((pstate, t, key), value) in &batch.entries {
+                if current
+                    .as_ref()
+                    .is_none_or(|((n, tt), _)| n != pstate || tt != t)
+                {
+                    let name = table_name(pstate, *t);
                     let table = txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name))?;
-                    current = Some((pstate.clone(), table));
+                    current = Some(((pstate.clone(), *t), table));
                 }
                 let (_, table) = current.as_mut().expect("opened above");
                 match value {

@@ -16,8 +16,8 @@ use super::bindings::{Module, ModulePre};
 use super::{Runtime, EPOCH_TICK_MS};
 use crate::depot::Partitioner;
 use crate::module::definition::{Definition, DepotDecl, PStateDecl, StreamTopologyDecl};
-use crate::pstate::{Navigator, Session, TransformOp};
-use crate::value::from_cbor;
+use crate::pstate::{Cmp, Navigator, Range, Session, TransformOp};
+use crate::value::{from_cbor, Value};
 
 /// A component linked and ready to instantiate.
 pub type Pre = ModulePre<HostState>;
@@ -101,12 +101,48 @@ fn wit_error(code: &str, message: impl Into<String>) -> types::Error {
     }
 }
 
+fn cbor(bytes: &[u8], what: &str) -> Result<Value, types::Error> {
+    from_cbor(bytes).map_err(|e| wit_error("invalid-value", format!("{what}: {e}")))
+}
+
 fn navigators(path: Vec<types::Navigator>) -> Result<Vec<Navigator>, types::Error> {
+    use types::Navigator as N;
     path.into_iter()
-        .map(|n| match n {
-            types::Navigator::Key(bytes) => from_cbor(&bytes)
-                .map(Navigator::Key)
-                .map_err(|e| wit_error("invalid-value", format!("navigator key: {e}"))),
+        .map(|n| {
+            Ok(match n {
+                N::Key(k) => Navigator::Key(cbor(&k, "navigator key")?),
+                N::Must(k) => Navigator::Must(cbor(&k, "navigator must")?),
+                N::All => Navigator::All,
+                N::MapKeys => Navigator::MapKeys,
+                N::MapVals => Navigator::MapVals,
+                N::First => Navigator::First,
+                N::Last => Navigator::Last,
+                N::Nth(i) => Navigator::Nth(i),
+                N::Count => Navigator::Count,
+                N::SortedRange(r) => Navigator::SortedRange(Range {
+                    start: r
+                        .start
+                        .map(|s| cbor(&s, "sorted-range start"))
+                        .transpose()?,
+                    end: r.end.map(|e| cbor(&e, "sorted-range end")).transpose()?,
+                    start_inclusive: r.start_inclusive,
+                    end_inclusive: r.end_inclusive,
+                    limit: r.limit,
+                    reverse: r.reverse,
+                }),
+                N::NullToVal(v) => Navigator::NullToVal(cbor(&v, "null-to-val")?),
+                N::Filter((c, v)) => Navigator::Filter(
+                    match c {
+                        types::Comparison::Eq => Cmp::Eq,
+                        types::Comparison::Ne => Cmp::Ne,
+                        types::Comparison::Lt => Cmp::Lt,
+                        types::Comparison::Le => Cmp::Le,
+                        types::Comparison::Gt => Cmp::Gt,
+                        types::Comparison::Ge => Cmp::Ge,
+                    },
+                    cbor(&v, "filter operand")?,
+                ),
+            })
         })
         .collect()
 }
@@ -151,13 +187,18 @@ impl host::Host for HostState {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
+        use types::TransformOp as T;
         let op = match op {
-            types::TransformOp::Set(bytes) => match from_cbor(&bytes) {
-                Ok(v) => TransformOp::Set(v),
-                Err(e) => return Ok(Err(wit_error("invalid-value", format!("set: {e}")))),
-            },
-            types::TransformOp::Increment(by) => TransformOp::Increment(by),
-            types::TransformOp::Remove => TransformOp::Remove,
+            T::Set(b) => cbor(&b, "set").map(TransformOp::Set),
+            T::Increment(by) => Ok(TransformOp::Increment(by)),
+            T::Remove => Ok(TransformOp::Remove),
+            T::Insert(b) => cbor(&b, "insert").map(TransformOp::Insert),
+            T::Push(b) => cbor(&b, "push").map(TransformOp::Push),
+            T::Merge(b) => cbor(&b, "merge").map(TransformOp::Merge),
+        };
+        let op = match op {
+            Ok(op) => op,
+            Err(e) => return Ok(Err(e)),
         };
         Ok(session
             .transform(&pstate, &path, &op)

@@ -1,0 +1,212 @@
+//! PStates over HTTP: subindexed maps, the JSON form of every navigator, partition fan-out,
+//! limits and truncation, and the same answers after `kill -9`.
+
+use serde_json::json;
+
+use crate::harness::{module_wasm, Host};
+
+fn select_body(host: &Host, body: serde_json::Value) -> crate::harness::Response {
+    host.post_json("/v1/modules/kv/pstates/kv/select", &body)
+}
+
+fn values(host: &Host, body: serde_json::Value) -> serde_json::Value {
+    let r = select_body(host, body.clone());
+    assert_eq!(
+        r.status,
+        200,
+        "{body}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    r.json()["values"].clone()
+}
+
+#[test]
+fn subindexed_maps_and_every_navigator_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("data"), &["--select-values-max", "100"]);
+    assert_eq!(
+        host.deploy("kv", &module_wasm("kv"), "?partitions=4")
+            .status,
+        201
+    );
+    let d = host.get("/v1/modules/kv").json();
+    assert_eq!(
+        d["pstates"][0]["schema"],
+        "map<string, subindexed map<int, string>>"
+    );
+
+    let mut body = String::new();
+    for i in 0..300 {
+        body.push_str(&json!({"key": "alice", "field": i, "value": format!("v{i}")}).to_string());
+        body.push('\n');
+    }
+    for i in [-5, 0, 5] {
+        body.push_str(&json!({"key": "bob", "field": i, "value": "b"}).to_string());
+        body.push('\n');
+    }
+    let r = host.request(
+        "POST",
+        "/v1/modules/kv/depots/puts/append",
+        "application/x-ndjson",
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let results = r.json()["results"].as_array().unwrap().clone();
+    assert_eq!(
+        results[299]["results"]["apply"], 300,
+        "O(1) count as the ack-return value"
+    );
+    assert_eq!(results[302]["results"]["apply"], 3);
+
+    let check = |host: &Host, bob: serde_json::Value, bob_gt: serde_json::Value| {
+        assert_eq!(
+            values(host, json!({"path": [{"key": "alice"}, "count"]})),
+            json!([300])
+        );
+        assert_eq!(
+            values(host, json!({"path": [{"key": "nobody"}, "count"]})),
+            json!([0])
+        );
+        assert_eq!(
+            values(
+                host,
+                json!({"path": [{"key": "alice"}, {"sorted-range": {"start": 10, "end": 13}}, "map-keys"]})
+            ),
+            json!([10, 11, 12])
+        );
+        assert_eq!(
+            values(
+                host,
+                json!({"path": [{"key": "alice"}, {"sorted-range": {"start": 10, "end": 13, "start-inclusive": false, "end-inclusive": true}}, "map-keys"]})
+            ),
+            json!([11, 12, 13])
+        );
+        assert_eq!(
+            values(
+                host,
+                json!({"path": [{"key": "alice"}, {"sorted-range": {"reverse": true, "limit": 3}}, "map-vals"]})
+            ),
+            json!(["v299", "v298", "v297"])
+        );
+        assert_eq!(
+            values(host, json!({"path": [{"key": "alice"}, "first"]})),
+            json!([[0, "v0"]])
+        );
+        assert_eq!(
+            values(host, json!({"path": [{"key": "alice"}, "last"]})),
+            json!([[299, "v299"]])
+        );
+        assert_eq!(
+            values(host, json!({"path": [{"key": "alice"}, {"nth": 7}]})),
+            json!([[7, "v7"]])
+        );
+        assert_eq!(
+            values(host, json!({"path": [{"key": "bob"}, "map-keys"]})),
+            bob
+        );
+        assert_eq!(
+            values(host, json!({"path": [{"key": "bob"}, {"key": -5}]})),
+            json!(["b"])
+        );
+        assert_eq!(
+            values(
+                host,
+                json!({"path": [{"must": "bob"}, {"key": 1}, {"null-to-val": "none"}]})
+            ),
+            json!(["none"])
+        );
+        assert_eq!(
+            values(
+                host,
+                json!({"path": [{"key": "bob"}, "map-keys", {"filter-gt": -1}]})
+            ),
+            bob_gt
+        );
+        // Paths without a leading key name a partition, or all of them.
+        let all = values(host, json!({"path": ["map-keys"], "partition": "all"}));
+        let mut keys: Vec<_> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect();
+        keys.sort();
+        assert_eq!(keys, vec!["alice", "bob"]);
+        // `limit` truncates and says so; without it, over select_values_max is an error.
+        let r = select_body(
+            host,
+            json!({"path": [{"key": "alice"}, "map-vals"], "limit": 5}),
+        );
+        assert_eq!(
+            r.json(),
+            json!({"values": ["v0", "v1", "v2", "v3", "v4"], "truncated": true})
+        );
+        let r = select_body(host, json!({"path": [{"key": "alice"}, "map-vals"]}));
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (413, "result-too-large")
+        );
+    };
+    check(&host, json!([-5, 0, 5]), json!([0, 5]));
+
+    let errors = [
+        (json!({"path": ["map-keys"]}), 400, "partition-required"),
+        (
+            json!({"path": [{"key": "alice"}, {"nth": -1}]}),
+            400,
+            "invalid-path",
+        ),
+        (
+            json!({"path": [{"key": "alice"}, {"sorted-range": {"from": 1}}]}),
+            400,
+            "invalid-path",
+        ),
+        (
+            json!({"path": [{"key": "alice"}, "sideways"]}),
+            400,
+            "unknown-navigator",
+        ),
+        (
+            json!({"path": [{"key": "alice"}], "partition": 9}),
+            400,
+            "partition-out-of-range",
+        ),
+        (
+            json!({"path": [{"key": "alice"}], "limit": 0}),
+            400,
+            "invalid-request",
+        ),
+    ];
+    for (body, status, code) in errors {
+        let r = select_body(&host, body.clone());
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (status, code),
+            "{body}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+
+    // A key of another type than the map's keys finds nothing.
+    assert_eq!(
+        values(
+            &host,
+            json!({"path": [{"key": "alice"}, {"key": "not-an-int"}]})
+        ),
+        json!([])
+    );
+
+    // Removing fields keeps the O(1) count exact.
+    let r = host.append(
+        "kv",
+        "puts",
+        &json!({"key": "bob", "field": 0, "value": null}),
+    );
+    assert_eq!(r.json()["results"]["apply"], 2);
+    let host = host.kill9_and_restart();
+    assert_eq!(
+        values(&host, json!({"path": [{"key": "bob"}, "map-keys"]})),
+        json!([-5, 5])
+    );
+    check(&host, json!([-5, 5]), json!([5]));
+}
