@@ -32,6 +32,7 @@ test: modules lint
 ## Benchmarks (release build); results are recorded in BENCHMARKS.md.
 bench: modules
 	$(CARGO) bench -p sluice --bench append 2>/dev/null | tee target/bench-append.md
+	$(CARGO) bench -p sluice --bench pstate 2>/dev/null | tee target/bench-pstate.md
 
 fmt:
 	$(CARGO) fmt --all

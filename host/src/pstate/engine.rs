@@ -251,13 +251,17 @@ impl<V: View> Engine<'_, V> {
 
     /// Calls `f(suffix, stored)` for the elements of `coll` in `range` (in order or reversed)
     /// until it returns false, reading `SCAN_CHUNK` entries at a time.
+    /// `wanted` is how many elements the caller expects to need (the first read asks for
+    /// that many, plus one).
     fn for_each(
         &mut self,
         coll: Coll<'_>,
         range: &EncodedRange,
         reverse: bool,
+        wanted: usize,
         f: &mut ElemFn<'_, Self>,
     ) -> Result<(), AccessError> {
+        let mut chunk_len = wanted.saturating_add(1).clamp(1, SCAN_CHUNK);
         let mut cursor = EncodedRange {
             start: range.start.clone(),
             end: range.end.clone(),
@@ -279,9 +283,10 @@ impl<V: View> Engine<'_, V> {
                 }
                 last = Some(suffix);
             }
-            if n < SCAN_CHUNK {
+            if n < chunk_len {
                 return Ok(());
             }
+            chunk_len = SCAN_CHUNK;
             let last = last.expect("chunk not empty");
             if reverse {
                 cursor.end = Some((last, false));
@@ -347,7 +352,7 @@ impl<V: View> Engine<'_, V> {
                 };
                 let mut found = None;
                 let mut seen = 0usize;
-                self.for_each(coll, &full_range(), reverse, &mut |_, suffix, v| {
+                self.for_each(coll, &full_range(), reverse, skip + 1, &mut |_, suffix, v| {
                     if seen == skip {
                         found = Some((suffix.to_vec(), v));
                         return Ok(false);
@@ -371,7 +376,7 @@ impl<V: View> Engine<'_, V> {
                     return Err(unnavigable("list"));
                 }
                 let limit = self.limit;
-                self.for_each(coll, &full_range(), false, &mut |this, suffix, stored| {
+                self.for_each(coll, &full_range(), false, limit, &mut |this, suffix, stored| {
                     let v = match nav {
                         Navigator::MapKeys => Self::decode_suffix(suffix)?,
                         Navigator::MapVals => this.elem_value(coll, suffix, stored)?,
@@ -389,7 +394,7 @@ impl<V: View> Engine<'_, V> {
                 let cap = r.limit.map_or(self.limit, |l| (l as usize).min(self.limit));
                 let mut picked: Vec<(Vec<u8>, Value)> = Vec::new();
                 let mut over = false;
-                self.for_each(coll, &er, r.reverse, &mut |_, suffix, v| {
+                self.for_each(coll, &er, r.reverse, cap, &mut |_, suffix, v| {
                     if picked.len() >= cap {
                         over = r.limit.is_none_or(|l| l as usize > cap);
                         return Ok(false);
@@ -416,7 +421,11 @@ impl<V: View> Engine<'_, V> {
                     }
                     Value::Map(entries)
                 };
-                path::select(Some(&sub), rest, next, out, self.limit)?;
+                if rest.is_empty() {
+                    out.push(sub);
+                } else {
+                    path::select(Some(&sub), rest, next, out, self.limit)?;
+                }
                 Ok(())
             }
             Navigator::NullToVal(_) | Navigator::Filter(..) => {
@@ -662,7 +671,7 @@ impl<V: ViewMut> Engine<'_, V> {
                 let mut keys = Vec::new();
                 let mut seen = 0usize;
                 let mut overflow = false;
-                self.for_each(coll, &range, reverse, &mut |_, suffix, _| {
+                self.for_each(coll, &range, reverse, skip.saturating_add(take), &mut |_, suffix, _| {
                     if keys.len() >= take {
                         return Ok(false);
                     }
