@@ -12,7 +12,7 @@ for _ in $(seq 1 100); do
   curl -sf "$URL/health" >/dev/null && break
   sleep 0.1
 done
-for m in wordcount; do
+for m in wordcount kv; do
   code=$(curl -s -o /tmp/sluice-deploy.json -w '%{http_code}' -X PUT \
     --data-binary "@target/wasm32-wasip2/release/$m.wasm" "$URL/v1/modules/$m")
   case "$code" in
@@ -29,6 +29,8 @@ Sluice is running on $URL (data in ./data). Try:
   curl -s -X POST $URL/v1/modules/wordcount/pstates/counts/select -d '{"path": [{"key": "apple"}]}'
   curl -s $URL/v1/modules/wordcount
   curl -s $URL/v1/modules/wordcount/depots/words
+  curl -s -X POST $URL/v1/modules/kv/depots/puts/append -d '{"key": "alice", "field": 7, "value": "hi"}'
+  curl -s -X POST $URL/v1/modules/kv/pstates/kv/select -d '{"path": [{"key": "alice"}, "count"]}'
 
 Ctrl-C stops it.
 MSG
