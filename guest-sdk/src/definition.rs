@@ -89,6 +89,7 @@ pub struct StreamTopology {
     name: String,
     depots: Vec<String>,
     handler: Option<Handler>,
+    hop_handlers: Vec<(String, Handler)>,
 }
 
 impl StreamTopology {
@@ -109,6 +110,22 @@ impl StreamTopology {
             let record: R = decode(bytes, "the record")?;
             f(ctx, record)?.into_ack()
         }));
+        self
+    }
+
+    /// A handler that [`Ctx::hop`] can continue on another partition, decoding the hop's
+    /// payload into `P`.
+    pub fn hop_handler<P, O, F>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        P: DeserializeOwned,
+        O: HandlerOutput,
+        F: Fn(&Ctx, P) -> Result<O> + 'static,
+    {
+        let handler: Handler = Rc::new(move |ctx, bytes| {
+            let payload: P = decode(bytes, "the hop payload")?;
+            f(ctx, payload)?.into_ack()
+        });
+        self.hop_handlers.push((name.to_string(), handler));
         self
     }
 }
@@ -141,6 +158,7 @@ impl Definition {
             name: name.to_string(),
             depots: Vec::new(),
             handler: None,
+            hop_handlers: Vec::new(),
         });
         self.topologies.last_mut().expect("just pushed")
     }
@@ -152,13 +170,14 @@ impl Definition {
     }
 
     pub(crate) fn handler(&self, topology: &str, handler: &str) -> Option<Handler> {
-        if handler != RECORD_HANDLER {
-            return None;
+        let t = self.topologies.iter().find(|t| t.name == topology)?;
+        if handler == RECORD_HANDLER {
+            return t.handler.clone();
         }
-        self.topologies
+        t.hop_handlers
             .iter()
-            .find(|t| t.name == topology)
-            .and_then(|t| t.handler.clone())
+            .find(|(n, _)| n == handler)
+            .map(|(_, h)| h.clone())
     }
 
     pub(crate) fn to_wit(&self) -> wit::ModuleDefinition {
@@ -194,6 +213,7 @@ impl Definition {
                     } else {
                         String::new()
                     },
+                    hop_handlers: t.hop_handlers.iter().map(|(n, _)| n.clone()).collect(),
                 })
                 .collect(),
             partitions_hint: self.partitions_hint,

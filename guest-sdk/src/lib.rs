@@ -105,7 +105,34 @@ pub struct Ctx {
     record: RecordInfo,
 }
 
+/// Where [`Ctx::hop`] continues.
+pub enum HopTarget<'a, K: serde::Serialize + ?Sized> {
+    /// The partition owning this key (where its PState entries live).
+    Key(&'a K),
+    /// Every partition.
+    All,
+    /// This partition index.
+    Partition(u32),
+}
+
 impl Ctx {
+    /// Continue this record's event tree with the hop handler `handler` of the current
+    /// topology on the target partition(s), carrying `payload`. The hop is sent only if the
+    /// current handler returns `Ok`, after its writes commit; a `full` ack waits for it.
+    pub fn hop<K, P>(&self, target: HopTarget<'_, K>, handler: &str, payload: &P) -> Result<()>
+    where
+        K: serde::Serialize + ?Sized,
+        P: serde::Serialize + ?Sized,
+    {
+        use bindings::sluice::module::{host, types::HopTarget as T};
+        let target = match target {
+            HopTarget::Key(k) => T::Key(encode(k)?),
+            HopTarget::All => T::All,
+            HopTarget::Partition(p) => T::Partition(p),
+        };
+        host::hop(&target, handler, &encode(payload)?).map_err(|e| Error::new(e.code, e.message))
+    }
+
     /// A handle on the PState `name` of the current partition.
     pub fn pstate(&self, name: &str) -> PState {
         PState::new(name)

@@ -35,6 +35,8 @@ fn runaway_guests_are_stopped_and_rolled_back() {
         ("error", "guest-error"),
         ("wrong-partition", "guest-error"),
         ("bad-type", "guest-error"),
+        ("hop-unknown", "unknown-hop-handler"),
+        ("hop-fail", "trap"),
     ];
     for (action, guest_error) in cases {
         let r = host.append("hostile", "commands", &json!({"key": "k", "do": action}));
@@ -85,15 +87,26 @@ fn runaway_guests_are_stopped_and_rolled_back() {
         .get("/v1/modules/hostile/topologies/run/dead-letters")
         .json();
     let dead = dl["dead_letters"].as_array().unwrap();
-    assert_eq!(dead.len(), cases.len());
+    // One per failed record, plus one per partition for the exploding hop handler.
+    assert_eq!(dead.len(), cases.len() - 1 + 4);
     assert!(dead.iter().all(|d| d["attempts"] == 2));
+    let exploded: Vec<_> = dead
+        .iter()
+        .filter(|d| d["depot"].as_str().unwrap().starts_with("hop:explode"))
+        .collect();
+    assert_eq!(exploded.len(), 4, "{dl}");
+    assert!(exploded[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("hop handler exploded for k"));
 
-    // Every failed handler's increment was rolled back: only the `ok` records count.
+    // Every failed handler's increment was rolled back: only the `ok` records count, and
+    // `hop-fail`, whose own handler succeeded (its hops then failed on their partitions).
     let ok2 = host.append("hostile", "commands", &json!({"key": "k", "do": "ok"}));
     assert_eq!(ok2.status, 200);
     assert_eq!(
         host.select("hostile", "seen", json!([{"key": "k"}])),
-        vec![json!(2)]
+        vec![json!(3)]
     );
     assert_eq!(
         host.depot_records("hostile", "commands"),
@@ -108,7 +121,7 @@ fn runaway_guests_are_stopped_and_rolled_back() {
     let host = host.kill9_and_restart();
     assert_eq!(
         host.select("hostile", "seen", json!([{"key": "k"}])),
-        vec![json!(2)]
+        vec![json!(3)]
     );
 }
 

@@ -7,3 +7,4 @@ mod harness;
 mod hostile;
 mod pstates;
 mod skeleton;
+mod topologies;

@@ -26,6 +26,7 @@ pub struct StreamTopologyDecl {
     pub name: String,
     pub depots: Vec<String>,
     pub handler: String,
+    pub hop_handlers: Vec<String>,
 }
 
 /// What `define` returned.
@@ -124,10 +125,26 @@ impl Definition {
             if t.handler.is_empty() {
                 return Err(format!("topology `{}` has no handler", t.name));
             }
+            let mut handlers = BTreeSet::from([t.handler.clone()]);
+            for h in &t.hop_handlers {
+                if !valid_name(h) {
+                    return Err(format!(
+                        "topology `{}`: hop handler name `{h}` is invalid",
+                        t.name
+                    ));
+                }
+                if !handlers.insert(h.clone()) {
+                    return Err(format!(
+                        "topology `{}`: handler `{h}` is declared twice",
+                        t.name
+                    ));
+                }
+            }
             topologies.push(StreamTopology {
                 name: t.name.clone(),
                 depots: t.depots.clone(),
                 handler: t.handler.clone(),
+                hop_handlers: t.hop_handlers.clone(),
             });
         }
         Ok(Validated {
@@ -145,7 +162,7 @@ impl Definition {
             "pstates": self.pstates.iter().map(|p| serde_json::json!({
                 "name": p.name, "schema": Schema::parse(&p.schema).map(|s| s.to_string()).unwrap_or_else(|_| p.schema.clone())})).collect::<Vec<_>>(),
             "topologies": self.stream_topologies.iter().map(|t| serde_json::json!({
-                "name": t.name, "kind": "stream", "depots": t.depots, "handler": t.handler})).collect::<Vec<_>>(),
+                "name": t.name, "kind": "stream", "depots": t.depots, "handler": t.handler, "hop_handlers": t.hop_handlers})).collect::<Vec<_>>(),
         })
     }
 }

@@ -11,8 +11,9 @@ pub mod definition;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
@@ -72,7 +73,9 @@ struct Manifest {
 /// One partition of a live module.
 pub struct PartitionHandle {
     /// `None` once the module is shutting down.
-    tx: RwLock<Option<SyncSender<Work>>>,
+    tx: RwLock<Option<Sender<Work>>>,
+    /// Appends queued and not yet taken by the worker; bounded by `partition_queue_depth`.
+    queued_appends: Arc<AtomicUsize>,
     pub log: Arc<DepotLog>,
     pub store: Arc<PStateStore>,
     /// Set once the worker finished recovery; until then the PState store may lag the log.
@@ -91,6 +94,7 @@ pub struct Module {
     pub handles: Vec<PartitionHandle>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     record_size_bytes: usize,
+    queue_depth: usize,
 }
 
 /// A queued append.
@@ -136,17 +140,24 @@ impl Module {
             ack,
             reply,
         };
-        let tx = self.handles[p as usize].tx.read().expect("poisoned");
+        let handle = &self.handles[p as usize];
+        let tx = handle.tx.read().expect("poisoned");
         let Some(tx) = tx.as_ref() else {
             return Err(AppendError::Unavailable(p));
         };
-        match tx.try_send(work) {
+        if handle.queued_appends.fetch_add(1, Ordering::AcqRel) >= self.queue_depth {
+            handle.queued_appends.fetch_sub(1, Ordering::AcqRel);
+            return Err(AppendError::QueueFull(p));
+        }
+        match tx.send(work) {
             Ok(()) => Ok(Submitted {
                 partition: p,
                 reply: rx,
             }),
-            Err(TrySendError::Full(_)) => Err(AppendError::QueueFull(p)),
-            Err(TrySendError::Disconnected(_)) => Err(AppendError::Unavailable(p)),
+            Err(_) => {
+                handle.queued_appends.fetch_sub(1, Ordering::AcqRel);
+                Err(AppendError::Unavailable(p))
+            }
         }
     }
 
@@ -372,7 +383,10 @@ impl Registry {
         let limits = self.runtime.limits().clone();
         let mut handles = Vec::new();
         let mut threads = Vec::new();
-        for p in 0..manifest.partitions {
+        let (senders, receivers): (Vec<Sender<Work>>, Vec<_>) =
+            (0..manifest.partitions).map(|_| channel()).unzip();
+        let peers = Arc::new(senders);
+        for (p, rx) in (0..manifest.partitions).zip(receivers) {
             let pdir = dir.join(format!("p{p}"));
             let io = |e: String| DeployError::Io(e);
             std::fs::create_dir_all(&pdir).map_err(|e| io(e.to_string()))?;
@@ -391,8 +405,8 @@ impl Registry {
                 manifest.partitions,
                 limits.select_values_max,
             ));
-            let (tx, rx) = sync_channel(limits.partition_queue_depth);
             let ready = Arc::new(AtomicBool::new(false));
+            let queued_appends = Arc::new(AtomicUsize::new(0));
             let worker = Worker {
                 module: manifest.name.as_str().into(),
                 partition: p,
@@ -407,6 +421,8 @@ impl Registry {
                     limits.pstate_flush_interval_ms,
                 ),
                 ready: Arc::clone(&ready),
+                queued_appends: Arc::clone(&queued_appends),
+                peers: Arc::clone(&peers),
                 rx,
             };
             let thread = std::thread::Builder::new()
@@ -415,7 +431,8 @@ impl Registry {
                 .map_err(|e| io(e.to_string()))?;
             threads.push(thread);
             handles.push(PartitionHandle {
-                tx: RwLock::new(Some(tx)),
+                tx: RwLock::new(Some(peers[p as usize].clone())),
+                queued_appends,
                 log,
                 store,
                 ready,
@@ -432,14 +449,18 @@ impl Registry {
             handles,
             threads: Mutex::new(threads),
             record_size_bytes: limits.record_size_bytes,
+            queue_depth: limits.partition_queue_depth,
         }))
     }
 }
 
-/// Closes the module's queues (its workers drain what is queued and exit) and joins them.
+/// Stops taking appends, lets each worker finish what is queued (hops still in flight stay in
+/// their source's outbox and are re-sent after a restart), and joins the workers.
 fn shutdown_module(module: Arc<Module>) {
     for h in &module.handles {
-        h.tx.write().expect("poisoned").take();
+        if let Some(tx) = h.tx.write().expect("poisoned").take() {
+            let _ = tx.send(Work::Stop);
+        }
     }
     let threads = std::mem::take(&mut *module.threads.lock().expect("poisoned"));
     for t in threads {

@@ -352,14 +352,20 @@ impl<V: View> Engine<'_, V> {
                 };
                 let mut found = None;
                 let mut seen = 0usize;
-                self.for_each(coll, &full_range(), reverse, skip + 1, &mut |_, suffix, v| {
-                    if seen == skip {
-                        found = Some((suffix.to_vec(), v));
-                        return Ok(false);
-                    }
-                    seen += 1;
-                    Ok(true)
-                })?;
+                self.for_each(
+                    coll,
+                    &full_range(),
+                    reverse,
+                    skip + 1,
+                    &mut |_, suffix, v| {
+                        if seen == skip {
+                            found = Some((suffix.to_vec(), v));
+                            return Ok(false);
+                        }
+                        seen += 1;
+                        Ok(true)
+                    },
+                )?;
                 if let Some((suffix, stored)) = found {
                     let v = self.item(coll, &suffix, stored)?;
                     path::select(Some(&v), rest, next, out, self.limit)?;
@@ -376,15 +382,21 @@ impl<V: View> Engine<'_, V> {
                     return Err(unnavigable("list"));
                 }
                 let limit = self.limit;
-                self.for_each(coll, &full_range(), false, limit, &mut |this, suffix, stored| {
-                    let v = match nav {
-                        Navigator::MapKeys => Self::decode_suffix(suffix)?,
-                        Navigator::MapVals => this.elem_value(coll, suffix, stored)?,
-                        _ => this.item(coll, suffix, stored)?,
-                    };
-                    path::select(Some(&v), rest, next, out, limit)?;
-                    Ok(out.len() < limit)
-                })
+                self.for_each(
+                    coll,
+                    &full_range(),
+                    false,
+                    limit,
+                    &mut |this, suffix, stored| {
+                        let v = match nav {
+                            Navigator::MapKeys => Self::decode_suffix(suffix)?,
+                            Navigator::MapVals => this.elem_value(coll, suffix, stored)?,
+                            _ => this.item(coll, suffix, stored)?,
+                        };
+                        path::select(Some(&v), rest, next, out, limit)?;
+                        Ok(out.len() < limit)
+                    },
+                )
             }
             Navigator::SortedRange(r) => {
                 if coll.is_list() {
@@ -671,20 +683,26 @@ impl<V: ViewMut> Engine<'_, V> {
                 let mut keys = Vec::new();
                 let mut seen = 0usize;
                 let mut overflow = false;
-                self.for_each(coll, &range, reverse, skip.saturating_add(take), &mut |_, suffix, _| {
-                    if keys.len() >= take {
-                        return Ok(false);
-                    }
-                    if seen >= skip {
-                        if keys.len() >= TRANSFORM_TARGETS_MAX {
-                            overflow = true;
+                self.for_each(
+                    coll,
+                    &range,
+                    reverse,
+                    skip.saturating_add(take),
+                    &mut |_, suffix, _| {
+                        if keys.len() >= take {
                             return Ok(false);
                         }
-                        keys.push(suffix.to_vec());
-                    }
-                    seen += 1;
-                    Ok(keys.len() < take)
-                })?;
+                        if seen >= skip {
+                            if keys.len() >= TRANSFORM_TARGETS_MAX {
+                                overflow = true;
+                                return Ok(false);
+                            }
+                            keys.push(suffix.to_vec());
+                        }
+                        seen += 1;
+                        Ok(keys.len() < take)
+                    },
+                )?;
                 if overflow {
                     return Err(AccessError::new(
                         "too-many-targets",

@@ -108,6 +108,10 @@ impl Session {
         self.partition
     }
 
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
     /// Ends the current record: keep its writes in the batch, or drop them.
     pub fn end_record(&mut self, keep: bool) {
         let record = std::mem::take(&mut self.record);

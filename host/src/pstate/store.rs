@@ -12,13 +12,21 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use redb::{Database, Durability, ReadTransaction, ReadableDatabase, TableDefinition};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+};
 
 use super::engine::Table;
 use super::path::EncodedRange;
 use crate::value::{from_cbor, to_cbor, Value};
 
 const OFFSETS: TableDefinition<&str, u64> = TableDefinition::new("offsets");
+/// Hops this partition sent and the target has not yet confirmed: seq → entry (CBOR).
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// Per source partition, the highest hop seq applied here.
+const HOPS_IN: TableDefinition<u32, u64> = TableDefinition::new("hops-in");
+/// Counters: `hop-seq` is the next hop seq this partition assigns.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const DEAD_LETTERS: TableDefinition<(&str, &str, u64), &[u8]> =
     TableDefinition::new("dead-letters");
 
@@ -70,12 +78,34 @@ pub struct Batch {
     /// `(topology, depot)` to the new processed offset.
     pub offsets: BTreeMap<(String, String), u64>,
     pub dead_letters: Vec<DeadLetter>,
+    /// Hops sent by this batch: seq → entry (CBOR).
+    pub outbox_put: Vec<(u64, Vec<u8>)>,
+    /// Hops the targets confirmed.
+    pub outbox_remove: Vec<u64>,
+    /// Source partition → highest hop seq applied.
+    pub hops_in: BTreeMap<u32, u64>,
+    /// The next hop seq, when it moved.
+    pub hop_seq: Option<u64>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.offsets.is_empty() && self.dead_letters.is_empty()
+        self.entries.is_empty()
+            && self.offsets.is_empty()
+            && self.dead_letters.is_empty()
+            && self.outbox_put.is_empty()
+            && self.outbox_remove.is_empty()
+            && self.hops_in.is_empty()
+            && self.hop_seq.is_none()
     }
+}
+
+/// What a partition's hop bookkeeping holds at start.
+#[derive(Debug, Default)]
+pub struct HopState {
+    pub outbox: Vec<(u64, Vec<u8>)>,
+    pub hops_in: BTreeMap<u32, u64>,
+    pub hop_seq: u64,
 }
 
 /// One partition's PState store.
@@ -195,6 +225,38 @@ impl PStateStore {
             .map_or(0, |v| v.value()))
     }
 
+    /// The outbox, the applied-hop watermarks and the hop counter.
+    pub fn hop_state(&self) -> Result<HopState, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let mut st = HopState::default();
+        match txn.open_table(OUTBOX) {
+            Ok(t) => {
+                for item in t.iter()? {
+                    let (k, v) = item?;
+                    st.outbox.push((k.value(), v.value().to_vec()));
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match txn.open_table(HOPS_IN) {
+            Ok(t) => {
+                for item in t.iter()? {
+                    let (k, v) = item?;
+                    st.hops_in.insert(k.value(), v.value());
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match txn.open_table(META) {
+            Ok(t) => st.hop_seq = t.get("hop-seq")?.map_or(0, |v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(st)
+    }
+
     /// Commits a batch in one transaction. `durable` fsyncs it (and every earlier commit);
     /// otherwise it is visible at once but survives a crash only once a later durable commit
     /// happened — which is safe because the depot log replays whatever a crash dropped.
@@ -233,6 +295,24 @@ impl PStateStore {
             let mut offsets = txn.open_table(OFFSETS)?;
             for ((topology, depot), offset) in &batch.offsets {
                 offsets.insert(offsets_key(topology, depot).as_str(), *offset)?;
+            }
+            if !batch.outbox_put.is_empty() || !batch.outbox_remove.is_empty() {
+                let mut outbox = txn.open_table(OUTBOX)?;
+                for (seq, entry) in &batch.outbox_put {
+                    outbox.insert(*seq, entry.as_slice())?;
+                }
+                for seq in &batch.outbox_remove {
+                    outbox.remove(*seq)?;
+                }
+            }
+            if !batch.hops_in.is_empty() {
+                let mut hops_in = txn.open_table(HOPS_IN)?;
+                for (source, seq) in &batch.hops_in {
+                    hops_in.insert(*source, *seq)?;
+                }
+            }
+            if let Some(seq) = batch.hop_seq {
+                txn.open_table(META)?.insert("hop-seq", seq)?;
             }
             let mut dead = txn.open_table(DEAD_LETTERS)?;
             for d in &batch.dead_letters {

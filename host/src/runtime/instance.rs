@@ -83,7 +83,30 @@ pub struct HostState {
     module: Arc<str>,
     /// PState access for the call in progress; `None` (e.g. during `define`) refuses it.
     pub session: Option<Session>,
+    /// Hops the call in progress asked for, in order.
+    pub hops: Vec<EmittedHop>,
 }
+
+/// Where an emitted hop goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HopDest {
+    /// The partition owning this key.
+    Key(Value),
+    All,
+    Partition(u32),
+}
+
+/// A hop a handler asked for; sent only if the handler succeeds.
+#[derive(Debug, Clone)]
+pub struct EmittedHop {
+    pub dest: HopDest,
+    pub handler: String,
+    /// CBOR.
+    pub payload: Vec<u8>,
+}
+
+/// Hops one guest call may emit.
+pub const HOPS_PER_CALL_MAX: usize = 100_000;
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -205,6 +228,58 @@ impl host::Host for HostState {
             .map_err(|e| wit_error(e.code, e.message)))
     }
 
+    fn hop(
+        &mut self,
+        target: types::HopTarget,
+        handler: String,
+        payload: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), types::Error>> {
+        let Some(session) = self.session.as_ref() else {
+            return Ok(Err(wit_error(
+                "no-hops",
+                "hops are only possible from a topology handler",
+            )));
+        };
+        if self.hops.len() >= HOPS_PER_CALL_MAX {
+            return Ok(Err(wit_error(
+                "too-many-hops",
+                format!("one handler call may emit at most {HOPS_PER_CALL_MAX} hops"),
+            )));
+        }
+        if let Err(e) = cbor(&payload, "hop payload") {
+            return Ok(Err(e));
+        }
+        let dest = match target {
+            types::HopTarget::Key(k) => match cbor(&k, "hop key") {
+                Ok(v) if crate::pstate::key::encode(&v).is_ok() => HopDest::Key(v),
+                Ok(v) => {
+                    return Ok(Err(wit_error(
+                        "invalid-key",
+                        format!("a {} cannot be a hop key", crate::value::type_name(&v)),
+                    )))
+                }
+                Err(e) => return Ok(Err(e)),
+            },
+            types::HopTarget::All => HopDest::All,
+            types::HopTarget::Partition(p) if p < session.partitions() => HopDest::Partition(p),
+            types::HopTarget::Partition(p) => {
+                return Ok(Err(wit_error(
+                    "partition-out-of-range",
+                    format!(
+                        "partition {p} is out of range: this module has partitions 0..{}",
+                        session.partitions()
+                    ),
+                )))
+            }
+        };
+        self.hops.push(EmittedHop {
+            dest,
+            handler,
+            payload,
+        });
+        Ok(Ok(()))
+    }
+
     fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
         const LOG_LINE_BYTES_MAX: usize = 4096;
         let mut message = message;
@@ -258,6 +333,11 @@ impl GuestInstance {
         &mut self.store.data_mut().session
     }
 
+    /// Takes the hops the last call emitted.
+    pub fn take_hops(&mut self) -> Vec<EmittedHop> {
+        std::mem::take(&mut self.store.data_mut().hops)
+    }
+
     /// Calls `define` and converts the declarations (not yet validated).
     pub fn define(&mut self) -> Result<Definition, GuestError> {
         self.arm();
@@ -301,6 +381,7 @@ impl GuestInstance {
     }
 
     fn arm(&mut self) {
+        self.store.data_mut().hops.clear();
         let ticks = self
             .runtime
             .limits()
@@ -384,6 +465,7 @@ fn instantiate(
         output,
         module: Arc::clone(module),
         session,
+        hops: Vec::new(),
     };
     let mut store = Store::new(runtime.engine(), state);
     store.limiter(|s| &mut s.cap);
@@ -430,6 +512,7 @@ fn convert_definition(def: types::ModuleDefinition) -> Result<Definition, GuestE
                 name: t.name,
                 depots: t.depots,
                 handler: t.handler,
+                hop_handlers: t.hop_handlers,
             })
             .collect(),
         partitions_hint: def.partitions_hint,

@@ -19,7 +19,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
 pub use bindings::CONTRACT_VERSION;
-pub use instance::{GuestError, GuestInstance, HostState, RecordCtx};
+pub use instance::{EmittedHop, GuestError, GuestInstance, HopDest, HostState, RecordCtx};
 
 use crate::config::Limits;
 

@@ -16,4 +16,5 @@ pub struct StreamTopology {
     pub name: String,
     pub depots: Vec<String>,
     pub handler: String,
+    pub hop_handlers: Vec<String>,
 }

@@ -1,26 +1,34 @@
 //! The partition worker: one thread per (module, partition).
 //!
-//! Loop: take what is queued (up to `batch_records_max`), append it to the depot log in one
-//! fsynced commit (group commit), answer `append` acks, run each subscribed stream topology's
-//! handler on each record, commit the PState writes together with the new processed offsets in
-//! one fsynced commit, answer `full` acks. On start it first replays, from each topology's
-//! processed offset, the records the PState store does not yet reflect — so after a crash
-//! everything acked is restored, each record's effects applied exactly once.
+//! Loop: take what is queued (up to `batch_records_max` items: appends, hops, hop
+//! confirmations), append the records to the depot log in one fsynced commit (group commit),
+//! answer `append` acks, run each subscribed stream topology's handler on each record and each
+//! hop's handler, then commit — in one PState transaction — the handlers' writes, the
+//! topologies' processed offsets, the hops they emitted (the *outbox*, with per-partition
+//! sequence numbers) and the highest hop applied from each source partition. Only then are the
+//! hops sent, and `full` acks answered when their event tree has no work left.
+//!
+//! After a crash, a worker replays the depot records its PState store does not reflect and
+//! re-sends its outbox; a target skips hops at or below its watermark for that source. So a
+//! record's effects — on its own partition and, through hops, on others — are applied exactly
+//! once (for deterministic handlers), and hops between two partitions keep their order. A
+//! target confirms a hop only once its application is durable; the source then drops it from
+//! its outbox.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use super::StreamTopology;
 use crate::depot::log::DepotLog;
-use crate::pstate::store::DeadLetter;
+use crate::pstate::store::{Batch, DeadLetter};
 use crate::pstate::PStateStore;
-use crate::runtime::{GuestError, GuestInstance, RecordCtx};
-use crate::value::{from_cbor, Value};
+use crate::runtime::{EmittedHop, GuestError, GuestInstance, HopDest, RecordCtx};
+use crate::value::{as_i64, from_cbor, to_cbor, Value};
 
 /// What an append waits for before it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +37,7 @@ pub enum AckLevel {
     None,
     /// Durable in the depot log (fsync).
     Append,
-    /// Every stream topology reading the depot finished it.
+    /// Every stream topology reading the depot finished its whole event tree.
     Full,
 }
 
@@ -49,15 +57,15 @@ impl AckLevel {
 pub struct AppendOutcome {
     pub partition: u32,
     pub offset: u64,
-    /// Ack-return values by topology (only for `full` acks, only topologies that set one).
+    /// Ack-return values by topology, from any handler of the event tree (`full` acks only).
     pub results: BTreeMap<String, Value>,
 }
 
 /// An append that was not (fully) carried out.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum ProcessingError {
-    /// The record is durable at (partition, offset) but a topology failed on it; it is in that
-    /// topology's dead letters.
+    /// The record is durable at (partition, offset) but a handler of its event tree failed;
+    /// the failed work is in that topology's dead letters.
     #[error(
         "record {partition}/{offset} is stored, but topology `{topology}` failed on it: {error}"
     )]
@@ -74,6 +82,83 @@ pub enum ProcessingError {
 
 pub type Reply = oneshot::Sender<Result<AppendOutcome, ProcessingError>>;
 
+/// The in-memory state of one record's event tree, for its `full` ack.
+pub struct Tree {
+    outstanding: AtomicUsize,
+    partition: u32,
+    offset: u64,
+    reply: Mutex<Option<Reply>>,
+    results: Mutex<BTreeMap<String, Value>>,
+    error: Mutex<Option<ProcessingError>>,
+}
+
+impl Tree {
+    fn new(reply: Reply, partition: u32, offset: u64) -> Arc<Self> {
+        Arc::new(Self {
+            outstanding: AtomicUsize::new(1),
+            partition,
+            offset,
+            reply: Mutex::new(Some(reply)),
+            results: Mutex::new(BTreeMap::new()),
+            error: Mutex::new(None),
+        })
+    }
+
+    fn add(&self, n: usize) {
+        self.outstanding.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// One unit of the tree's work finished; the last one answers the ack.
+    fn finish_one(&self) {
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let Some(reply) = self.reply.lock().expect("poisoned").take() else {
+            return;
+        };
+        let outcome = match self.error.lock().expect("poisoned").take() {
+            Some(e) => Err(e),
+            None => Ok(AppendOutcome {
+                partition: self.partition,
+                offset: self.offset,
+                results: std::mem::take(&mut *self.results.lock().expect("poisoned")),
+            }),
+        };
+        let _ = reply.send(outcome);
+    }
+
+    fn fail(&self, topology: &str, error: GuestError) {
+        self.error
+            .lock()
+            .expect("poisoned")
+            .get_or_insert(ProcessingError::Topology {
+                partition: self.partition,
+                offset: self.offset,
+                topology: topology.to_string(),
+                error,
+            });
+    }
+
+    fn result(&self, topology: &str, v: Value) {
+        self.results
+            .lock()
+            .expect("poisoned")
+            .insert(topology.to_string(), v);
+    }
+}
+
+/// A hop on its way to its target partition.
+pub struct Hop {
+    pub source: u32,
+    pub seq: u64,
+    pub topology: String,
+    pub handler: String,
+    pub payload: Vec<u8>,
+    pub origin_depot: Arc<str>,
+    pub origin_offset: u64,
+    pub tree: Option<Arc<Tree>>,
+}
+
 /// Work queued for a partition worker.
 pub enum Work {
     Append {
@@ -83,6 +168,11 @@ pub enum Work {
         ack: AckLevel,
         reply: Option<Reply>,
     },
+    Hop(Hop),
+    /// The target made these hops of ours durable: drop them from the outbox.
+    HopsConfirmed(Vec<u64>),
+    /// Finish what is queued before this, flush, exit.
+    Stop,
 }
 
 /// Everything a worker owns.
@@ -100,21 +190,46 @@ pub struct Worker {
     pub pstate_flush_interval: Duration,
     /// Set once recovery finished; selects wait for it.
     pub ready: Arc<AtomicBool>,
+    /// Appends queued and not yet taken (the queue bound is enforced on it).
+    pub queued_appends: Arc<AtomicUsize>,
+    /// Every partition's queue, this one's included.
+    pub peers: Arc<Vec<Sender<Work>>>,
     pub rx: Receiver<Work>,
 }
 
-/// When PState commits were last made durable.
+/// When PState commits were last made durable, and what waits for that.
 struct Flush {
     last_durable: Instant,
     dirty: bool,
+    /// Hops applied here, to confirm to their sources once durable: source → seqs.
+    confirm: BTreeMap<u32, Vec<u64>>,
 }
 
-struct Item {
-    depot: Arc<str>,
-    offset: u64,
-    record: Vec<u8>,
-    ack: AckLevel,
-    reply: Option<Reply>,
+/// One unit of work in a batch, with where it came from.
+enum Item {
+    Record {
+        depot: Arc<str>,
+        offset: u64,
+        record: Vec<u8>,
+        tree: Option<Arc<Tree>>,
+    },
+    Hop(Hop),
+}
+
+/// An append taken from the queue: depot, record (CBOR), ack level, answer.
+type PendingAppend = (Arc<str>, Vec<u8>, AckLevel, Option<Reply>);
+
+/// A hop emitted in this batch, addressed, waiting for the commit.
+struct Outgoing {
+    target: u32,
+    hop: Hop,
+}
+
+/// Hop bookkeeping of this partition.
+struct Hops {
+    next_seq: u64,
+    applied: HashMap<u32, u64>,
+    confirmed: Vec<u64>,
 }
 
 impl Worker {
@@ -123,9 +238,33 @@ impl Worker {
         let mut flush = Flush {
             last_durable: Instant::now(),
             dirty: false,
+            confirm: BTreeMap::new(),
+        };
+        let mut hops = match self.store.hop_state() {
+            Ok(st) => {
+                // Unconfirmed hops from before a restart go out first, in order.
+                for (seq, entry) in st.outbox {
+                    if let Some((target, hop)) = decode_outbox(self.partition, seq, &entry) {
+                        let _ = self.peers[target as usize].send(Work::Hop(hop));
+                    }
+                }
+                Hops {
+                    next_seq: st.hop_seq,
+                    applied: st.hops_in.into_iter().collect(),
+                    confirmed: Vec::new(),
+                }
+            }
+            Err(e) => {
+                tracing::error!(
+                    module = &*self.module,
+                    partition = self.partition,
+                    "reading hop state failed: {e}"
+                );
+                return;
+            }
         };
         if let Err(e) = self
-            .recover(&mut flush)
+            .recover(&mut flush, &mut hops)
             .and_then(|()| self.flush(&mut flush))
         {
             tracing::error!(
@@ -136,7 +275,8 @@ impl Worker {
             return;
         }
         self.ready.store(true, Ordering::Release);
-        loop {
+        let mut stopping = false;
+        while !stopping {
             let first = match self
                 .rx
                 .recv_timeout(self.pstate_flush_interval.max(Duration::from_millis(1)))
@@ -162,60 +302,40 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            let records: Vec<(&str, &[u8])> = work
-                .iter()
-                .map(|Work::Append { depot, record, .. }| (&**depot, record.as_slice()))
-                .collect();
-            let offsets = match self.log.append(&records, &mut next) {
-                Ok(o) => o,
-                Err(e) => {
-                    let err = ProcessingError::Storage {
-                        partition: self.partition,
-                        message: e.to_string(),
-                    };
-                    tracing::error!(
-                        module = &*self.module,
-                        partition = self.partition,
-                        "depot append failed: {e}"
-                    );
-                    for Work::Append { reply, .. } in work {
-                        if let Some(r) = reply {
-                            let _ = r.send(Err(err.clone()));
-                        }
+            let mut appends = Vec::new();
+            let mut items_in_order = Vec::new();
+            for w in work {
+                match w {
+                    Work::Append {
+                        depot,
+                        record,
+                        ack,
+                        reply,
+                    } => {
+                        self.queued_appends.fetch_sub(1, Ordering::AcqRel);
+                        items_in_order.push(None);
+                        appends.push((depot, record, ack, reply));
                     }
-                    continue;
+                    Work::Hop(h) => items_in_order.push(Some(Item::Hop(h))),
+                    Work::HopsConfirmed(seqs) => hops.confirmed.extend(seqs),
+                    Work::Stop => stopping = true,
                 }
-            };
-            let mut items = Vec::with_capacity(work.len());
-            for (
-                Work::Append {
-                    depot,
-                    record,
-                    ack,
-                    reply,
-                },
-                offset,
-            ) in work.into_iter().zip(offsets)
-            {
-                let mut reply = reply;
-                if ack == AckLevel::Append {
-                    if let Some(r) = reply.take() {
-                        let _ = r.send(Ok(AppendOutcome {
-                            partition: self.partition,
-                            offset,
-                            results: BTreeMap::new(),
-                        }));
-                    }
-                }
-                items.push(Item {
-                    depot,
-                    offset,
-                    record,
-                    ack,
-                    reply,
-                });
             }
-            if let Err(e) = self.process(items, &mut flush) {
+            let items = match self.append_to_log(appends, &mut next) {
+                Some(mut records) => {
+                    records.reverse();
+                    items_in_order
+                        .into_iter()
+                        .map(|i| i.or_else(|| records.pop().flatten()))
+                        .collect::<Vec<_>>()
+                }
+                None => items_in_order.into_iter().collect(),
+            };
+            let items: Vec<Item> = items.into_iter().flatten().collect();
+            if items.is_empty() && hops.confirmed.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.process(items, None, &mut flush, &mut hops) {
                 tracing::error!(
                     module = &*self.module,
                     partition = self.partition,
@@ -233,76 +353,193 @@ impl Worker {
         }
     }
 
-    /// Makes every earlier PState commit durable, if any was not.
+    /// Appends records to the depot log (one fsync), answers `append` acks; returns one
+    /// entry per append (`None` where the append failed and was answered with an error).
+    fn append_to_log(
+        &mut self,
+        appends: Vec<PendingAppend>,
+        next: &mut HashMap<String, u64>,
+    ) -> Option<Vec<Option<Item>>> {
+        if appends.is_empty() {
+            return None;
+        }
+        let records: Vec<(&str, &[u8])> = appends
+            .iter()
+            .map(|(d, r, _, _)| (&**d, r.as_slice()))
+            .collect();
+        let offsets = match self.log.append(&records, next) {
+            Ok(o) => o,
+            Err(e) => {
+                let err = ProcessingError::Storage {
+                    partition: self.partition,
+                    message: e.to_string(),
+                };
+                tracing::error!(
+                    module = &*self.module,
+                    partition = self.partition,
+                    "depot append failed: {e}"
+                );
+                let n = appends.len();
+                for (_, _, _, reply) in appends {
+                    if let Some(r) = reply {
+                        let _ = r.send(Err(err.clone()));
+                    }
+                }
+                return Some((0..n).map(|_| None).collect());
+            }
+        };
+        let mut out = Vec::with_capacity(appends.len());
+        for ((depot, record, ack, reply), offset) in appends.into_iter().zip(offsets) {
+            let mut tree = None;
+            match (ack, reply) {
+                (AckLevel::Append, Some(r)) => {
+                    let _ = r.send(Ok(AppendOutcome {
+                        partition: self.partition,
+                        offset,
+                        results: BTreeMap::new(),
+                    }));
+                }
+                (AckLevel::Full, Some(r)) => tree = Some(Tree::new(r, self.partition, offset)),
+                _ => {}
+            }
+            out.push(Some(Item::Record {
+                depot,
+                offset,
+                record,
+                tree,
+            }));
+        }
+        Some(out)
+    }
+
+    /// Makes every earlier PState commit durable, if any was not, then confirms the hops it
+    /// applied to their sources.
     fn flush(&mut self, flush: &mut Flush) -> Result<(), redb::Error> {
         if flush.dirty {
-            self.store.commit(Default::default(), true)?;
+            self.store.commit(Batch::default(), true)?;
         }
         flush.dirty = false;
         flush.last_durable = Instant::now();
+        for (source, seqs) in std::mem::take(&mut flush.confirm) {
+            let _ = self.peers[source as usize].send(Work::HopsConfirmed(seqs));
+        }
         Ok(())
     }
 
-    /// Runs the topologies on `items` (already durable in the log), commits, answers acks.
-    fn process(&mut self, items: Vec<Item>, flush: &mut Flush) -> Result<(), redb::Error> {
-        self.process_filtered(items, None, flush)
-    }
-
-    /// `process`, skipping topology t for a record when `done[(t, depot)]` is past its offset.
-    fn process_filtered(
+    /// Runs the handlers of `items` (records already durable in the log, and hops), commits,
+    /// then sends hops and settles event trees. `done`, during replay, skips topology t for a
+    /// record when `done[(t, depot)]` is past its offset.
+    fn process(
         &mut self,
         items: Vec<Item>,
         done: Option<&HashMap<(String, String), u64>>,
         flush: &mut Flush,
+        hops: &mut Hops,
     ) -> Result<(), redb::Error> {
-        let mut batch_offsets = BTreeMap::new();
+        let mut offsets = BTreeMap::new();
         let mut dead_letters = Vec::new();
-        let mut outcomes = Vec::with_capacity(items.len());
+        let mut outgoing: Vec<Vec<Outgoing>> = Vec::with_capacity(items.len());
+        let mut hops_in: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut applied_hops: Vec<(u32, u64)> = Vec::new();
+        let topologies = Arc::clone(&self.topologies);
         for item in &items {
-            let mut results = BTreeMap::new();
-            let mut failure = None;
-            for t in Arc::clone(&self.topologies).iter() {
-                if !t.depots.iter().any(|d| **d == *item.depot) {
-                    continue;
-                }
-                if let Some(done) = done {
-                    let key = (t.name.clone(), item.depot.to_string());
-                    if done.get(&key).is_some_and(|&p| item.offset < p) {
-                        continue;
-                    }
-                }
-                match self.run_handler(t, &item.depot, item.offset, &item.record) {
-                    Ok(Some(v)) => {
-                        results.insert(t.name.clone(), v);
-                    }
-                    Ok(None) => {}
-                    Err((error, attempts)) => {
-                        dead_letters.push(DeadLetter {
-                            topology: t.name.clone(),
-                            depot: item.depot.to_string(),
-                            offset: item.offset,
-                            error_code: error.code.clone(),
-                            error: error.message.clone(),
-                            attempts,
-                        });
-                        failure.get_or_insert(ProcessingError::Topology {
+            let mut out = Vec::new();
+            match item {
+                Item::Record {
+                    depot,
+                    offset,
+                    record,
+                    tree,
+                } => {
+                    for t in topologies.iter() {
+                        if !t.depots.iter().any(|d| **d == **depot) {
+                            continue;
+                        }
+                        let key = (t.name.clone(), depot.to_string());
+                        if done.and_then(|d| d.get(&key)).is_some_and(|&p| *offset < p) {
+                            continue;
+                        }
+                        let ctx = RecordCtx {
+                            depot,
                             partition: self.partition,
-                            offset: item.offset,
-                            topology: t.name.clone(),
-                            error,
-                        });
+                            offset: *offset,
+                            partitions: self.partitions,
+                        };
+                        match self.run_handler(t, &t.handler, record, ctx) {
+                            Ok((ack, emitted)) => {
+                                if let (Some(v), Some(tree)) = (ack, tree) {
+                                    tree.result(&t.name, v);
+                                }
+                                self.address(t, emitted, depot, *offset, tree, hops, &mut out);
+                            }
+                            Err((error, attempts)) => {
+                                dead_letters.push(DeadLetter {
+                                    topology: t.name.clone(),
+                                    depot: depot.to_string(),
+                                    offset: *offset,
+                                    error_code: error.code.clone(),
+                                    error: error.message.clone(),
+                                    attempts,
+                                });
+                                if let Some(tree) = tree {
+                                    tree.fail(&t.name, error);
+                                }
+                            }
+                        }
+                        offsets.insert(key, offset + 1);
                     }
                 }
-                batch_offsets.insert((t.name.clone(), item.depot.to_string()), item.offset + 1);
+                Item::Hop(h) => {
+                    let watermark = hops.applied.get(&h.source).copied().unwrap_or(0);
+                    applied_hops.push((h.source, h.seq));
+                    if h.seq < watermark {
+                        outgoing.push(out);
+                        continue; // applied before a restart
+                    }
+                    hops.applied.insert(h.source, h.seq + 1);
+                    hops_in.insert(h.source, h.seq + 1);
+                    let Some(t) = topologies.iter().find(|t| t.name == h.topology) else {
+                        outgoing.push(out);
+                        continue;
+                    };
+                    let ctx = RecordCtx {
+                        depot: &h.origin_depot,
+                        partition: self.partition,
+                        offset: h.origin_offset,
+                        partitions: self.partitions,
+                    };
+                    match self.run_handler(t, &h.handler, &h.payload, ctx) {
+                        Ok((ack, emitted)) => {
+                            if let (Some(v), Some(tree)) = (ack, &h.tree) {
+                                tree.result(&t.name, v);
+                            }
+                            self.address(
+                                t,
+                                emitted,
+                                &h.origin_depot,
+                                h.origin_offset,
+                                &h.tree,
+                                hops,
+                                &mut out,
+                            );
+                        }
+                        Err((error, attempts)) => {
+                            dead_letters.push(DeadLetter {
+                                topology: t.name.clone(),
+                                depot: format!("hop:{}:from-p{}", h.handler, h.source),
+                                offset: h.seq,
+                                error_code: error.code.clone(),
+                                error: error.message.clone(),
+                                attempts,
+                            });
+                            if let Some(tree) = &h.tree {
+                                tree.fail(&t.name, error);
+                            }
+                        }
+                    }
+                }
             }
-            outcomes.push(match failure {
-                Some(f) => Err(f),
-                None => Ok(AppendOutcome {
-                    partition: self.partition,
-                    offset: item.offset,
-                    results,
-                }),
-            });
+            outgoing.push(out);
         }
         let session = self
             .instance
@@ -310,8 +547,18 @@ impl Worker {
             .as_mut()
             .expect("workers always have a session");
         let mut batch = session.take_batch();
-        batch.offsets = batch_offsets;
+        batch.offsets = offsets;
         batch.dead_letters = dead_letters;
+        batch.hops_in = hops_in;
+        batch.outbox_remove = std::mem::take(&mut hops.confirmed);
+        for o in outgoing.iter().flatten() {
+            batch
+                .outbox_put
+                .push((o.hop.seq, encode_outbox(o.target, &o.hop)));
+        }
+        if !batch.outbox_put.is_empty() {
+            batch.hop_seq = Some(hops.next_seq);
+        }
         let durable = flush.last_durable.elapsed() >= self.pstate_flush_interval;
         if let Err(e) = self.store.commit(batch, durable) {
             let err = ProcessingError::Storage {
@@ -319,68 +566,129 @@ impl Worker {
                 message: e.to_string(),
             };
             for item in items {
-                if let Some(r) = item.reply {
-                    let _ = r.send(Err(err.clone()));
+                let tree = match item {
+                    Item::Record { tree, .. } => tree,
+                    Item::Hop(h) => h.tree,
+                };
+                if let Some(tree) = tree {
+                    if let Some(r) = tree.reply.lock().expect("poisoned").take() {
+                        let _ = r.send(Err(err.clone()));
+                    }
                 }
             }
             return Err(e);
         }
+        for (source, seq) in applied_hops {
+            flush.confirm.entry(source).or_default().push(seq);
+        }
         if durable {
-            flush.last_durable = Instant::now();
-            flush.dirty = false;
+            self.flush(flush)?;
         } else {
             flush.dirty = true;
         }
-        for (item, outcome) in items.into_iter().zip(outcomes) {
-            if let (AckLevel::Full, Some(r)) = (item.ack, item.reply) {
-                let _ = r.send(outcome);
+        // Committed: send the hops, then settle each item's share of its event tree.
+        for (item, out) in items.into_iter().zip(outgoing) {
+            let tree = match item {
+                Item::Record { tree, .. } => tree,
+                Item::Hop(h) => h.tree,
+            };
+            for o in out {
+                let _ = self.peers[o.target as usize].send(Work::Hop(o.hop));
+            }
+            if let Some(tree) = tree {
+                tree.finish_one();
             }
         }
         Ok(())
     }
 
-    /// Runs one handler on one record with retries; on success keeps its writes.
+    /// Gives emitted hops their targets and sequence numbers, and counts them in the tree.
+    #[allow(clippy::too_many_arguments)]
+    fn address(
+        &self,
+        t: &StreamTopology,
+        emitted: Vec<EmittedHop>,
+        depot: &Arc<str>,
+        offset: u64,
+        tree: &Option<Arc<Tree>>,
+        hops: &mut Hops,
+        out: &mut Vec<Outgoing>,
+    ) {
+        for e in emitted {
+            let targets: Vec<u32> = match &e.dest {
+                HopDest::Key(k) => {
+                    vec![crate::pstate::partition_of_key(k, self.partitions).unwrap_or(0)]
+                }
+                HopDest::All => (0..self.partitions).collect(),
+                HopDest::Partition(p) => vec![*p],
+            };
+            for target in targets {
+                let seq = hops.next_seq;
+                hops.next_seq += 1;
+                if let Some(tree) = tree {
+                    tree.add(1);
+                }
+                out.push(Outgoing {
+                    target,
+                    hop: Hop {
+                        source: self.partition,
+                        seq,
+                        topology: t.name.clone(),
+                        handler: e.handler.clone(),
+                        payload: e.payload.clone(),
+                        origin_depot: Arc::clone(depot),
+                        origin_offset: offset,
+                        tree: tree.clone(),
+                    },
+                });
+            }
+        }
+    }
+
+    /// Runs one handler with retries; on success keeps its writes and returns its ack-return
+    /// value and the hops it emitted.
     fn run_handler(
         &mut self,
         topology: &StreamTopology,
-        depot: &str,
-        offset: u64,
-        record: &[u8],
-    ) -> Result<Option<Value>, (GuestError, u32)> {
+        handler: &str,
+        input: &[u8],
+        ctx: RecordCtx<'_>,
+    ) -> Result<(Option<Value>, Vec<EmittedHop>), (GuestError, u32)> {
         const RETRY_BACKOFF_BASE_MS: u64 = 5;
-        let ctx = RecordCtx {
-            depot,
-            partition: self.partition,
-            offset,
-            partitions: self.partitions,
-        };
         let mut attempt = 0;
         loop {
             attempt += 1;
             let result = self
                 .instance
-                .handle(&topology.name, &topology.handler, record, ctx);
+                .handle(&topology.name, handler, input, ctx)
+                .and_then(|ack| {
+                    let emitted = self.instance.take_hops();
+                    if let Some(bad) = emitted.iter().find(|h| !topology.hop_handlers.contains(&h.handler)) {
+                        return Err(GuestError {
+                            code: "unknown-hop-handler".into(),
+                            message: format!(
+                                "hop to handler `{}`, which topology `{}` does not declare (it has: {})",
+                                bad.handler,
+                                topology.name,
+                                topology.hop_handlers.join(", ")
+                            ),
+                        });
+                    }
+                    let value = ack.map(|bytes| from_cbor(&bytes)).transpose().map_err(|e| GuestError {
+                        code: "invalid-value".into(),
+                        message: format!("ack-return value: {e}"),
+                    })?;
+                    Ok((value, emitted))
+                });
             let session = self
                 .instance
                 .session_mut()
                 .as_mut()
                 .expect("workers always have a session");
             match result {
-                Ok(ack) => {
+                Ok(v) => {
                     session.end_record(true);
-                    let value = match ack.map(|bytes| from_cbor(&bytes)).transpose() {
-                        Ok(v) => v,
-                        Err(e) => {
-                            return Err((
-                                GuestError {
-                                    code: "invalid-value".into(),
-                                    message: format!("ack-return value: {e}"),
-                                },
-                                attempt,
-                            ))
-                        }
-                    };
-                    return Ok(value);
+                    return Ok(v);
                 }
                 Err(e) => {
                     session.end_record(false);
@@ -388,7 +696,8 @@ impl Worker {
                         module = &*self.module,
                         partition = self.partition,
                         topology = topology.name,
-                        offset,
+                        handler,
+                        offset = ctx.offset,
                         attempt,
                         "handler failed: {e}"
                     );
@@ -404,11 +713,13 @@ impl Worker {
     }
 
     /// Replays records the PState store does not reflect yet (after a crash or kill).
-    fn recover(&mut self, flush: &mut Flush) -> Result<(), redb::Error> {
+    fn recover(&mut self, flush: &mut Flush, hops: &mut Hops) -> Result<(), redb::Error> {
+        let mut done: HashMap<(String, String), u64> = HashMap::new();
         let mut depots: BTreeMap<String, u64> = BTreeMap::new();
         for t in self.topologies.iter() {
             for d in &t.depots {
                 let processed = self.store.processed_offset(&t.name, d)?;
+                done.insert((t.name.clone(), d.clone()), processed);
                 let e = depots.entry(d.clone()).or_insert(processed);
                 *e = (*e).min(processed);
             }
@@ -425,15 +736,14 @@ impl Worker {
                 replayed += records.len() as u64;
                 let items = records
                     .into_iter()
-                    .map(|(offset, record)| Item {
+                    .map(|(offset, record)| Item::Record {
                         depot: Arc::clone(&depot),
                         offset,
                         record,
-                        ack: AckLevel::None,
-                        reply: None,
+                        tree: None,
                     })
                     .collect();
-                self.process_replay(items, flush)?;
+                self.process(items, Some(&done), flush, hops)?;
                 from = last + 1;
             }
         }
@@ -447,18 +757,52 @@ impl Worker {
         }
         Ok(())
     }
+}
 
-    /// Like `process`, but skips each topology for records it already reflects.
-    fn process_replay(&mut self, items: Vec<Item>, flush: &mut Flush) -> Result<(), redb::Error> {
-        let mut done: HashMap<(String, String), u64> = HashMap::new();
-        for t in self.topologies.iter() {
-            for d in &t.depots {
-                done.insert(
-                    (t.name.clone(), d.clone()),
-                    self.store.processed_offset(&t.name, d)?,
-                );
-            }
-        }
-        self.process_filtered(items, Some(&done), flush)
-    }
+fn text(s: &str) -> Value {
+    Value::Text(s.to_string())
+}
+
+fn encode_outbox(target: u32, h: &Hop) -> Vec<u8> {
+    to_cbor(&Value::Map(vec![
+        (text("target"), Value::Integer(target.into())),
+        (text("topology"), text(&h.topology)),
+        (text("handler"), text(&h.handler)),
+        (text("payload"), Value::Bytes(h.payload.clone())),
+        (text("depot"), text(&h.origin_depot)),
+        (text("offset"), Value::Integer(h.origin_offset.into())),
+    ]))
+}
+
+fn decode_outbox(source: u32, seq: u64, bytes: &[u8]) -> Option<(u32, Hop)> {
+    let Value::Map(entries) = from_cbor(bytes).ok()? else {
+        return None;
+    };
+    let get = |name: &str| {
+        entries
+            .iter()
+            .find(|(k, _)| *k == text(name))
+            .map(|(_, v)| v)
+    };
+    let s = |name: &str| match get(name) {
+        Some(Value::Text(t)) => Some(t.clone()),
+        _ => None,
+    };
+    let payload = match get("payload") {
+        Some(Value::Bytes(b)) => b.clone(),
+        _ => return None,
+    };
+    Some((
+        u32::try_from(as_i64(get("target")?)?).ok()?,
+        Hop {
+            source,
+            seq,
+            topology: s("topology")?,
+            handler: s("handler")?,
+            payload,
+            origin_depot: s("depot")?.into(),
+            origin_offset: u64::try_from(as_i64(get("offset")?)?).ok()?,
+            tree: None,
+        },
+    ))
 }

@@ -2,11 +2,13 @@
 //! `{"key": "k", "do": "ok"}`; the handler first increments `seen[key]`, then does what `do`
 //! says: `ok`, `loop` (forever), `membomb` (allocate without bound), `trap` (wasm `unreachable`),
 //! `panic`, `error` (return an error), `stack` (unbounded recursion), `wrong-partition`
-//! (write a key owned by another partition), `bad-type` (write a string into an int PState).
+//! (write a key owned by another partition), `bad-type` (write a string into an int PState),
+//! `hop-fail` (hop to every partition into a handler that panics), `hop-unknown` (hop to an
+//! undeclared handler).
 //! Every failure must roll the increment back.
 
 use serde::Deserialize;
-use sluice_sdk::{Ctx, Definition, Error, Module, Partitioner, Path, Result, Schema};
+use sluice_sdk::{Ctx, Definition, Error, HopTarget, Module, Partitioner, Path, Result, Schema};
 
 #[derive(Deserialize)]
 struct Command {
@@ -21,7 +23,10 @@ impl Module for Hostile {
     fn define(m: &mut Definition) {
         m.depot("commands", Partitioner::hash("key"));
         m.pstate("seen", Schema::map(Schema::string(), Schema::int()));
-        m.stream_topology("run").reads("commands").handler(run);
+        m.stream_topology("run")
+            .reads("commands")
+            .handler(run)
+            .hop_handler("explode", explode);
     }
 }
 
@@ -73,11 +78,17 @@ fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             Ok(())
         }
         "bad-type" => seen.set(&Path::key(&cmd.key), "not a number"),
+        "hop-fail" => ctx.hop(HopTarget::<str>::All, "explode", &cmd.key),
+        "hop-unknown" => ctx.hop(HopTarget::<str>::All, "nonexistent", &cmd.key),
         other => Err(Error::new(
             "unknown-command",
             format!("unknown command `{other}`"),
         )),
     }
+}
+
+fn explode(_ctx: &Ctx, key: String) -> Result<()> {
+    panic!("hop handler exploded for {key}")
 }
 
 sluice_sdk::export_module!(Hostile);

@@ -1,13 +1,25 @@
-//! Word count: depot `words` (records `{"word": "apple"}`, hash-partitioned by `word`),
-//! PState `counts` (word → count), and a stream topology that increments `counts[word]` and
-//! returns the new count as its ack-return value.
+//! Word count.
+//!
+//! - Depot `words` (records `{"word": "apple"}`, hash-partitioned by `word`) and topology
+//!   `wordcount`: increments `counts[word]` where the word lives and answers the new count as
+//!   its ack-return value.
+//! - Depot `sentences` (records `{"text": "the cat and the hat"}`, random partitioner) and
+//!   topology `sentences`: splits the text into words and hops to each word's partition to
+//!   increment `counts` there; a `full` ack waits for every hop.
 
 use serde::Deserialize;
-use sluice_sdk::{AckReturn, Ctx, Definition, Module, Partitioner, Path, Result, Schema};
+use sluice_sdk::{
+    AckReturn, Ctx, Definition, HopTarget, Module, Partitioner, Path, Result, Schema,
+};
 
 #[derive(Deserialize)]
 struct Word {
     word: String,
+}
+
+#[derive(Deserialize)]
+struct Sentence {
+    text: String,
 }
 
 struct Wordcount;
@@ -15,8 +27,13 @@ struct Wordcount;
 impl Module for Wordcount {
     fn define(m: &mut Definition) {
         m.depot("words", Partitioner::hash("word"));
+        m.depot("sentences", Partitioner::Random);
         m.pstate("counts", Schema::map(Schema::string(), Schema::int()));
         m.stream_topology("wordcount").reads("words").handler(count);
+        m.stream_topology("sentences")
+            .reads("sentences")
+            .handler(split)
+            .hop_handler("count-word", count_word);
     }
 }
 
@@ -25,6 +42,18 @@ fn count(ctx: &Ctx, record: Word) -> Result<AckReturn<i64>> {
     let path = Path::key(&record.word);
     counts.increment(&path, 1)?;
     Ok(AckReturn(counts.get(&path)?.unwrap_or(0)))
+}
+
+fn split(ctx: &Ctx, s: Sentence) -> Result<()> {
+    for word in s.text.split_whitespace() {
+        let word = word.to_lowercase();
+        ctx.hop(HopTarget::Key(&word), "count-word", &word)?;
+    }
+    Ok(())
+}
+
+fn count_word(ctx: &Ctx, word: String) -> Result<()> {
+    ctx.pstate("counts").increment(&Path::key(&word), 1)
 }
 
 sluice_sdk::export_module!(Wordcount);
