@@ -86,6 +86,7 @@ const RECORD_HANDLER: &str = "on-record";
 
 /// A stream topology being declared.
 pub struct StreamTopology {
+    microbatch: bool,
     name: String,
     depots: Vec<String>,
     handler: Option<Handler>,
@@ -130,6 +131,21 @@ impl StreamTopology {
     }
 }
 
+impl StreamTopology {
+    fn to_wit(&self) -> wit::StreamTopologyDef {
+        wit::StreamTopologyDef {
+            name: self.name.clone(),
+            depots: self.depots.clone(),
+            handler: if self.handler.is_some() {
+                RECORD_HANDLER.to_string()
+            } else {
+                String::new()
+            },
+            hop_handlers: self.hop_handlers.iter().map(|(n, _)| n.clone()).collect(),
+        }
+    }
+}
+
 /// Everything a module declares.
 #[derive(Default)]
 pub struct Definition {
@@ -155,12 +171,23 @@ impl Definition {
     /// Declare a stream topology; chain `.reads(depot)` and `.handler(f)`.
     pub fn stream_topology(&mut self, name: &str) -> &mut StreamTopology {
         self.topologies.push(StreamTopology {
+            microbatch: false,
             name: name.to_string(),
             depots: Vec::new(),
             handler: None,
             hop_handlers: Vec::new(),
         });
         self.topologies.last_mut().expect("just pushed")
+    }
+
+    /// Declare a microbatch topology (chain like a stream topology): the host gathers what
+    /// accumulated in its depots on every partition into a batch and runs the handlers (and
+    /// their hops) on it; all the batch's PState writes commit atomically on all partitions,
+    /// exactly once even across crashes.
+    pub fn microbatch_topology(&mut self, name: &str) -> &mut StreamTopology {
+        let t = self.stream_topology(name);
+        t.microbatch = true;
+        t
     }
 
     /// The partition count this module would like (a power of two); a deploy may override it.
@@ -205,16 +232,14 @@ impl Definition {
             stream_topologies: self
                 .topologies
                 .iter()
-                .map(|t| wit::StreamTopologyDef {
-                    name: t.name.clone(),
-                    depots: t.depots.clone(),
-                    handler: if t.handler.is_some() {
-                        RECORD_HANDLER.to_string()
-                    } else {
-                        String::new()
-                    },
-                    hop_handlers: t.hop_handlers.iter().map(|(n, _)| n.clone()).collect(),
-                })
+                .filter(|t| !t.microbatch)
+                .map(StreamTopology::to_wit)
+                .collect(),
+            microbatch_topologies: self
+                .topologies
+                .iter()
+                .filter(|t| t.microbatch)
+                .map(StreamTopology::to_wit)
                 .collect(),
             partitions_hint: self.partitions_hint,
         }

@@ -98,6 +98,8 @@ pub struct RecordInfo {
     pub partition: u32,
     pub offset: u64,
     pub partitions: u32,
+    /// The microbatch being processed (stable across retries); `None` in stream topologies.
+    pub batch_id: Option<u64>,
 }
 
 /// What a handler gets besides its record: access to its partition's PStates.
@@ -211,6 +213,7 @@ pub mod __private {
                 partition: ctx.partition,
                 offset: ctx.offset,
                 partitions: ctx.partitions,
+                batch_id: ctx.batch_id,
             },
         };
         let f = with_definition::<M, _>(|d| d.handler(&topology, &handler));

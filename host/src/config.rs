@@ -26,6 +26,8 @@ pub struct Limits {
     /// How long PState commits may stay non-durable before one is fsynced (0: fsync each).
     /// Bounds the depot-log replay after a crash; never affects what is acked.
     pub pstate_flush_interval_ms: u64,
+    /// How long the microbatch coordinator waits when no new records arrived.
+    pub microbatch_interval_ms: u64,
     /// Values one select may return.
     pub select_values_max: usize,
     /// Records one depot read may return.
@@ -44,6 +46,7 @@ impl Default for Limits {
             batch_records_max: 1_000,
             handler_attempts_max: 3,
             pstate_flush_interval_ms: 500,
+            microbatch_interval_ms: 20,
             select_values_max: 10_000,
             depot_read_max: 1_000,
         }

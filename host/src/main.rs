@@ -66,6 +66,9 @@ struct ServeArgs {
     /// How long PState commits may stay non-durable (the depot log replays them after a crash).
     #[arg(long, default_value_t = Limits::default().pstate_flush_interval_ms)]
     pstate_flush_interval_ms: u64,
+    /// How long the microbatch coordinator waits when no new records arrived.
+    #[arg(long, default_value_t = Limits::default().microbatch_interval_ms)]
+    microbatch_interval_ms: u64,
     /// Values one select may return.
     #[arg(long, default_value_t = Limits::default().select_values_max)]
     select_values_max: usize,
@@ -105,6 +108,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         handler_attempts_max: args.handler_attempts_max.max(1),
         pstate_flush_interval_ms: args.pstate_flush_interval_ms,
         select_values_max: args.select_values_max.max(1),
+        microbatch_interval_ms: args.microbatch_interval_ms.max(1),
         ..Limits::default()
     };
     let config = Config {

@@ -5,6 +5,7 @@ mod bad_input;
 mod crash;
 mod harness;
 mod hostile;
+mod microbatch;
 mod pstates;
 mod skeleton;
 mod topologies;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::depot::{Depot, Partitioner};
 use crate::pstate::{Catalog, Schema};
-use crate::topology::StreamTopology;
+use crate::topology::{Topology, TopologyKind};
 
 #[derive(Debug, Clone)]
 pub struct DepotDecl {
@@ -22,7 +22,7 @@ pub struct PStateDecl {
 }
 
 #[derive(Debug, Clone)]
-pub struct StreamTopologyDecl {
+pub struct TopologyDecl {
     pub name: String,
     pub depots: Vec<String>,
     pub handler: String,
@@ -34,7 +34,8 @@ pub struct StreamTopologyDecl {
 pub struct Definition {
     pub depots: Vec<DepotDecl>,
     pub pstates: Vec<PStateDecl>,
-    pub stream_topologies: Vec<StreamTopologyDecl>,
+    pub stream_topologies: Vec<TopologyDecl>,
+    pub microbatch_topologies: Vec<TopologyDecl>,
     pub partitions_hint: Option<u32>,
 }
 
@@ -43,7 +44,7 @@ pub struct Definition {
 pub struct Validated {
     pub depots: BTreeMap<String, Depot>,
     pub catalog: Catalog,
-    pub topologies: Vec<StreamTopology>,
+    pub topologies: Vec<Topology>,
 }
 
 /// The most declarations of each kind a module may make.
@@ -112,7 +113,16 @@ impl Definition {
         }
         let mut topologies = Vec::new();
         let mut seen = BTreeSet::new();
-        for t in &self.stream_topologies {
+        let all = self
+            .stream_topologies
+            .iter()
+            .map(|t| (TopologyKind::Stream, t))
+            .chain(
+                self.microbatch_topologies
+                    .iter()
+                    .map(|t| (TopologyKind::Microbatch, t)),
+            );
+        for (kind, t) in all {
             check("topology", &t.name, &mut seen)?;
             if t.depots.is_empty() {
                 return Err(format!("topology `{}` reads no depot", t.name));
@@ -140,7 +150,8 @@ impl Definition {
                     ));
                 }
             }
-            topologies.push(StreamTopology {
+            topologies.push(Topology {
+                kind,
                 name: t.name.clone(),
                 depots: t.depots.clone(),
                 handler: t.handler.clone(),
@@ -161,8 +172,10 @@ impl Definition {
                 "name": d.name, "partitioner": d.partitioner.describe()})).collect::<Vec<_>>(),
             "pstates": self.pstates.iter().map(|p| serde_json::json!({
                 "name": p.name, "schema": Schema::parse(&p.schema).map(|s| s.to_string()).unwrap_or_else(|_| p.schema.clone())})).collect::<Vec<_>>(),
-            "topologies": self.stream_topologies.iter().map(|t| serde_json::json!({
-                "name": t.name, "kind": "stream", "depots": t.depots, "handler": t.handler, "hop_handlers": t.hop_handlers})).collect::<Vec<_>>(),
+            "topologies": self.stream_topologies.iter().map(|t| ("stream", t))
+                .chain(self.microbatch_topologies.iter().map(|t| ("microbatch", t)))
+                .map(|(kind, t)| serde_json::json!({
+                "name": t.name, "kind": kind, "depots": t.depots, "handler": t.handler, "hop_handlers": t.hop_handlers})).collect::<Vec<_>>(),
         })
     }
 }

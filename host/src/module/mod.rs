@@ -24,8 +24,9 @@ use crate::depot::log::DepotLog;
 use crate::depot::{Depot, RouteError};
 use crate::pstate::{self, AccessError, Catalog, Navigator, PStateStore, Session};
 use crate::runtime::{CompileError, GuestError, GuestInstance, Runtime};
+use crate::topology::microbatch::Coordinator;
 use crate::topology::worker::{Reply, Worker};
-use crate::topology::{AckLevel, AppendOutcome, ProcessingError, StreamTopology, Work};
+use crate::topology::{AckLevel, AppendOutcome, ProcessingError, Topology, TopologyKind, Work};
 use crate::value::{to_cbor, Value};
 use definition::{valid_name, Definition};
 
@@ -90,9 +91,11 @@ pub struct Module {
     pub definition: Definition,
     pub depots: BTreeMap<String, Depot>,
     pub catalog: Arc<Catalog>,
-    pub topologies: Arc<Vec<StreamTopology>>,
+    pub topologies: Arc<Vec<Topology>>,
     pub handles: Vec<PartitionHandle>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The microbatch coordinator's stop flag and thread, if the module has microbatches.
+    coordinator: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
     record_size_bytes: usize,
     queue_depth: usize,
 }
@@ -424,6 +427,15 @@ impl Registry {
                 queued_appends: Arc::clone(&queued_appends),
                 peers: Arc::clone(&peers),
                 rx,
+                new_session: {
+                    let (store, catalog) = (Arc::clone(&store), Arc::clone(&catalog));
+                    let (partitions, max) = (manifest.partitions, limits.select_values_max);
+                    Box::new(move || {
+                        Session::new(Arc::clone(&store), Arc::clone(&catalog), p, partitions, max)
+                    })
+                },
+                mb_waiting: Vec::new(),
+                mb: Default::default(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("{}-p{p}", manifest.name))
@@ -438,6 +450,33 @@ impl Registry {
                 ready,
             });
         }
+        let microbatches: Vec<Topology> = topologies
+            .iter()
+            .filter(|t| t.kind == TopologyKind::Microbatch)
+            .cloned()
+            .collect();
+        let coordinator = if microbatches.is_empty() {
+            None
+        } else {
+            let stop = Arc::new(AtomicBool::new(false));
+            let db = Coordinator::open_db(&dir.join("coordinator.redb"))
+                .map_err(|e| DeployError::Io(e.to_string()))?;
+            let c = Coordinator {
+                module: manifest.name.as_str().into(),
+                topologies: microbatches,
+                partitions: manifest.partitions,
+                logs: handles.iter().map(|h| Arc::clone(&h.log)).collect(),
+                peers: Arc::clone(&peers),
+                db,
+                interval: std::time::Duration::from_millis(limits.microbatch_interval_ms),
+                stop: Arc::clone(&stop),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("{}-microbatch", manifest.name))
+                .spawn(move || c.run())
+                .map_err(|e| DeployError::Io(e.to_string()))?;
+            Some((stop, thread))
+        };
         Ok(Arc::new(Module {
             name: manifest.name.clone(),
             version: manifest.version,
@@ -448,6 +487,7 @@ impl Registry {
             topologies,
             handles,
             threads: Mutex::new(threads),
+            coordinator: Mutex::new(coordinator),
             record_size_bytes: limits.record_size_bytes,
             queue_depth: limits.partition_queue_depth,
         }))
@@ -457,6 +497,10 @@ impl Registry {
 /// Stops taking appends, lets each worker finish what is queued (hops still in flight stay in
 /// their source's outbox and are re-sent after a restart), and joins the workers.
 fn shutdown_module(module: Arc<Module>) {
+    if let Some((stop, thread)) = module.coordinator.lock().expect("poisoned").take() {
+        stop.store(true, Ordering::Release);
+        let _ = thread.join();
+    }
     for h in &module.handles {
         if let Some(tx) = h.tx.write().expect("poisoned").take() {
             let _ = tx.send(Work::Stop);

@@ -27,6 +27,10 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const HOPS_IN: TableDefinition<u32, u64> = TableDefinition::new("hops-in");
 /// Counters: `hop-seq` is the next hop seq this partition assigns.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Per microbatch topology: this partition's prepared (not yet applied) writes.
+const MB_PREPARED: TableDefinition<&str, &[u8]> = TableDefinition::new("microbatch-prepared");
+/// Per microbatch topology: the last batch id applied here.
+const MB_APPLIED: TableDefinition<&str, u64> = TableDefinition::new("microbatch-applied");
 const DEAD_LETTERS: TableDefinition<(&str, &str, u64), &[u8]> =
     TableDefinition::new("dead-letters");
 
@@ -270,71 +274,73 @@ impl PStateStore {
         } else {
             Durability::None
         })?;
-        {
-            let mut current: Option<((String, Table), EntryTable)> = None;
-            for ((pstate, t, key), value) in &batch.entries {
-                if current
-                    .as_ref()
-                    .is_none_or(|((n, tt), _)| n != pstate || tt != t)
-                {
-                    let name = table_name(pstate, *t);
-                    let table = txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name))?;
-                    current = Some(((pstate.clone(), *t), table));
-                }
-                let (_, table) = current.as_mut().expect("opened above");
-                match value {
-                    Some(v) => {
-                        table.insert(key.as_slice(), to_cbor(v).as_slice())?;
-                    }
-                    None => {
-                        table.remove(key.as_slice())?;
-                    }
-                }
-            }
-            drop(current);
-            let mut offsets = txn.open_table(OFFSETS)?;
-            for ((topology, depot), offset) in &batch.offsets {
-                offsets.insert(offsets_key(topology, depot).as_str(), *offset)?;
-            }
-            if !batch.outbox_put.is_empty() || !batch.outbox_remove.is_empty() {
-                let mut outbox = txn.open_table(OUTBOX)?;
-                for (seq, entry) in &batch.outbox_put {
-                    outbox.insert(*seq, entry.as_slice())?;
-                }
-                for seq in &batch.outbox_remove {
-                    outbox.remove(*seq)?;
-                }
-            }
-            if !batch.hops_in.is_empty() {
-                let mut hops_in = txn.open_table(HOPS_IN)?;
-                for (source, seq) in &batch.hops_in {
-                    hops_in.insert(*source, *seq)?;
-                }
-            }
-            if let Some(seq) = batch.hop_seq {
-                txn.open_table(META)?.insert("hop-seq", seq)?;
-            }
-            let mut dead = txn.open_table(DEAD_LETTERS)?;
-            for d in &batch.dead_letters {
-                let v = Value::Map(vec![
-                    (
-                        Value::Text("code".into()),
-                        Value::Text(d.error_code.clone()),
-                    ),
-                    (Value::Text("error".into()), Value::Text(d.error.clone())),
-                    (
-                        Value::Text("attempts".into()),
-                        Value::Integer(d.attempts.into()),
-                    ),
-                ]);
-                dead.insert(
-                    (d.topology.as_str(), d.depot.as_str(), d.offset),
-                    to_cbor(&v).as_slice(),
-                )?;
-            }
-        }
+        write_batch(&txn, &batch)?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// Phase one of a microbatch commit: stores this partition's writes for batch `id` of
+    /// `topology` durably, without applying them.
+    pub fn prepare_microbatch(
+        &self,
+        topology: &str,
+        id: u64,
+        entries: &Overlay,
+        dead: &[DeadLetter],
+    ) -> Result<(), redb::Error> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.open_table(MB_PREPARED)?
+            .insert(topology, encode_prepared(id, entries, dead).as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Phase two: applies the prepared writes of batch `id` (once: a batch already applied is
+    /// skipped) and records `id` as applied, in one durable transaction. Returns whether it
+    /// applied anything.
+    pub fn apply_microbatch(&self, topology: &str, id: u64) -> Result<bool, redb::Error> {
+        if self.microbatch_applied(topology)? >= id {
+            return Ok(false);
+        }
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let prepared = {
+            let t = txn.open_table(MB_PREPARED)?;
+            let v = t.get(topology)?.map(|v| v.value().to_vec());
+            v
+        };
+        let Some((pid, entries, dead_letters)) = prepared.as_deref().and_then(decode_prepared)
+        else {
+            return Err(redb::Error::Corrupted(format!(
+                "microbatch {id} of `{topology}` was decided but this partition has no prepared writes"
+            )));
+        };
+        if pid != id {
+            return Err(redb::Error::Corrupted(format!(
+                "microbatch {id} of `{topology}` was decided but this partition prepared batch {pid}"
+            )));
+        }
+        let batch = Batch {
+            entries,
+            dead_letters,
+            ..Batch::default()
+        };
+        write_batch(&txn, &batch)?;
+        txn.open_table(MB_APPLIED)?.insert(topology, id)?;
+        txn.open_table(MB_PREPARED)?.remove(topology)?;
+        txn.commit()?;
+        Ok(true)
+    }
+
+    /// The last microbatch of `topology` applied on this partition (0: none).
+    pub fn microbatch_applied(&self, topology: &str) -> Result<u64, redb::Error> {
+        let txn = self.db.begin_read()?;
+        match txn.open_table(MB_APPLIED) {
+            Ok(t) => Ok(t.get(topology)?.map_or(0, |v| v.value())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Up to `limit` dead letters of `topology`, oldest offsets first.
@@ -383,4 +389,163 @@ impl PStateStore {
         }
         Ok(out)
     }
+}
+
+/// Writes a batch's changes into an open write transaction.
+fn write_batch(txn: &redb::WriteTransaction, batch: &Batch) -> Result<(), redb::Error> {
+    {
+        let mut current: Option<((String, Table), EntryTable)> = None;
+        for ((pstate, t, key), value) in &batch.entries {
+            if current
+                .as_ref()
+                .is_none_or(|((n, tt), _)| n != pstate || tt != t)
+            {
+                let name = table_name(pstate, *t);
+                let table = txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name))?;
+                current = Some(((pstate.clone(), *t), table));
+            }
+            let (_, table) = current.as_mut().expect("opened above");
+            match value {
+                Some(v) => {
+                    table.insert(key.as_slice(), to_cbor(v).as_slice())?;
+                }
+                None => {
+                    table.remove(key.as_slice())?;
+                }
+            }
+        }
+        drop(current);
+        let mut offsets = txn.open_table(OFFSETS)?;
+        for ((topology, depot), offset) in &batch.offsets {
+            offsets.insert(offsets_key(topology, depot).as_str(), *offset)?;
+        }
+        if !batch.outbox_put.is_empty() || !batch.outbox_remove.is_empty() {
+            let mut outbox = txn.open_table(OUTBOX)?;
+            for (seq, entry) in &batch.outbox_put {
+                outbox.insert(*seq, entry.as_slice())?;
+            }
+            for seq in &batch.outbox_remove {
+                outbox.remove(*seq)?;
+            }
+        }
+        if !batch.hops_in.is_empty() {
+            let mut hops_in = txn.open_table(HOPS_IN)?;
+            for (source, seq) in &batch.hops_in {
+                hops_in.insert(*source, *seq)?;
+            }
+        }
+        if let Some(seq) = batch.hop_seq {
+            txn.open_table(META)?.insert("hop-seq", seq)?;
+        }
+        let mut dead = txn.open_table(DEAD_LETTERS)?;
+        for d in &batch.dead_letters {
+            let v = Value::Map(vec![
+                (
+                    Value::Text("code".into()),
+                    Value::Text(d.error_code.clone()),
+                ),
+                (Value::Text("error".into()), Value::Text(d.error.clone())),
+                (
+                    Value::Text("attempts".into()),
+                    Value::Integer(d.attempts.into()),
+                ),
+            ]);
+            dead.insert(
+                (d.topology.as_str(), d.depot.as_str(), d.offset),
+                to_cbor(&v).as_slice(),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn tag(table: Table) -> i64 {
+    match table {
+        Table::Main => 0,
+        Table::Sub => 1,
+        Table::Size => 2,
+    }
+}
+
+fn untag(n: i64) -> Option<Table> {
+    match n {
+        0 => Some(Table::Main),
+        1 => Some(Table::Sub),
+        2 => Some(Table::Size),
+        _ => None,
+    }
+}
+
+fn encode_prepared(id: u64, entries: &Overlay, dead: &[DeadLetter]) -> Vec<u8> {
+    let t = |s: &str| Value::Text(s.to_string());
+    let entries = entries
+        .iter()
+        .map(|((pstate, table, key), v)| {
+            Value::Array(vec![
+                t(pstate),
+                Value::Integer(tag(*table).into()),
+                Value::Bytes(key.clone()),
+                Value::Array(v.iter().cloned().collect()),
+            ])
+        })
+        .collect();
+    let dead = dead
+        .iter()
+        .map(|d| {
+            Value::Array(vec![
+                t(&d.topology),
+                t(&d.depot),
+                Value::Integer(d.offset.into()),
+                t(&d.error_code),
+                t(&d.error),
+                Value::Integer(d.attempts.into()),
+            ])
+        })
+        .collect();
+    to_cbor(&Value::Array(vec![
+        Value::Integer(id.into()),
+        Value::Array(entries),
+        Value::Array(dead),
+    ]))
+}
+
+fn decode_prepared(bytes: &[u8]) -> Option<(u64, Overlay, Vec<DeadLetter>)> {
+    use crate::value::as_i64;
+    let Value::Array(parts) = from_cbor(bytes).ok()? else {
+        return None;
+    };
+    let [id, Value::Array(entries), Value::Array(dead)] = parts.as_slice() else {
+        return None;
+    };
+    let text = |v: &Value| match v {
+        Value::Text(s) => Some(s.clone()),
+        _ => None,
+    };
+    let mut overlay = Overlay::new();
+    for e in entries {
+        let Value::Array(f) = e else { return None };
+        let [p, tb, Value::Bytes(k), Value::Array(v)] = f.as_slice() else {
+            return None;
+        };
+        overlay.insert(
+            (text(p)?, untag(as_i64(tb)?)?, k.clone()),
+            v.first().cloned(),
+        );
+    }
+    let mut dls = Vec::new();
+    for d in dead {
+        let Value::Array(f) = d else { return None };
+        let [tp, dp, off, code, err, att] = f.as_slice() else {
+            return None;
+        };
+        dls.push(DeadLetter {
+            topology: text(tp)?,
+            depot: text(dp)?,
+            offset: as_i64(off)? as u64,
+            error_code: text(code)?,
+            error: text(err)?,
+            attempts: as_i64(att)? as u32,
+        });
+    }
+    Some((as_i64(id)? as u64, overlay, dls))
 }

@@ -15,7 +15,7 @@ use super::bindings::sluice::module::{host, types};
 use super::bindings::{Module, ModulePre};
 use super::{Runtime, EPOCH_TICK_MS};
 use crate::depot::Partitioner;
-use crate::module::definition::{Definition, DepotDecl, PStateDecl, StreamTopologyDecl};
+use crate::module::definition::{Definition, DepotDecl, PStateDecl, TopologyDecl};
 use crate::pstate::{Cmp, Navigator, Range, Session, TransformOp};
 use crate::value::{from_cbor, Value};
 
@@ -34,6 +34,7 @@ pub struct RecordCtx<'a> {
     pub partition: u32,
     pub offset: u64,
     pub partitions: u32,
+    pub batch_id: Option<u64>,
 }
 
 /// A failed guest call. `code` is one of `guest-error` (the guest returned an error),
@@ -363,6 +364,7 @@ impl GuestInstance {
             partition: ctx.partition,
             offset: ctx.offset,
             partitions: ctx.partitions,
+            batch_id: ctx.batch_id,
         };
         let result = self.bindings.sluice_module_guest().call_handle(
             &mut self.store,
@@ -483,6 +485,15 @@ fn instantiate(
     Ok((store, bindings))
 }
 
+fn topology_decl(t: types::StreamTopologyDef) -> TopologyDecl {
+    TopologyDecl {
+        name: t.name,
+        depots: t.depots,
+        handler: t.handler,
+        hop_handlers: t.hop_handlers,
+    }
+}
+
 fn convert_definition(def: types::ModuleDefinition) -> Result<Definition, GuestError> {
     Ok(Definition {
         depots: def
@@ -508,12 +519,12 @@ fn convert_definition(def: types::ModuleDefinition) -> Result<Definition, GuestE
         stream_topologies: def
             .stream_topologies
             .into_iter()
-            .map(|t| StreamTopologyDecl {
-                name: t.name,
-                depots: t.depots,
-                handler: t.handler,
-                hop_handlers: t.hop_handlers,
-            })
+            .map(topology_decl)
+            .collect(),
+        microbatch_topologies: def
+            .microbatch_topologies
+            .into_iter()
+            .map(topology_decl)
             .collect(),
         partitions_hint: def.partitions_hint,
     })

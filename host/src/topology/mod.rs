@@ -6,13 +6,24 @@
 //! processed in offset order, and a topology's offset advances only in the commit holding the
 //! writes its handler made for those records.
 
+pub mod microbatch;
 pub mod worker;
 
 pub use worker::{AckLevel, AppendOutcome, ProcessingError, Work};
 
-/// A stream topology: `handler` runs for each record appended to any of `depots`.
+/// Stream topologies run per record as it arrives; microbatch topologies run over batches
+/// committed atomically across partitions ([`microbatch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopologyKind {
+    Stream,
+    Microbatch,
+}
+
+/// A topology: `handler` runs for each record appended to any of `depots`; `hop_handlers`
+/// continue its event trees on other partitions.
 #[derive(Debug, Clone)]
-pub struct StreamTopology {
+pub struct Topology {
+    pub kind: TopologyKind,
     pub name: String,
     pub depots: Vec<String>,
     pub handler: String,

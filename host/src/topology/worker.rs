@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::StreamTopology;
+use super::{Topology, TopologyKind};
 use crate::depot::log::DepotLog;
 use crate::pstate::store::{Batch, DeadLetter};
 use crate::pstate::PStateStore;
@@ -171,8 +171,54 @@ pub enum Work {
     Hop(Hop),
     /// The target made these hops of ours durable: drop them from the outbox.
     HopsConfirmed(Vec<u64>),
+    /// One step of a microbatch, from the module's coordinator.
+    Batch {
+        topology: String,
+        id: u64,
+        step: BatchStep,
+        reply: Sender<BatchReply>,
+    },
     /// Finish what is queued before this, flush, exit.
     Stop,
+}
+
+/// The steps a microbatch goes through on each partition.
+pub enum BatchStep {
+    /// Run the topology's handler on these `(depot, start, end)` ranges of this partition,
+    /// starting the batch afresh (a retry of the same id starts over).
+    Run(Vec<(String, u64, u64)>),
+    /// Run hop handlers sent by other partitions within the batch.
+    Hops(Vec<BatchHop>),
+    /// Store this partition's writes for the batch durably, not yet applied.
+    Prepare,
+    /// Apply the prepared writes (the coordinator decided to commit).
+    Apply,
+    /// Every partition applied the batch: answer the `full` acks of records in these ranges.
+    Settle(Vec<(String, u64, u64)>),
+}
+
+/// A hop inside a microbatch (delivered by the coordinator, never through the outbox).
+#[derive(Debug, Clone)]
+pub struct BatchHop {
+    pub target: u32,
+    pub handler: String,
+    pub payload: Vec<u8>,
+    pub depot: Arc<str>,
+    pub offset: u64,
+}
+
+/// A partition's answer to one batch step.
+pub struct BatchReply {
+    pub partition: u32,
+    pub hops: Vec<BatchHop>,
+    pub error: Option<String>,
+}
+
+/// A microbatch in progress on this partition.
+struct MbState {
+    id: u64,
+    session: Option<crate::pstate::Session>,
+    dead: Vec<DeadLetter>,
 }
 
 /// Everything a worker owns.
@@ -183,7 +229,7 @@ pub struct Worker {
     pub log: Arc<DepotLog>,
     pub store: Arc<PStateStore>,
     pub instance: GuestInstance,
-    pub topologies: Arc<Vec<StreamTopology>>,
+    pub topologies: Arc<Vec<Topology>>,
     pub batch_records_max: usize,
     pub handler_attempts_max: u32,
     /// How long PState commits may stay non-durable (see [`PStateStore::commit`]).
@@ -195,7 +241,16 @@ pub struct Worker {
     /// Every partition's queue, this one's included.
     pub peers: Arc<Vec<Sender<Work>>>,
     pub rx: Receiver<Work>,
+    /// A fresh session for a microbatch (its writes stay apart from stream writes).
+    pub new_session: Box<dyn Fn() -> crate::pstate::Session + Send>,
+    /// `full` acks waiting for a microbatch: (topology, depot, offset, tree).
+    pub mb_waiting: Vec<(String, Arc<str>, u64, Arc<Tree>)>,
+    pub mb: MbStates,
 }
+
+/// Microbatches in progress, by topology.
+#[derive(Default)]
+pub struct MbStates(HashMap<String, MbState>);
 
 /// When PState commits were last made durable, and what waits for that.
 struct Flush {
@@ -296,12 +351,18 @@ impl Worker {
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let mut work = vec![first];
-            while work.len() < self.batch_records_max {
+            while work.len() < self.batch_records_max
+                && !matches!(work.last(), Some(Work::Batch { .. }))
+            {
                 match self.rx.try_recv() {
                     Ok(w) => work.push(w),
                     Err(_) => break,
                 }
             }
+            let batch_step = match work.last() {
+                Some(Work::Batch { .. }) => work.pop(),
+                _ => None,
+            };
             let mut appends = Vec::new();
             let mut items_in_order = Vec::new();
             for w in work {
@@ -319,6 +380,7 @@ impl Worker {
                     Work::Hop(h) => items_in_order.push(Some(Item::Hop(h))),
                     Work::HopsConfirmed(seqs) => hops.confirmed.extend(seqs),
                     Work::Stop => stopping = true,
+                    Work::Batch { .. } => unreachable!("batch steps end the drain"),
                 }
             }
             let items = match self.append_to_log(appends, &mut next) {
@@ -332,16 +394,36 @@ impl Worker {
                 None => items_in_order.into_iter().collect(),
             };
             let items: Vec<Item> = items.into_iter().flatten().collect();
-            if items.is_empty() && hops.confirmed.is_empty() {
-                continue;
+            if !items.is_empty() || !hops.confirmed.is_empty() {
+                if let Err(e) = self.process(items, None, &mut flush, &mut hops) {
+                    tracing::error!(
+                        module = &*self.module,
+                        partition = self.partition,
+                        "PState commit failed, stopping the partition: {e}"
+                    );
+                    return;
+                }
             }
-            if let Err(e) = self.process(items, None, &mut flush, &mut hops) {
-                tracing::error!(
-                    module = &*self.module,
-                    partition = self.partition,
-                    "PState commit failed, stopping the partition: {e}"
-                );
-                return;
+            if let Some(Work::Batch {
+                topology,
+                id,
+                step,
+                reply,
+            }) = batch_step
+            {
+                let r = self.batch_step(&topology, id, step);
+                let _ = reply.send(match r {
+                    Ok(hops) => BatchReply {
+                        partition: self.partition,
+                        hops,
+                        error: None,
+                    },
+                    Err(e) => BatchReply {
+                        partition: self.partition,
+                        hops: Vec::new(),
+                        error: Some(e),
+                    },
+                });
             }
         }
         if let Err(e) = self.flush(&mut flush) {
@@ -455,6 +537,19 @@ impl Worker {
                         if !t.depots.iter().any(|d| **d == **depot) {
                             continue;
                         }
+                        if t.kind == TopologyKind::Microbatch {
+                            // Settled when the batch holding this record commits.
+                            if let Some(tree) = tree {
+                                tree.add(1);
+                                self.mb_waiting.push((
+                                    t.name.clone(),
+                                    Arc::clone(depot),
+                                    *offset,
+                                    Arc::clone(tree),
+                                ));
+                            }
+                            continue;
+                        }
                         let key = (t.name.clone(), depot.to_string());
                         if done.and_then(|d| d.get(&key)).is_some_and(|&p| *offset < p) {
                             continue;
@@ -464,6 +559,7 @@ impl Worker {
                             partition: self.partition,
                             offset: *offset,
                             partitions: self.partitions,
+                            batch_id: None,
                         };
                         match self.run_handler(t, &t.handler, record, ctx) {
                             Ok((ack, emitted)) => {
@@ -507,6 +603,7 @@ impl Worker {
                         partition: self.partition,
                         offset: h.origin_offset,
                         partitions: self.partitions,
+                        batch_id: None,
                     };
                     match self.run_handler(t, &h.handler, &h.payload, ctx) {
                         Ok((ack, emitted)) => {
@@ -606,7 +703,7 @@ impl Worker {
     #[allow(clippy::too_many_arguments)]
     fn address(
         &self,
-        t: &StreamTopology,
+        t: &Topology,
         emitted: Vec<EmittedHop>,
         depot: &Arc<str>,
         offset: u64,
@@ -649,7 +746,7 @@ impl Worker {
     /// value and the hops it emitted.
     fn run_handler(
         &mut self,
-        topology: &StreamTopology,
+        topology: &Topology,
         handler: &str,
         input: &[u8],
         ctx: RecordCtx<'_>,
@@ -712,11 +809,174 @@ impl Worker {
         }
     }
 
+    /// Carries out one microbatch step on this partition.
+    fn batch_step(
+        &mut self,
+        topology: &str,
+        id: u64,
+        step: BatchStep,
+    ) -> Result<Vec<BatchHop>, String> {
+        let t = self
+            .topologies
+            .iter()
+            .find(|t| t.name == topology && t.kind == TopologyKind::Microbatch)
+            .cloned()
+            .ok_or_else(|| format!("no microbatch topology `{topology}`"))?;
+        match step {
+            BatchStep::Run(ranges) => {
+                self.mb.0.insert(
+                    topology.to_string(),
+                    MbState {
+                        id,
+                        session: Some((self.new_session)()),
+                        dead: Vec::new(),
+                    },
+                );
+                let mut work = Vec::new();
+                for (depot, start, end) in ranges {
+                    let depot: Arc<str> = depot.into();
+                    let mut from = start;
+                    while from < end {
+                        let records = self
+                            .log
+                            .read(
+                                &depot,
+                                from,
+                                (end - from).min(self.batch_records_max as u64) as usize,
+                            )
+                            .map_err(|e| e.to_string())?;
+                        let Some(last) = records.last().map(|(o, _)| *o) else {
+                            break;
+                        };
+                        for (offset, record) in records {
+                            work.push((Arc::clone(&depot), offset, t.handler.clone(), record));
+                        }
+                        from = last + 1;
+                    }
+                }
+                self.batch_run(&t, id, work)
+            }
+            BatchStep::Hops(hops) => {
+                let work = hops
+                    .into_iter()
+                    .map(|h| (h.depot, h.offset, h.handler, h.payload))
+                    .collect();
+                self.batch_run(&t, id, work)
+            }
+            BatchStep::Prepare => {
+                let st = self
+                    .mb
+                    .0
+                    .get_mut(topology)
+                    .filter(|s| s.id == id)
+                    .ok_or("prepare of a batch this partition did not run")?;
+                let mut session = st.session.take().ok_or("batch prepared twice")?;
+                let entries = session.take_batch().entries;
+                self.store
+                    .prepare_microbatch(topology, id, &entries, &st.dead)
+                    .map_err(|e| e.to_string())?;
+                Ok(Vec::new())
+            }
+            BatchStep::Apply => {
+                self.store
+                    .apply_microbatch(topology, id)
+                    .map_err(|e| e.to_string())?;
+                self.mb.0.remove(topology);
+                Ok(Vec::new())
+            }
+            BatchStep::Settle(ranges) => {
+                let waiting = std::mem::take(&mut self.mb_waiting);
+                for (tp, depot, offset, tree) in waiting {
+                    let inside = tp == topology
+                        && ranges
+                            .iter()
+                            .any(|(d, s, e)| **d == *depot && (*s..*e).contains(&offset));
+                    if inside {
+                        tree.finish_one();
+                    } else {
+                        self.mb_waiting.push((tp, depot, offset, tree));
+                    }
+                }
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Runs handlers inside a microbatch: `(origin depot, origin offset, handler, input)`.
+    fn batch_run(
+        &mut self,
+        t: &Topology,
+        id: u64,
+        work: Vec<(Arc<str>, u64, String, Vec<u8>)>,
+    ) -> Result<Vec<BatchHop>, String> {
+        let mut st = self
+            .mb
+            .0
+            .remove(&t.name)
+            .filter(|s| s.id == id)
+            .ok_or("hops for a batch this partition is not running")?;
+        let session = st.session.take().ok_or("hops after prepare")?;
+        let stream_session = self.instance.session_mut().replace(session);
+        let mut out = Vec::new();
+        for (depot, offset, handler, input) in work {
+            let ctx = RecordCtx {
+                depot: &depot,
+                partition: self.partition,
+                offset,
+                partitions: self.partitions,
+                batch_id: Some(id),
+            };
+            match self.run_handler(t, &handler, &input, ctx) {
+                Ok((_, emitted)) => {
+                    for e in emitted {
+                        let targets: Vec<u32> = match &e.dest {
+                            HopDest::Key(k) => {
+                                vec![crate::pstate::partition_of_key(k, self.partitions)
+                                    .unwrap_or(0)]
+                            }
+                            HopDest::All => (0..self.partitions).collect(),
+                            HopDest::Partition(p) => vec![*p],
+                        };
+                        for target in targets {
+                            out.push(BatchHop {
+                                target,
+                                handler: e.handler.clone(),
+                                payload: e.payload.clone(),
+                                depot: Arc::clone(&depot),
+                                offset,
+                            });
+                        }
+                    }
+                }
+                Err((error, attempts)) => st.dead.push(DeadLetter {
+                    topology: t.name.clone(),
+                    depot: if handler == t.handler {
+                        depot.to_string()
+                    } else {
+                        format!("batch-hop:{handler}:{depot}")
+                    },
+                    offset,
+                    error_code: error.code.clone(),
+                    error: format!("batch {id}: {}", error.message),
+                    attempts,
+                }),
+            }
+        }
+        let session = std::mem::replace(self.instance.session_mut(), stream_session);
+        st.session = session;
+        self.mb.0.insert(t.name.clone(), st);
+        Ok(out)
+    }
+
     /// Replays records the PState store does not reflect yet (after a crash or kill).
     fn recover(&mut self, flush: &mut Flush, hops: &mut Hops) -> Result<(), redb::Error> {
         let mut done: HashMap<(String, String), u64> = HashMap::new();
         let mut depots: BTreeMap<String, u64> = BTreeMap::new();
-        for t in self.topologies.iter() {
+        for t in self
+            .topologies
+            .iter()
+            .filter(|t| t.kind == TopologyKind::Stream)
+        {
             for d in &t.depots {
                 let processed = self.store.processed_offset(&t.name, d)?;
                 done.insert((t.name.clone(), d.clone()), processed);
