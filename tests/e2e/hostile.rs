@@ -187,3 +187,47 @@ fn a_full_partition_queue_answers_503_and_drops_nothing_accepted() {
         assert_eq!(host.depot_records("hostile", "commands"), 1 + accepted);
     });
 }
+
+#[test]
+fn dead_letters_replay_after_the_cause_is_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("data"), &["--handler-attempts-max", "1"]);
+    assert_eq!(
+        host.deploy("hostile", &module_wasm("hostile"), "?partitions=2")
+            .status,
+        201
+    );
+    let r = host.append(
+        "hostile",
+        "commands",
+        &json!({"key": "z", "do": "needs-three"}),
+    );
+    assert_eq!(r.status, 500);
+    let replay = |host: &Host| {
+        let r = host.request(
+            "POST",
+            "/v1/modules/hostile/topologies/run/dead-letters/replay",
+            "application/json",
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()
+    };
+    assert_eq!(replay(&host), json!({"replayed": 0, "still_failing": 1}));
+    for _ in 0..2 {
+        assert_eq!(
+            host.append("hostile", "commands", &json!({"key": "z", "do": "ok"}))
+                .status,
+            200
+        );
+    }
+    assert_eq!(replay(&host), json!({"replayed": 1, "still_failing": 0}));
+    assert_eq!(
+        host.select("hostile", "seen", json!([{"key": "z"}])),
+        vec![json!(3)]
+    );
+    let dl = host
+        .get("/v1/modules/hostile/topologies/run/dead-letters")
+        .json();
+    assert_eq!(dl["dead_letters"], json!([]));
+}

@@ -259,6 +259,37 @@ async fn route(
             let body = read_body(req, limits.request_body_bytes, "request_body_bytes").await?;
             select(&module, p, &body, limits.select_values_max).await
         }
+        ["v1", "modules", m, "topologies", t, "dead-letters", "replay"] => {
+            if method != Method::POST {
+                return Err(not_allowed());
+            }
+            let module = module(state, m)?;
+            if !module.topologies.iter().any(|x| x.name == *t) {
+                return Err(ApiError::not_found(
+                    "unknown-topology",
+                    format!("module `{}` has no topology `{t}`", module.name),
+                ));
+            }
+            let (mut replayed, mut failing) = (0, 0);
+            for rx in module.replay_dead_letters(t) {
+                let (r, f) = rx
+                    .await
+                    .map_err(|_| {
+                        ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "partition-unavailable",
+                            "a partition stopped before answering",
+                        )
+                    })?
+                    .map_err(|e| ApiError::bad_request("cannot-replay", e))?;
+                replayed += r;
+                failing += f;
+            }
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"replayed": replayed, "still_failing": failing}),
+            ))
+        }
         ["v1", "modules", m, "topologies", t, "dead-letters"] => {
             if method != Method::GET {
                 return Err(not_allowed());

@@ -193,6 +193,26 @@ impl Module {
         })
     }
 
+    /// Asks every partition to re-run `topology` on its dead letters; answers per partition
+    /// (replayed, still failing).
+    pub fn replay_dead_letters(
+        &self,
+        topology: &str,
+    ) -> Vec<oneshot::Receiver<Result<(u64, u64), String>>> {
+        let mut out = Vec::new();
+        for h in &self.handles {
+            let (tx, rx) = oneshot::channel();
+            if let Some(q) = h.tx.read().expect("poisoned").as_ref() {
+                let _ = q.send(Work::ReplayDeadLetters {
+                    topology: topology.to_string(),
+                    reply: tx,
+                });
+            }
+            out.push(rx);
+        }
+        out
+    }
+
     /// Whether partition `p` finished recovery (its PStates reflect everything acked).
     pub fn is_ready(&self, p: u32) -> bool {
         self.handles[p as usize].ready.load(Ordering::Acquire)

@@ -82,6 +82,8 @@ pub struct Batch {
     /// `(topology, depot)` to the new processed offset.
     pub offsets: BTreeMap<(String, String), u64>,
     pub dead_letters: Vec<DeadLetter>,
+    /// Dead letters resolved by a replay: (topology, depot, offset).
+    pub dead_letters_remove: Vec<(String, String, u64)>,
     /// Hops sent by this batch: seq → entry (CBOR).
     pub outbox_put: Vec<(u64, Vec<u8>)>,
     /// Hops the targets confirmed.
@@ -97,6 +99,7 @@ impl Batch {
         self.entries.is_empty()
             && self.offsets.is_empty()
             && self.dead_letters.is_empty()
+            && self.dead_letters_remove.is_empty()
             && self.outbox_put.is_empty()
             && self.outbox_remove.is_empty()
             && self.hops_in.is_empty()
@@ -438,6 +441,9 @@ fn write_batch(txn: &redb::WriteTransaction, batch: &Batch) -> Result<(), redb::
             txn.open_table(META)?.insert("hop-seq", seq)?;
         }
         let mut dead = txn.open_table(DEAD_LETTERS)?;
+        for (topology, depot, offset) in &batch.dead_letters_remove {
+            dead.remove((topology.as_str(), depot.as_str(), *offset))?;
+        }
         for d in &batch.dead_letters {
             let v = Value::Map(vec![
                 (

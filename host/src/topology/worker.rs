@@ -178,6 +178,12 @@ pub enum Work {
         step: BatchStep,
         reply: Sender<BatchReply>,
     },
+    /// Run `topology` again on the records in its dead letters on this partition (after a
+    /// fix, e.g. a module update); answers (replayed successfully, still failing).
+    ReplayDeadLetters {
+        topology: String,
+        reply: oneshot::Sender<Result<(u64, u64), String>>,
+    },
     /// Finish what is queued before this, flush, exit.
     Stop,
 }
@@ -269,6 +275,13 @@ enum Item {
         tree: Option<Arc<Tree>>,
     },
     Hop(Hop),
+    /// A dead letter of a stream topology, run again.
+    Replay {
+        topology: String,
+        depot: Arc<str>,
+        offset: u64,
+        record: Vec<u8>,
+    },
 }
 
 /// An append taken from the queue: depot, record (CBOR), ack level, answer.
@@ -352,7 +365,10 @@ impl Worker {
             };
             let mut work = vec![first];
             while work.len() < self.batch_records_max
-                && !matches!(work.last(), Some(Work::Batch { .. }))
+                && !matches!(
+                    work.last(),
+                    Some(Work::Batch { .. } | Work::ReplayDeadLetters { .. })
+                )
             {
                 match self.rx.try_recv() {
                     Ok(w) => work.push(w),
@@ -360,7 +376,7 @@ impl Worker {
                 }
             }
             let batch_step = match work.last() {
-                Some(Work::Batch { .. }) => work.pop(),
+                Some(Work::Batch { .. } | Work::ReplayDeadLetters { .. }) => work.pop(),
                 _ => None,
             };
             let mut appends = Vec::new();
@@ -380,7 +396,9 @@ impl Worker {
                     Work::Hop(h) => items_in_order.push(Some(Item::Hop(h))),
                     Work::HopsConfirmed(seqs) => hops.confirmed.extend(seqs),
                     Work::Stop => stopping = true,
-                    Work::Batch { .. } => unreachable!("batch steps end the drain"),
+                    Work::Batch { .. } | Work::ReplayDeadLetters { .. } => {
+                        unreachable!("batch steps and replays end the drain")
+                    }
                 }
             }
             let items = match self.append_to_log(appends, &mut next) {
@@ -404,7 +422,10 @@ impl Worker {
                     return;
                 }
             }
-            if let Some(Work::Batch {
+            if let Some(Work::ReplayDeadLetters { topology, reply }) = batch_step {
+                let r = self.replay_dead_letters(&topology, &mut flush, &mut hops);
+                let _ = reply.send(r);
+            } else if let Some(Work::Batch {
                 topology,
                 id,
                 step,
@@ -520,6 +541,7 @@ impl Worker {
     ) -> Result<(), redb::Error> {
         let mut offsets = BTreeMap::new();
         let mut dead_letters = Vec::new();
+        let mut dead_letters_remove = Vec::new();
         let mut outgoing: Vec<Vec<Outgoing>> = Vec::with_capacity(items.len());
         let mut hops_in: BTreeMap<u32, u64> = BTreeMap::new();
         let mut applied_hops: Vec<(u32, u64)> = Vec::new();
@@ -585,6 +607,38 @@ impl Worker {
                         offsets.insert(key, offset + 1);
                     }
                 }
+                Item::Replay {
+                    topology,
+                    depot,
+                    offset,
+                    record,
+                } => {
+                    let Some(t) = topologies.iter().find(|t| t.name == *topology) else {
+                        outgoing.push(out);
+                        continue;
+                    };
+                    let ctx = RecordCtx {
+                        depot,
+                        partition: self.partition,
+                        offset: *offset,
+                        partitions: self.partitions,
+                        batch_id: None,
+                    };
+                    match self.run_handler(t, &t.handler, record, ctx) {
+                        Ok((_, emitted)) => {
+                            dead_letters_remove.push((t.name.clone(), depot.to_string(), *offset));
+                            self.address(t, emitted, depot, *offset, &None, hops, &mut out);
+                        }
+                        Err((error, attempts)) => dead_letters.push(DeadLetter {
+                            topology: t.name.clone(),
+                            depot: depot.to_string(),
+                            offset: *offset,
+                            error_code: error.code.clone(),
+                            error: error.message.clone(),
+                            attempts,
+                        }),
+                    }
+                }
                 Item::Hop(h) => {
                     let watermark = hops.applied.get(&h.source).copied().unwrap_or(0);
                     applied_hops.push((h.source, h.seq));
@@ -646,6 +700,7 @@ impl Worker {
         let mut batch = session.take_batch();
         batch.offsets = offsets;
         batch.dead_letters = dead_letters;
+        batch.dead_letters_remove = dead_letters_remove;
         batch.hops_in = hops_in;
         batch.outbox_remove = std::mem::take(&mut hops.confirmed);
         for o in outgoing.iter().flatten() {
@@ -666,6 +721,7 @@ impl Worker {
                 let tree = match item {
                     Item::Record { tree, .. } => tree,
                     Item::Hop(h) => h.tree,
+                    Item::Replay { .. } => None,
                 };
                 if let Some(tree) = tree {
                     if let Some(r) = tree.reply.lock().expect("poisoned").take() {
@@ -688,6 +744,7 @@ impl Worker {
             let tree = match item {
                 Item::Record { tree, .. } => tree,
                 Item::Hop(h) => h.tree,
+                Item::Replay { .. } => None,
             };
             for o in out {
                 let _ = self.peers[o.target as usize].send(Work::Hop(o.hop));
@@ -807,6 +864,58 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Re-runs a stream topology on the records of its dead letters here.
+    fn replay_dead_letters(
+        &mut self,
+        topology: &str,
+        flush: &mut Flush,
+        hops: &mut Hops,
+    ) -> Result<(u64, u64), String> {
+        let e = |e: redb::Error| e.to_string();
+        let t = self
+            .topologies
+            .iter()
+            .find(|t| t.name == topology && t.kind == TopologyKind::Stream)
+            .cloned()
+            .ok_or_else(|| format!("`{topology}` is not a stream topology"))?;
+        let letters: Vec<DeadLetter> = self
+            .store
+            .dead_letters(topology, usize::MAX)
+            .map_err(e)?
+            .into_iter()
+            .filter(|d| t.depots.contains(&d.depot))
+            .collect();
+        let mut items = Vec::new();
+        for d in &letters {
+            if let Some((offset, record)) = self
+                .log
+                .read(&d.depot, d.offset, 1)
+                .map_err(e)?
+                .into_iter()
+                .next()
+            {
+                if offset == d.offset {
+                    items.push(Item::Replay {
+                        topology: t.name.clone(),
+                        depot: d.depot.as_str().into(),
+                        offset,
+                        record,
+                    });
+                }
+            }
+        }
+        let total = items.len() as u64;
+        self.process(items, None, flush, hops).map_err(e)?;
+        let still = self
+            .store
+            .dead_letters(topology, usize::MAX)
+            .map_err(e)?
+            .into_iter()
+            .filter(|d| t.depots.contains(&d.depot))
+            .count() as u64;
+        Ok((total.saturating_sub(still), still))
     }
 
     /// Carries out one microbatch step on this partition.

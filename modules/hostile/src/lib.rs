@@ -78,6 +78,13 @@ fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             Ok(())
         }
         "bad-type" => seen.set(&Path::key(&cmd.key), "not a number"),
+        "needs-three" => match seen.get::<i64>(&Path::key(&cmd.key))? {
+            Some(n) if n >= 3 => Ok(()),
+            n => Err(Error::new(
+                "not-yet",
+                format!("seen[{}] is {n:?}, needs 3", cmd.key),
+            )),
+        },
         "hop-fail" => ctx.hop(HopTarget::<str>::All, "explode", &cmd.key),
         "hop-unknown" => ctx.hop(HopTarget::<str>::All, "nonexistent", &cmd.key),
         other => Err(Error::new(
