@@ -33,6 +33,7 @@ test: modules lint
 bench: modules
 	$(CARGO) bench -p sluice --bench append 2>/dev/null | tee target/bench-append.md
 	$(CARGO) bench -p sluice --bench pstate 2>/dev/null | tee target/bench-pstate.md
+	$(CARGO) bench -p sluice --bench topology 2>/dev/null | tee target/bench-topology.md
 
 fmt:
 	$(CARGO) fmt --all

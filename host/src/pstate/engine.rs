@@ -490,11 +490,15 @@ impl<V: View> Engine<'_, V> {
         if let (Some((Navigator::Key(f) | Navigator::Must(f), rest)), Some(Value::Map(entries))) =
             (path.split_first(), &stored)
         {
-            if let Some(fs) = schema.child(f).filter(|s| s.has_subindexed()) {
+            // Descend field by field, so reading a plain field never loads a subindexed sibling.
+            if let Some(fs) = schema.child(f) {
                 let child = path::find(entries, f)
                     .map_err(AccessError::from)?
                     .ok()
                     .map(|i| entries[i].1.clone());
+                if child.is_none() && matches!(path[0], Navigator::Must(_)) {
+                    return Ok(());
+                }
                 let p = cat(prefix, &key::encode(f).map_err(PathError::from)?);
                 return self.select_value(&p, child, fs, rest, step + 1, out);
             }
@@ -901,7 +905,7 @@ impl<V: ViewMut> Engine<'_, V> {
             return Ok(Some(Value::Null));
         }
         if let Some((nav @ (Navigator::Key(f) | Navigator::Must(f)), rest)) = path.split_first() {
-            if let Some(fs) = schema.child(f).filter(|s| s.has_subindexed()).cloned() {
+            if let Some(fs) = schema.child(f).cloned() {
                 let mut entries = match old {
                     Some(Value::Map(e)) => e,
                     None | Some(Value::Null) => {
