@@ -12,7 +12,7 @@ for _ in $(seq 1 100); do
   curl -sf "$URL/health" >/dev/null && break
   sleep 0.1
 done
-for m in wordcount kv; do
+for m in wordcount kv bank; do
   code=$(curl -s -o /tmp/sluice-deploy.json -w '%{http_code}' -X PUT \
     --data-binary "@target/wasm32-wasip2/release/$m.wasm" "$URL/v1/modules/$m")
   case "$code" in
@@ -31,6 +31,10 @@ Sluice is running on $URL (data in ./data). Try:
   curl -s $URL/v1/modules/wordcount/depots/words
   curl -s -X POST $URL/v1/modules/kv/depots/puts/append -d '{"key": "alice", "field": 7, "value": "hi"}'
   curl -s -X POST $URL/v1/modules/kv/pstates/kv/select -d '{"path": [{"key": "alice"}, "count"]}'
+  curl -s -X POST $URL/v1/modules/wordcount/depots/sentences/append -d '{"text": "the cat and the hat"}'
+  curl -s -X POST $URL/v1/modules/bank/depots/deposits/append -d '{"account": "alice", "amount": 100}'
+  curl -s -X POST $URL/v1/modules/bank/depots/transfers/append -d '{"id": "t1", "from": "alice", "to": "bob", "amount": 30}'
+  curl -s -X POST $URL/v1/modules/bank/pstates/accounts/select -d '{"path": [{"key": "alice"}, {"key": "balance"}]}'
 
 Ctrl-C stops it.
 MSG

@@ -210,3 +210,70 @@ fn subindexed_maps_and_every_navigator_over_http() {
     );
     check(&host, json!([-5, 5]), json!([5]));
 }
+
+#[test]
+fn direct_partitioner_and_record_size_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("data"), &["--record-size-bytes", "200"]);
+    assert_eq!(
+        host.deploy("kv", &module_wasm("kv"), "?partitions=4")
+            .status,
+        201
+    );
+    let put = json!({"key": "alice", "field": 1, "value": "x"}).to_string();
+    let owner = host
+        .append(
+            "kv",
+            "puts",
+            &json!({"key": "alice", "field": 0, "value": "x"}),
+        )
+        .json()["partition"]
+        .as_u64()
+        .unwrap();
+    let direct = |q: &str| {
+        host.request(
+            "POST",
+            &format!("/v1/modules/kv/depots/direct-puts/append{q}"),
+            "application/json",
+            put.as_bytes(),
+        )
+    };
+    let r = direct("");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "partition-required")
+    );
+    let r = direct("?partition=4");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "partition-out-of-range")
+    );
+    let r = direct(&format!("?partition={owner}"));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["partition"], owner);
+    assert_eq!(r.json()["results"]["apply"], 2);
+    let r = direct(&format!("?partition={}", (owner + 1) % 4));
+    assert_eq!(
+        (r.status, r.json()["error"]["guest_error"].as_str()),
+        (500, Some("guest-error"))
+    );
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("wrong-partition"));
+    let big = json!({"key": "alice", "field": 2, "value": "v".repeat(300)});
+    let r = host.append("kv", "puts", &big);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (413, "record-too-large")
+    );
+    assert_eq!(
+        values(&host, json!({"path": [{"key": "alice"}, "count"]})),
+        json!([2])
+    );
+    assert_eq!(
+        host.depot_records("kv", "puts"),
+        1,
+        "the oversize record was not stored"
+    );
+}

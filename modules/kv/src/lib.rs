@@ -19,6 +19,9 @@ struct Kv;
 impl Module for Kv {
     fn define(m: &mut Definition) {
         m.depot("puts", Partitioner::hash("key"));
+        // The same puts, but the appender names the partition (`?partition=k`); a put whose
+        // key lives elsewhere fails with `wrong-partition`.
+        m.depot("direct-puts", Partitioner::Direct);
         m.pstate(
             "kv",
             Schema::map(
@@ -26,7 +29,10 @@ impl Module for Kv {
                 Schema::map(Schema::int(), Schema::string()).subindexed(),
             ),
         );
-        m.stream_topology("apply").reads("puts").handler(apply);
+        m.stream_topology("apply")
+            .reads("puts")
+            .reads("direct-puts")
+            .handler(apply);
     }
 }
 
