@@ -28,6 +28,10 @@ pub struct Limits {
     pub pstate_flush_interval_ms: u64,
     /// How long the microbatch coordinator waits when no new records arrived.
     pub microbatch_interval_ms: u64,
+    /// Lines one NDJSON append may carry.
+    pub ndjson_lines_max: usize,
+    /// Navigators one path may have.
+    pub path_navigators_max: usize,
     /// Values one select may return.
     pub select_values_max: usize,
     /// Records one depot read may return.
@@ -48,6 +52,8 @@ impl Default for Limits {
             pstate_flush_interval_ms: 500,
             microbatch_interval_ms: 20,
             select_values_max: 10_000,
+            ndjson_lines_max: 10_000,
+            path_navigators_max: 64,
             depot_read_max: 1_000,
         }
     }

@@ -39,6 +39,21 @@ struct ServeArgs {
     /// Listen on a non-loopback address without authentication.
     #[arg(long)]
     insecure: bool,
+    /// A bearer token, as ROLE=TOKEN with ROLE one of read, write, admin (repeatable).
+    #[arg(long = "token", env = "SLUICE_TOKENS", value_delimiter = ',')]
+    tokens: Vec<String>,
+    /// A file of ROLE=TOKEN lines.
+    #[arg(long)]
+    tokens_file: Option<PathBuf>,
+    /// Open connections beyond this are answered 503 and closed.
+    #[arg(long, default_value_t = 1024)]
+    connections_max: usize,
+    /// Lines one NDJSON append may carry.
+    #[arg(long, default_value_t = Limits::default().ndjson_lines_max)]
+    ndjson_lines_max: usize,
+    /// Navigators one path may have.
+    #[arg(long, default_value_t = Limits::default().path_navigators_max)]
+    path_navigators_max: usize,
     /// Partitions of a module deployed without `?partitions=`.
     #[arg(long, default_value_t = 8)]
     partitions: u32,
@@ -91,9 +106,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() && !args.insecure {
+    let mut tokens = sluice::api::auth::Tokens::default();
+    for spec in &args.tokens {
+        tokens.add_spec(spec).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(file) = &args.tokens_file {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        tokens.add_file(&text).map_err(anyhow::Error::msg)?;
+    }
+    if !args.listen.ip().is_loopback() && tokens.is_empty() && !args.insecure {
         anyhow::bail!(
-            "refusing to listen on non-loopback {} without authentication; pass --insecure to do it anyway",
+            "refusing to listen on non-loopback {} without authentication; configure --token/--tokens-file, or pass --insecure",
             args.listen
         );
     }
@@ -109,6 +133,8 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         pstate_flush_interval_ms: args.pstate_flush_interval_ms,
         select_values_max: args.select_values_max.max(1),
         microbatch_interval_ms: args.microbatch_interval_ms.max(1),
+        ndjson_lines_max: args.ndjson_lines_max.max(1),
+        path_navigators_max: args.path_navigators_max.max(1),
         ..Limits::default()
     };
     let config = Config {
@@ -131,6 +157,8 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(%addr, data_dir = %args.data_dir.display(), "listening");
         let state = Arc::new(AppState {
             registry: Arc::clone(&registry),
+            tokens,
+            connections_max: args.connections_max.max(1),
         });
         serve(listener, state, shutdown_signal()).await;
         anyhow::Ok(())

@@ -7,5 +7,6 @@ mod harness;
 mod hostile;
 mod microbatch;
 mod pstates;
+mod security;
 mod skeleton;
 mod topologies;

@@ -9,11 +9,6 @@ use super::ApiError;
 use crate::pstate::{Cmp, Navigator, Range};
 use crate::value::{from_json, Value};
 
-/// The most lines one NDJSON append may carry.
-pub const NDJSON_LINES_MAX: usize = 10_000;
-/// The most navigators one path may have.
-pub const PATH_NAVIGATORS_MAX: usize = 64;
-
 fn parse_json(bytes: &[u8], what: &str) -> Result<J, ApiError> {
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request("malformed-json", format!("{what}: {e}")))
@@ -27,17 +22,17 @@ pub fn parse_record(body: &[u8]) -> Result<Value, ApiError> {
     value(&parse_json(body, "the record")?, "the record")
 }
 
-pub fn parse_ndjson(body: &[u8]) -> Result<Vec<Value>, ApiError> {
+pub fn parse_ndjson(body: &[u8], lines_max: usize) -> Result<Vec<Value>, ApiError> {
     let mut out = Vec::new();
     for (i, line) in body.split(|b| *b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        if out.len() >= NDJSON_LINES_MAX {
+        if out.len() >= lines_max {
             return Err(ApiError::new(
                 hyper::StatusCode::PAYLOAD_TOO_LARGE,
                 "too-many-lines",
-                format!("the batch has more than the ndjson_lines_max limit of {NDJSON_LINES_MAX} lines"),
+                format!("the batch has more than the ndjson_lines_max limit of {lines_max} lines"),
             ));
         }
         let what = format!("line {}", i + 1);
@@ -172,18 +167,18 @@ fn navigator(i: usize, item: &J) -> Result<Navigator, ApiError> {
     }
 }
 
-pub fn parse_path(json: &J) -> Result<Vec<Navigator>, ApiError> {
+pub fn parse_path(json: &J, navigators_max: usize) -> Result<Vec<Navigator>, ApiError> {
     let J::Array(items) = json else {
         return Err(ApiError::bad_request(
             "invalid-path",
             "`path` must be a list of navigators",
         ));
     };
-    if items.len() > PATH_NAVIGATORS_MAX {
+    if items.len() > navigators_max {
         return Err(ApiError::bad_request(
             "path-too-long",
             format!(
-                "the path has {} navigators, over the limit of {PATH_NAVIGATORS_MAX}",
+                "the path has {} navigators, over the path_navigators_max limit of {navigators_max}",
                 items.len()
             ),
         ));
@@ -195,7 +190,7 @@ pub fn parse_path(json: &J) -> Result<Vec<Navigator>, ApiError> {
         .collect()
 }
 
-pub fn parse_select(body: &[u8]) -> Result<SelectRequest, ApiError> {
+pub fn parse_select(body: &[u8], navigators_max: usize) -> Result<SelectRequest, ApiError> {
     let j = parse_json(body, "the select request")?;
     let J::Object(o) = &j else {
         return Err(ApiError::bad_request(
@@ -214,6 +209,7 @@ pub fn parse_select(body: &[u8]) -> Result<SelectRequest, ApiError> {
     let path = parse_path(
         o.get("path")
             .ok_or_else(|| ApiError::bad_request("invalid-request", "missing `path`"))?,
+        navigators_max,
     )?;
     let partition = match o.get("partition") {
         None | Some(J::Null) => PartitionSel::ByKey,

@@ -6,6 +6,7 @@
 //! (parsed, routed, size-checked) before anything is queued, so a rejected request writes
 //! nothing; no request body is read past its limit.
 
+pub mod auth;
 mod error;
 mod json;
 
@@ -29,6 +30,9 @@ use crate::value::{from_cbor, to_json};
 /// Shared by all requests.
 pub struct AppState {
     pub registry: Arc<Registry>,
+    pub tokens: auth::Tokens,
+    /// Open connections beyond this get a 503 and are closed.
+    pub connections_max: usize,
 }
 
 pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
@@ -46,6 +50,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(state.connections_max));
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -58,8 +63,13 @@ pub async fn serve(
             () = &mut shutdown => return,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tokio::spawn(refuse_connection(stream, state.connections_max));
+            continue;
+        };
         let state = Arc::clone(&state);
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(handle(&state, req).await) }
@@ -73,6 +83,25 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// Answers a connection over `connections_max` with a 503 and closes it.
+async fn refuse_connection(mut stream: tokio::net::TcpStream, max: usize) {
+    use tokio::io::AsyncWriteExt;
+    let body = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too-many-connections",
+        format!("the host already has the connections_max limit of {max} open connections"),
+    )
+    .to_json()
+    .to_string();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Answers one request.
@@ -162,6 +191,7 @@ async fn route(
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let method = req.method().clone();
     let limits = state.registry.runtime().limits().clone();
+    state.tokens.check(&method, &segments, req.headers())?;
     let not_allowed = || {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -257,7 +287,7 @@ async fn route(
             }
             let module = module(state, m)?;
             let body = read_body(req, limits.request_body_bytes, "request_body_bytes").await?;
-            select(&module, p, &body, limits.select_values_max).await
+            select(&module, p, &body, &limits).await
         }
         ["v1", "modules", m, "topologies", t, "dead-letters", "replay"] => {
             if method != Method::POST {
@@ -330,11 +360,29 @@ async fn append(
         })?,
     };
     let partition = parse_partition(&params)?;
-    let ndjson = req
+    let content_type = req
         .headers()
         .get(hyper::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+        .map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase());
+    let ndjson = content_type
+        .as_deref()
         .is_some_and(|v| v.starts_with("application/x-ndjson"));
+    // JSON is also taken as text/plain and as curl's default form type; anything else is a
+    // client mistake worth naming.
+    if let Some(ct) = content_type.as_deref() {
+        let json_like = [
+            "application/json",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+        ];
+        if !ndjson && !json_like.iter().any(|j| ct.starts_with(j)) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                format!("content type `{ct}`: send application/json (one record) or application/x-ndjson (a batch)"),
+            ));
+        }
+    }
     if !module.depots.contains_key(depot) {
         return Err(ApiError::not_found(
             "unknown-depot",
@@ -364,7 +412,7 @@ async fn append(
     }
     // NDJSON: every line is parsed and routed before any is queued, so a bad line rejects
     // the whole batch with nothing written.
-    let records = json::parse_ndjson(&body)?;
+    let records = json::parse_ndjson(&body, limits.ndjson_lines_max)?;
     let depot_ref = &module.depots[depot];
     for (i, r) in records.iter().enumerate() {
         depot_ref
@@ -476,9 +524,10 @@ async fn select(
     module: &Module,
     pstate: &str,
     body: &[u8],
-    values_max: usize,
+    limits: &crate::config::Limits,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let request = json::parse_select(body)?;
+    let values_max = limits.select_values_max;
+    let request = json::parse_select(body, limits.path_navigators_max)?;
     let partitions: Vec<u32> = match request.partition {
         json::PartitionSel::All => {
             module.catalog.schema(pstate)?;

@@ -1,0 +1,121 @@
+//! Bearer-token authentication with roles.
+//!
+//! Roles are ordered: `read` (selects, depot and dead-letter reads) < `write` (appends) <
+//! `admin` (deploy, delete, dead-letter replay). With no token configured every request is
+//! allowed, and the binary refuses to listen beyond loopback unless `--insecure`. Invariant:
+//! when tokens are configured, every route except `/health` needs a valid token of a
+//! sufficient role: 401 without one, 403 with a too-weak one.
+
+use std::collections::HashMap;
+
+use hyper::{HeaderMap, Method, StatusCode};
+
+use super::ApiError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Read,
+    Write,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "read" => Some(Role::Read),
+            "write" => Some(Role::Write),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// Token → role; empty means authentication is off.
+#[derive(Debug, Default, Clone)]
+pub struct Tokens(HashMap<String, Role>);
+
+impl Tokens {
+    /// Adds `ROLE=TOKEN`.
+    pub fn add_spec(&mut self, spec: &str) -> Result<(), String> {
+        let (role, token) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("token `{spec}`: expected ROLE=TOKEN"))?;
+        let role = Role::parse(role.trim())
+            .ok_or_else(|| format!("unknown role `{role}` (read, write, admin)"))?;
+        let token = token.trim();
+        if token.len() < 8 {
+            return Err("a token must have at least 8 characters".into());
+        }
+        self.0.insert(token.to_string(), role);
+        Ok(())
+    }
+
+    /// Adds every `ROLE=TOKEN` line of a file (blank lines and `#` comments skipped).
+    pub fn add_file(&mut self, text: &str) -> Result<(), String> {
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            self.add_spec(line)?;
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Checks a request against the role its route needs.
+    pub fn check(
+        &self,
+        method: &Method,
+        segments: &[&str],
+        headers: &HeaderMap,
+    ) -> Result<(), ApiError> {
+        if self.0.is_empty() || segments == ["health"] {
+            return Ok(());
+        }
+        let need = required_role(method, segments);
+        let token = headers
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let Some(role) = token.and_then(|t| self.0.get(t.trim())) else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid `Authorization: Bearer <token>` header is required",
+            ));
+        };
+        if *role < need {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "this needs the `{}` role; the token has `{}`",
+                    need.name(),
+                    role.name()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn required_role(method: &Method, segments: &[&str]) -> Role {
+    match (method, segments) {
+        (&Method::PUT | &Method::DELETE, ["v1", "modules", _]) => Role::Admin,
+        (_, [.., "dead-letters", "replay"]) => Role::Admin,
+        (&Method::POST, [.., "append"]) => Role::Write,
+        _ => Role::Read,
+    }
+}
