@@ -231,3 +231,117 @@ fn dead_letters_replay_after_the_cause_is_fixed() {
         .json();
     assert_eq!(dl["dead_letters"], json!([]));
 }
+
+#[test]
+fn hostile_modules_at_deploy_and_garbage_through_every_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(
+        &dir.path().join("data"),
+        &["--call-deadline-ms", "300", "--handler-attempts-max", "1"],
+    );
+    let r = host.deploy("define-loop", &module_wasm("define_loop"), "");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (422, "define-failed"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.json()["error"]["guest_error"], "deadline-exceeded");
+    let r = host.deploy("net", &module_wasm("forbidden_net"), "");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "forbidden-import")
+    );
+    assert!(
+        r.json()["error"]["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i.as_str().unwrap().starts_with("wasi:sockets/")),
+        "{}",
+        r.json()
+    );
+    let r = host.deploy("old", &module_wasm("old_contract"), "");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "contract-version")
+    );
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sluice:module/types@0.2.0"),
+        "{}",
+        r.json()
+    );
+    assert_eq!(
+        host.get("/v1/modules").json(),
+        json!({"modules": []}),
+        "nothing of a refused deploy is kept"
+    );
+
+    assert_eq!(
+        host.deploy("garbage", &module_wasm("garbage_imports"), "?partitions=2")
+            .status,
+        201
+    );
+    let r = host.append("garbage", "go", &json!({"key": "g"}));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["results"]["garbage"],
+        json!([
+            "invalid-value",
+            "unknown-pstate",
+            "ok",
+            "path-too-long",
+            "invalid-value",
+            "invalid-value",
+            "ok",
+            "invalid-path",
+            "invalid-path",
+            "invalid-path",
+            "partition-out-of-range",
+            "invalid-value",
+            "invalid-value"
+        ])
+    );
+    assert_eq!(
+        host.select("garbage", "counts", json!([{"key": "g"}])),
+        vec![json!(i64::MAX)]
+    );
+
+    assert_eq!(
+        host.deploy("hostile", &module_wasm("hostile"), "?partitions=2")
+            .status,
+        201
+    );
+    let r = host.append(
+        "hostile",
+        "commands",
+        &json!({"key": "h", "do": "huge-ack"}),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["guest_error"].as_str()),
+        (500, Some("ack-too-large"))
+    );
+    let r = host.append(
+        "hostile",
+        "commands",
+        &json!({"key": "h", "do": "huge-error"}),
+    );
+    assert_eq!(r.status, 500);
+    assert!(
+        r.body.len() < 10_000,
+        "a guest's huge error message is clipped: {} bytes",
+        r.body.len()
+    );
+    assert_eq!(
+        host.append("hostile", "commands", &json!({"key": "h", "do": "ok"}))
+            .status,
+        200
+    );
+    assert_eq!(
+        host.select("hostile", "seen", json!([{"key": "h"}])),
+        vec![json!(1)]
+    );
+}

@@ -150,8 +150,10 @@ impl From<DeployError> for ApiError {
                     ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "module-too-large", message)
                 }
                 CompileError::Invalid(_) => ApiError::bad_request("invalid-component", message),
-                CompileError::ForbiddenImport(name) => {
-                    ApiError::bad_request("forbidden-import", message).detail("import", name)
+                CompileError::ForbiddenImport(names) => {
+                    ApiError::bad_request("forbidden-import", message)
+                        .detail("import", names[0].clone())
+                        .detail("imports", names)
                 }
                 CompileError::ContractVersion { .. } => {
                     ApiError::bad_request("contract-version", message)

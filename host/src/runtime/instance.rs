@@ -86,6 +86,7 @@ pub struct HostState {
     pub session: Option<Session>,
     /// Hops the call in progress asked for, in order.
     pub hops: Vec<EmittedHop>,
+    path_navigators_max: usize,
 }
 
 /// Where an emitted hop goes.
@@ -129,8 +130,17 @@ fn cbor(bytes: &[u8], what: &str) -> Result<Value, types::Error> {
     from_cbor(bytes).map_err(|e| wit_error("invalid-value", format!("{what}: {e}")))
 }
 
-fn navigators(path: Vec<types::Navigator>) -> Result<Vec<Navigator>, types::Error> {
+fn navigators(path: Vec<types::Navigator>, max: usize) -> Result<Vec<Navigator>, types::Error> {
     use types::Navigator as N;
+    if path.len() > max {
+        return Err(wit_error(
+            "path-too-long",
+            format!(
+                "the path has {} navigators, over the path_navigators_max limit of {max}",
+                path.len()
+            ),
+        ));
+    }
     path.into_iter()
         .map(|n| {
             Ok(match n {
@@ -185,7 +195,7 @@ impl host::Host for HostState {
                 "PStates are not available in this call",
             )));
         };
-        let path = match navigators(path) {
+        let path = match navigators(path, self.path_navigators_max) {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
@@ -207,7 +217,7 @@ impl host::Host for HostState {
                 "PStates are not available in this call",
             )));
         };
-        let path = match navigators(path) {
+        let path = match navigators(path, self.path_navigators_max) {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
@@ -375,10 +385,29 @@ impl GuestInstance {
         );
         match self.settle(result)? {
             Ok(ack) => Ok(ack),
-            Err(e) => Err(GuestError {
-                code: "guest-error".into(),
-                message: format!("{}: {}", e.code, e.message),
-            }),
+            Err(e) => {
+                // A guest's error travels into logs, dead letters and HTTP answers: bound it.
+                const GUEST_ERROR_CHARS_MAX: usize = 4096;
+                let clip = |s: &str, n: usize| -> String {
+                    if s.chars().count() > n {
+                        format!(
+                            "{}… ({} bytes)",
+                            s.chars().take(n).collect::<String>(),
+                            s.len()
+                        )
+                    } else {
+                        s.to_string()
+                    }
+                };
+                Err(GuestError {
+                    code: "guest-error".into(),
+                    message: format!(
+                        "{}: {}",
+                        clip(&e.code, 64),
+                        clip(&e.message, GUEST_ERROR_CHARS_MAX)
+                    ),
+                })
+            }
         }
     }
 
@@ -468,6 +497,7 @@ fn instantiate(
         module: Arc::clone(module),
         session,
         hops: Vec::new(),
+        path_navigators_max: runtime.limits().path_navigators_max,
     };
     let mut store = Store::new(runtime.engine(), state);
     store.limiter(|s| &mut s.cap);

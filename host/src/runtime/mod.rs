@@ -44,8 +44,8 @@ pub enum CompileError {
     TooLarge { size: usize, limit: usize },
     #[error("not a valid WebAssembly component: {0}")]
     Invalid(String),
-    #[error("the component imports `{0}`, which modules may not use (allowed: sluice:module, wasi:io, wasi:cli, wasi:clocks, wasi:random)")]
-    ForbiddenImport(String),
+    #[error("the component imports {}, which modules may not use (allowed: sluice:module, wasi:io, wasi:cli, wasi:clocks, wasi:random)", .0.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", "))]
+    ForbiddenImport(Vec<String>),
     #[error("the component was built against `{found}`; this host accepts sluice:module@{CONTRACT_VERSION}")]
     ContractVersion { found: String },
     #[error("the component does not export `sluice:module/guest@{CONTRACT_VERSION}`; is it a Sluice module?")]
@@ -141,6 +141,7 @@ impl Runtime {
 
     fn check_imports_and_exports(&self, component: &Component) -> Result<(), CompileError> {
         let ty = component.component_type();
+        let mut forbidden = Vec::new();
         for (name, _) in ty.imports(&self.engine) {
             if let Some(rest) = name.strip_prefix("sluice:module/") {
                 let version = rest.split_once('@').map_or("", |(_, v)| v);
@@ -151,8 +152,11 @@ impl Runtime {
                 }
             }
             if !ALLOWED_IMPORTS.iter().any(|p| name.starts_with(p)) {
-                return Err(CompileError::ForbiddenImport(name.to_string()));
+                forbidden.push(name.to_string());
             }
+        }
+        if !forbidden.is_empty() {
+            return Err(CompileError::ForbiddenImport(forbidden));
         }
         let want = format!("sluice:module/guest@{CONTRACT_VERSION}");
         let mut found_other = None;

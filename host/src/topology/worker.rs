@@ -82,6 +82,9 @@ pub enum ProcessingError {
 
 pub type Reply = oneshot::Sender<Result<AppendOutcome, ProcessingError>>;
 
+/// The largest ack-return value a handler may give (it travels in the HTTP answer).
+pub const ACK_VALUE_BYTES_MAX: usize = 1 << 20;
+
 /// The in-memory state of one record's event tree, for its `full` ack.
 pub struct Tree {
     outstanding: AtomicUsize,
@@ -825,6 +828,15 @@ impl Worker {
                                 bad.handler,
                                 topology.name,
                                 topology.hop_handlers.join(", ")
+                            ),
+                        });
+                    }
+                    if let Some(bytes) = ack.as_ref().filter(|b| b.len() > ACK_VALUE_BYTES_MAX) {
+                        return Err(GuestError {
+                            code: "ack-too-large".into(),
+                            message: format!(
+                                "the ack-return value is {} bytes, over the limit of {ACK_VALUE_BYTES_MAX}",
+                                bytes.len()
                             ),
                         });
                     }

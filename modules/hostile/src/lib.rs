@@ -8,7 +8,9 @@
 //! Every failure must roll the increment back.
 
 use serde::Deserialize;
-use sluice_sdk::{Ctx, Definition, Error, HopTarget, Module, Partitioner, Path, Result, Schema};
+use sluice_sdk::{
+    AckReturn, Ctx, Definition, Error, HopTarget, Module, Partitioner, Path, Result, Schema,
+};
 
 #[derive(Deserialize)]
 struct Command {
@@ -40,7 +42,15 @@ fn recurse(n: u64) -> u64 {
     recurse(n + 1) + local[3]
 }
 
-fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
+fn run(ctx: &Ctx, cmd: Command) -> Result<AckReturn<Option<String>>> {
+    if cmd.action == "huge-ack" {
+        // Ack-return values travel in the HTTP answer: 8 MiB is refused by the host.
+        return Ok(AckReturn(Some("y".repeat(8 << 20))));
+    }
+    run_command(ctx, cmd).map(|()| AckReturn(None))
+}
+
+fn run_command(ctx: &Ctx, cmd: Command) -> Result<()> {
     let seen = ctx.pstate("seen");
     seen.increment(&Path::key(&cmd.key), 1)?;
     match cmd.action.as_str() {
@@ -78,6 +88,7 @@ fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             Ok(())
         }
         "bad-type" => seen.set(&Path::key(&cmd.key), "not a number"),
+        "huge-error" => Err(Error::new("huge", "y".repeat(8 << 20))),
         "needs-three" => match seen.get::<i64>(&Path::key(&cmd.key))? {
             Some(n) if n >= 3 => Ok(()),
             n => Err(Error::new(
