@@ -3,7 +3,7 @@ CARGO ?= cargo
 WASM_DIR := target/wasm32-wasip2/release
 LISTEN ?= 127.0.0.1:7470
 
-.PHONY: run test modules wasm-target host lint fmt bench clean
+.PHONY: run test modules wasm-target host lint fmt bench fuzz clean
 
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
@@ -34,6 +34,14 @@ bench: modules
 	$(CARGO) bench -p sluice --bench append 2>/dev/null | tee target/bench-append.md
 	$(CARGO) bench -p sluice --bench pstate 2>/dev/null | tee target/bench-pstate.md
 	$(CARGO) bench -p sluice --bench topology 2>/dev/null | tee target/bench-topology.md
+	$(CARGO) bench -p sluice --bench isolation 2>/dev/null | tee target/bench-isolation.md
+
+## Fuzz every target for FUZZ_SECONDS each (needs the nightly toolchain; installs cargo-fuzz).
+FUZZ_SECONDS ?= 30
+fuzz: modules
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && for t in path_json cbor_value key_encoding ndjson pstate_ops; do \
+		cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; done
 
 fmt:
 	$(CARGO) fmt --all

@@ -8,7 +8,7 @@
 
 pub mod auth;
 mod error;
-mod json;
+pub mod json;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
