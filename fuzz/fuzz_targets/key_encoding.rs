@@ -7,9 +7,16 @@ use sluice::value::from_cbor;
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = decode(data);
     let (a, b) = data.split_at(data.len() / 2);
-    let (Ok(a), Ok(b)) = (from_cbor(a), from_cbor(b)) else { return };
-    let (Ok(ea), Ok(eb)) = (encode(&a), encode(&b)) else { return };
-    assert_eq!(encode(&decode(&ea).expect("own encoding decodes")).unwrap(), ea);
+    let (Ok(a), Ok(b)) = (from_cbor(a), from_cbor(b)) else {
+        return;
+    };
+    let (Ok(ea), Ok(eb)) = (encode(&a), encode(&b)) else {
+        return;
+    };
+    assert_eq!(
+        encode(&decode(&ea).expect("own encoding decodes")).unwrap(),
+        ea
+    );
     assert_eq!(ea == eb, encode(&decode(&eb).unwrap()).unwrap() == ea);
     // Same-typed integers and strings must order like their values.
     use sluice::value::Value;

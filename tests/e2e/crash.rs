@@ -84,37 +84,6 @@ fn load_until_killed(host: &Host, kill_after: Duration, next_id: &AtomicU64) -> 
     })
 }
 
-/// Every stored record of `words`, per partition, read back page by page.
-fn read_log(host: &Host, partitions: u64) -> Vec<Vec<serde_json::Value>> {
-    (0..partitions)
-        .map(|p| {
-            let mut records = Vec::new();
-            let mut from = 0;
-            loop {
-                let page = host
-                    .get(&format!(
-                        "/v1/modules/wordcount/depots/words/partitions/{p}?from={from}&limit=1000"
-                    ))
-                    .json();
-                let batch = page["records"].as_array().unwrap().clone();
-                if batch.is_empty() {
-                    break;
-                }
-                for r in &batch {
-                    assert_eq!(
-                        r["offset"],
-                        records.len() as u64,
-                        "offsets are dense in partition {p}"
-                    );
-                    records.push(r["record"].clone());
-                }
-                from = page["next"].as_u64().unwrap();
-            }
-            records
-        })
-        .collect()
-}
-
 #[test]
 fn kill_9_under_load_loses_no_acked_record_and_applies_each_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -136,7 +105,7 @@ fn kill_9_under_load_loses_no_acked_record_and_applies_each_once() {
         // Wait until the restarted host caught up (replay of the unprocessed log tail).
         let deadline = Instant::now() + Duration::from_secs(30);
         let (log, counts) = loop {
-            let log = read_log(&host, 4);
+            let log = host.read_depot("wordcount", "words");
             let mut expected: BTreeMap<String, u64> = BTreeMap::new();
             for r in log.iter().flatten() {
                 *expected

@@ -207,6 +207,36 @@ impl Host {
         r.json()["values"].as_array().expect("values").clone()
     }
 
+    /// Every stored record of a depot, per partition in offset order, read back page by page
+    /// (checking that offsets are dense).
+    pub fn read_depot(&self, module: &str, depot: &str) -> Vec<Vec<serde_json::Value>> {
+        let info = self
+            .get(&format!("/v1/modules/{module}/depots/{depot}"))
+            .json();
+        let partitions = info["partitions"].as_array().expect("partitions").len();
+        (0..partitions)
+            .map(|p| {
+                let mut records = Vec::new();
+                let mut from = 0;
+                loop {
+                    let page = self
+                        .get(&format!("/v1/modules/{module}/depots/{depot}/partitions/{p}?from={from}&limit=1000"))
+                        .json();
+                    let batch = page["records"].as_array().expect("records").clone();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    for r in &batch {
+                        assert_eq!(r["offset"], records.len() as u64, "offsets are dense in {depot} partition {p}");
+                        records.push(r["record"].clone());
+                    }
+                    from = page["next"].as_u64().expect("next");
+                }
+                records
+            })
+            .collect()
+    }
+
     /// The sum of the end offsets of a depot over all partitions.
     pub fn depot_records(&self, module: &str, depot: &str) -> u64 {
         let r = self.get(&format!("/v1/modules/{module}/depots/{depot}"));

@@ -237,7 +237,7 @@ fn hostile_modules_at_deploy_and_garbage_through_every_import() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(
         &dir.path().join("data"),
-        &["--call-deadline-ms", "300", "--handler-attempts-max", "1"],
+        &["--call-deadline-ms", "1000", "--handler-attempts-max", "1"],
     );
     let r = host.deploy("define-loop", &module_wasm("define_loop"), "");
     assert_eq!(

@@ -122,24 +122,12 @@ fn kill_9_during_hops_applies_every_stored_sentence_exactly_once() {
         host = host.kill9_and_restart();
 
         // Every stored sentence, read back from the depot.
-        let mut texts = Vec::new();
-        for p in 0..4 {
-            let mut from = 0;
-            loop {
-                let page = host
-                    .get(&format!("/v1/modules/wordcount/depots/sentences/partitions/{p}?from={from}&limit=1000"))
-                    .json();
-                let recs = page["records"].as_array().unwrap().clone();
-                if recs.is_empty() {
-                    break;
-                }
-                texts.extend(
-                    recs.iter()
-                        .map(|r| r["record"]["text"].as_str().unwrap().to_string()),
-                );
-                from = page["next"].as_u64().unwrap();
-            }
-        }
+        let texts: Vec<String> = host
+            .read_depot("wordcount", "sentences")
+            .into_iter()
+            .flatten()
+            .map(|r| r["text"].as_str().unwrap().to_string())
+            .collect();
         assert!(!texts.is_empty());
         let expected = local_counts(&texts);
         // Hops re-sent from outboxes after the restart land asynchronously: wait for them.

@@ -72,6 +72,26 @@ pub struct DeadLetter {
     pub attempts: u32,
 }
 
+impl DeadLetter {
+    pub fn new(
+        topology: &str,
+        depot: &str,
+        offset: u64,
+        code: &str,
+        error: &str,
+        attempts: u32,
+    ) -> Self {
+        Self {
+            topology: topology.to_string(),
+            depot: depot.to_string(),
+            offset,
+            error_code: code.to_string(),
+            error: error.to_string(),
+            attempts,
+        }
+    }
+}
+
 /// Writes not yet committed: `(pstate, table, key)` to the new value; `None` removes it.
 pub type Overlay = BTreeMap<(String, Table, Vec<u8>), Option<Value>>;
 

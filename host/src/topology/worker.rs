@@ -579,13 +579,7 @@ impl Worker {
                         if done.and_then(|d| d.get(&key)).is_some_and(|&p| *offset < p) {
                             continue;
                         }
-                        let ctx = RecordCtx {
-                            depot,
-                            partition: self.partition,
-                            offset: *offset,
-                            partitions: self.partitions,
-                            batch_id: None,
-                        };
+                        let ctx = self.ctx(depot, *offset, None);
                         match self.run_handler(t, &t.handler, record, ctx) {
                             Ok((ack, emitted)) => {
                                 if let (Some(v), Some(tree)) = (ack, tree) {
@@ -594,14 +588,14 @@ impl Worker {
                                 self.address(t, emitted, depot, *offset, tree, hops, &mut out);
                             }
                             Err((error, attempts)) => {
-                                dead_letters.push(DeadLetter {
-                                    topology: t.name.clone(),
-                                    depot: depot.to_string(),
-                                    offset: *offset,
-                                    error_code: error.code.clone(),
-                                    error: error.message.clone(),
+                                dead_letters.push(DeadLetter::new(
+                                    &t.name,
+                                    depot,
+                                    *offset,
+                                    &error.code,
+                                    &error.message,
                                     attempts,
-                                });
+                                ));
                                 if let Some(tree) = tree {
                                     tree.fail(&t.name, error);
                                 }
@@ -620,26 +614,20 @@ impl Worker {
                         outgoing.push(out);
                         continue;
                     };
-                    let ctx = RecordCtx {
-                        depot,
-                        partition: self.partition,
-                        offset: *offset,
-                        partitions: self.partitions,
-                        batch_id: None,
-                    };
+                    let ctx = self.ctx(depot, *offset, None);
                     match self.run_handler(t, &t.handler, record, ctx) {
                         Ok((_, emitted)) => {
                             dead_letters_remove.push((t.name.clone(), depot.to_string(), *offset));
                             self.address(t, emitted, depot, *offset, &None, hops, &mut out);
                         }
-                        Err((error, attempts)) => dead_letters.push(DeadLetter {
-                            topology: t.name.clone(),
-                            depot: depot.to_string(),
-                            offset: *offset,
-                            error_code: error.code.clone(),
-                            error: error.message.clone(),
+                        Err((error, attempts)) => dead_letters.push(DeadLetter::new(
+                            &t.name,
+                            depot,
+                            *offset,
+                            &error.code,
+                            &error.message,
                             attempts,
-                        }),
+                        )),
                     }
                 }
                 Item::Hop(h) => {
@@ -655,13 +643,7 @@ impl Worker {
                         outgoing.push(out);
                         continue;
                     };
-                    let ctx = RecordCtx {
-                        depot: &h.origin_depot,
-                        partition: self.partition,
-                        offset: h.origin_offset,
-                        partitions: self.partitions,
-                        batch_id: None,
-                    };
+                    let ctx = self.ctx(&h.origin_depot, h.origin_offset, None);
                     match self.run_handler(t, &h.handler, &h.payload, ctx) {
                         Ok((ack, emitted)) => {
                             if let (Some(v), Some(tree)) = (ack, &h.tree) {
@@ -757,6 +739,16 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    fn ctx<'a>(&self, depot: &'a str, offset: u64, batch_id: Option<u64>) -> RecordCtx<'a> {
+        RecordCtx {
+            depot,
+            partition: self.partition,
+            offset,
+            partitions: self.partitions,
+            batch_id,
+        }
     }
 
     /// Gives emitted hops their targets and sequence numbers, and counts them in the tree.
@@ -1040,13 +1032,7 @@ impl Worker {
         let stream_session = self.instance.session_mut().replace(session);
         let mut out = Vec::new();
         for (depot, offset, handler, input) in work {
-            let ctx = RecordCtx {
-                depot: &depot,
-                partition: self.partition,
-                offset,
-                partitions: self.partitions,
-                batch_id: Some(id),
-            };
+            let ctx = self.ctx(&depot, offset, Some(id));
             match self.run_handler(t, &handler, &input, ctx) {
                 Ok((_, emitted)) => {
                     for e in emitted {

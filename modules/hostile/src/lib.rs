@@ -44,8 +44,8 @@ fn recurse(n: u64) -> u64 {
 
 fn run(ctx: &Ctx, cmd: Command) -> Result<AckReturn<Option<String>>> {
     if cmd.action == "huge-ack" {
-        // Ack-return values travel in the HTTP answer: 8 MiB is refused by the host.
-        return Ok(AckReturn(Some("y".repeat(8 << 20))));
+        // Ack-return values travel in the HTTP answer: 2 MiB is refused by the host.
+        return Ok(AckReturn(Some("y".repeat(2 << 20))));
     }
     run_command(ctx, cmd).map(|()| AckReturn(None))
 }
