@@ -443,6 +443,7 @@ impl Registry {
                 pstate_flush_interval: std::time::Duration::from_millis(
                     limits.pstate_flush_interval_ms,
                 ),
+                deadline_penalty: std::time::Duration::from_millis(limits.call_deadline_ms),
                 ready: Arc::clone(&ready),
                 queued_appends: Arc::clone(&queued_appends),
                 peers: Arc::clone(&peers),

@@ -243,6 +243,8 @@ pub struct Worker {
     pub handler_attempts_max: u32,
     /// How long PState commits may stay non-durable (see [`PStateStore::commit`]).
     pub pstate_flush_interval: Duration,
+    /// How long the partition pauses after a guest call stopped at its deadline.
+    pub deadline_penalty: Duration,
     /// Set once recovery finished; selects wait for it.
     pub ready: Arc<AtomicBool>,
     /// Appends queued and not yet taken (the queue bound is enforced on it).
@@ -859,6 +861,12 @@ impl Worker {
                         attempt,
                         "handler failed: {e}"
                     );
+                    if e.code == "deadline-exceeded" {
+                        // A call that ran to its deadline held a core that long: this partition
+                        // pauses as long before its next call, so a runaway module gets at most
+                        // half a core per partition and its neighbours keep theirs.
+                        std::thread::sleep(self.deadline_penalty);
+                    }
                     if attempt >= self.handler_attempts_max {
                         return Err((e, attempt));
                     }
