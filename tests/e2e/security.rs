@@ -84,7 +84,7 @@ fn tokens_and_roles() {
     let (status, body) = select(Some("read-secret"));
     assert_eq!(
         (status, body.as_str()),
-        (200, r#"{"truncated":false,"values":[2]}"#)
+        (200, r#"{"next":null,"truncated":false,"values":[2]}"#)
     );
     assert_eq!(
         with_token(&host, "GET", "/health", None, b"").0,

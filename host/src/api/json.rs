@@ -65,6 +65,8 @@ pub struct SelectRequest {
     pub path: Vec<Navigator>,
     pub partition: PartitionSel,
     pub limit: Option<usize>,
+    /// Where a previous, truncated select stopped (its `next`): partition and values consumed.
+    pub after: Option<(u32, usize)>,
 }
 
 fn range(i: usize, arg: &J) -> Result<Range, ApiError> {
@@ -199,10 +201,10 @@ pub fn parse_select(body: &[u8], navigators_max: usize) -> Result<SelectRequest,
         ));
     };
     for k in o.keys() {
-        if !matches!(k.as_str(), "path" | "partition" | "limit") {
+        if !matches!(k.as_str(), "path" | "partition" | "limit" | "after") {
             return Err(ApiError::bad_request(
                 "unknown-field",
-                format!("unknown field `{k}` (expected `path`, `partition`, `limit`)"),
+                format!("unknown field `{k}` (expected `path`, `partition`, `limit`, `after`)"),
             ));
         }
     }
@@ -243,9 +245,31 @@ pub fn parse_select(body: &[u8], navigators_max: usize) -> Result<SelectRequest,
             "the path is empty; it must start with a `key` navigator",
         ));
     }
+    let after = match o.get("after") {
+        None | Some(J::Null) => None,
+        Some(J::Object(a)) => {
+            let num = |k: &str| a.get(k).and_then(J::as_u64);
+            match (num("partition"), num("skip")) {
+                (Some(p), Some(s)) if a.len() == 2 => Some((p as u32, s as usize)),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "invalid-request",
+                        "`after` must be the `next` object of a previous answer",
+                    ))
+                }
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid-request",
+                "`after` must be the `next` object of a previous answer",
+            ))
+        }
+    };
     Ok(SelectRequest {
         path,
         partition,
         limit,
+        after,
     })
 }

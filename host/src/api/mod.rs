@@ -539,30 +539,57 @@ async fn select(
         json::PartitionSel::ByKey => vec![module.select_partition(pstate, &request.path, None)?],
     };
     let limit = request.limit.unwrap_or(values_max).min(values_max);
+    let (start, mut skip) = request.after.unwrap_or((partitions[0], 0));
+    if skip > SELECT_SKIP_MAX {
+        return Err(ApiError::bad_request(
+            "invalid-request",
+            format!("`after` skips more than {SELECT_SKIP_MAX} values; page deeper with `sorted-range` from the last key"),
+        ));
+    }
     let mut values = Vec::new();
-    for p in partitions {
+    let mut next = None;
+    let mut rest = partitions
+        .iter()
+        .copied()
+        .filter(|p| *p >= start)
+        .peekable();
+    while let Some(p) = rest.next() {
         wait_ready(module, p).await?;
-        let want = limit + 1 - values.len();
-        values.extend(module.select(pstate, &request.path, Some(p), want)?);
-        if values.len() > limit {
+        let remaining = limit - values.len();
+        let got: Vec<_> = module
+            .select(pstate, &request.path, Some(p), skip + remaining + 1)?
+            .into_iter()
+            .skip(skip)
+            .collect();
+        if got.len() > remaining {
+            values.extend(got.into_iter().take(remaining));
+            next = Some((p, skip + remaining));
+            break;
+        }
+        values.extend(got);
+        skip = 0;
+        if values.len() == limit {
+            next = rest.peek().map(|p| (*p, 0));
             break;
         }
     }
-    let truncated = values.len() > limit;
-    if truncated && request.limit.is_none() {
+    if next.is_some() && request.limit.is_none() {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "result-too-large",
-            format!("the select returned more than the select_values_max limit of {values_max} values; pass `limit` or narrow the path"),
+            format!("the select returned more than the select_values_max limit of {values_max} values; pass `limit` (and page with `after`) or narrow the path"),
         ));
     }
-    values.truncate(limit);
     let values: Vec<_> = values.iter().map(to_json).collect();
+    let next = next.map(|(p, s)| json!({"partition": p, "skip": s}));
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "values": values, "truncated": truncated }),
+        &json!({ "values": values, "truncated": next.is_some(), "next": next }),
     ))
 }
+
+/// How many values a continuation may skip (deeper paging goes by key with `sorted-range`).
+const SELECT_SKIP_MAX: usize = 1_000_000;
 
 async fn wait_ready(module: &Module, p: u32) -> Result<(), ApiError> {
     let started = std::time::Instant::now();
