@@ -29,9 +29,47 @@ pub const NESTING_MAX: usize = 64;
 
 /// Decodes CBOR bytes into a value, refusing nesting deeper than [`NESTING_MAX`].
 pub fn from_cbor(bytes: &[u8]) -> Result<Value, ValueError> {
-    let v: Value = ciborium::de::from_reader_with_recursion_limit(bytes, NESTING_MAX + 1)
+    let mut rest = bytes;
+    let v: Value = ciborium::de::from_reader_with_recursion_limit(&mut rest, NESTING_MAX + 1)
         .map_err(|e| ValueError::Cbor(e.to_string()))?;
-    Ok(v)
+    if !rest.is_empty() {
+        return Err(ValueError::Cbor(format!(
+            "{} bytes after the value",
+            rest.len()
+        )));
+    }
+    Ok(untag(v))
+}
+
+/// Drops CBOR tags, keeping their content — except bignums (tags 2 and 3), which become
+/// integers when they fit. Without this a value could change type on a round trip (the
+/// decoder reads a definite-length bignum as an integer but keeps an indefinite one tagged);
+/// found by the `cbor_value` fuzz target.
+fn untag(v: Value) -> Value {
+    match v {
+        Value::Tag(tag @ (2 | 3), inner) => match *inner {
+            Value::Bytes(b) if b.len() <= 16 => {
+                let n = b.iter().fold(0u128, |n, d| (n << 8) | u128::from(*d));
+                let n = i128::try_from(n)
+                    .ok()
+                    .map(|n| if tag == 2 { n } else { -1 - n });
+                match n.and_then(|n| ciborium::value::Integer::try_from(n).ok()) {
+                    Some(i) => Value::Integer(i),
+                    None => Value::Bytes(b),
+                }
+            }
+            other => untag(other),
+        },
+        Value::Tag(_, inner) => untag(*inner),
+        Value::Array(items) => Value::Array(items.into_iter().map(untag).collect()),
+        Value::Map(entries) => Value::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (untag(k), untag(v)))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 /// Encodes a value as CBOR.
@@ -230,5 +268,17 @@ mod tests {
         }
         assert!(matches!(from_json(&deep), Err(ValueError::TooDeep { .. })));
         assert!(from_cbor(&[0xff, 0x00]).is_err());
+    }
+
+    #[test]
+    fn tags_are_dropped_and_bignums_stay_integers_across_round_trips() {
+        // An indefinite-length negative bignum (fuzz crash input, `fuzz/artifacts/cbor_value`).
+        let input = [0xc3, 0x5f, 0x42, 0x42, 0x3d, 0xff, 0xff];
+        let v = from_cbor(&input[..6]).unwrap();
+        assert_eq!(v, Value::Integer((-1 - 0x423d_i64).into()));
+        assert_eq!(from_cbor(&to_cbor(&v)).unwrap(), v);
+        assert!(from_cbor(&input).is_err(), "trailing garbage");
+        let tagged_text = [0xd8, 0x20, 0x61, 0x61]; // tag 32 (URI) around "a"
+        assert_eq!(from_cbor(&tagged_text).unwrap(), Value::Text("a".into()));
     }
 }
