@@ -9,14 +9,14 @@
 //! (Stored-but-unacked records are allowed: the host may have crashed before answering.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::harness::{module_wasm, Host};
 
-const CLIENTS: usize = 8;
+const CLIENTS: u64 = 8;
 const WORDS: u64 = 40;
 const KILL_POINTS: usize = 3;
 
@@ -24,64 +24,6 @@ struct Acked {
     partition: u64,
     offset: u64,
     id: u64,
-}
-
-fn load_until_killed(host: &Host, kill_after: Duration, next_id: &AtomicU64) -> Vec<Acked> {
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|c| {
-                let stop = &stop;
-                s.spawn(move || {
-                    let mut acked = Vec::new();
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let id = next_id.fetch_add(1, Ordering::Relaxed);
-                        let ack = if (c as u64 + n).is_multiple_of(2) {
-                            "append"
-                        } else {
-                            "full"
-                        };
-                        n += 1;
-                        let body =
-                            json!({"word": format!("w{}", id % WORDS), "id": id}).to_string();
-                        let path = format!("/v1/modules/wordcount/depots/words/append?ack={ack}");
-                        match host.try_request("POST", &path, "application/json", body.as_bytes()) {
-                            Some(r) if r.status == 200 => {
-                                let j = r.json();
-                                acked.push(Acked {
-                                    partition: j["partition"].as_u64().unwrap(),
-                                    offset: j["offset"].as_u64().unwrap(),
-                                    id,
-                                });
-                            }
-                            Some(r) if r.status == 503 => {
-                                std::thread::sleep(Duration::from_millis(5))
-                            }
-                            Some(r) => panic!(
-                                "unexpected {}: {}",
-                                r.status,
-                                String::from_utf8_lossy(&r.body)
-                            ),
-                            None => break, // killed
-                        }
-                    }
-                    acked
-                })
-            })
-            .collect();
-        std::thread::sleep(kill_after);
-        let status = std::process::Command::new("kill")
-            .args(["-9", &host.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        stop.store(true, Ordering::Relaxed);
-        clients
-            .into_iter()
-            .flat_map(|c| c.join().unwrap())
-            .collect()
-    })
 }
 
 #[test]
@@ -97,10 +39,35 @@ fn kill_9_under_load_loses_no_acked_record_and_applies_each_once() {
     let next_id = AtomicU64::new(0);
     for round in 0..KILL_POINTS {
         let kill_after = Duration::from_millis(300 + 250 * round as u64);
-        let acked = load_until_killed(&host, kill_after, &next_id);
+        let (restarted, acked) =
+            host.load_then_kill9_and_restart(CLIENTS, kill_after, &next_id, |host, c, id| {
+                let ack = if (c + id).is_multiple_of(2) {
+                    "append"
+                } else {
+                    "full"
+                };
+                let body = json!({"word": format!("w{}", id % WORDS), "id": id}).to_string();
+                let path = format!("/v1/modules/wordcount/depots/words/append?ack={ack}");
+                let r = host.try_request("POST", &path, "application/json", body.as_bytes())?;
+                match r.status {
+                    200 => {
+                        let j = r.json();
+                        Some(Some(Acked {
+                            partition: j["partition"].as_u64().unwrap(),
+                            offset: j["offset"].as_u64().unwrap(),
+                            id,
+                        }))
+                    }
+                    503 => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        Some(None)
+                    }
+                    other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&r.body)),
+                }
+            });
+        host = restarted;
         assert!(!acked.is_empty(), "round {round}: the load acked nothing");
         all_acked.extend(acked);
-        host = host.kill9_and_restart();
 
         // Wait until the restarted host caught up (replay of the unprocessed log tail).
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -112,6 +112,51 @@ impl Host {
         Self::spawn(&dir, args)
     }
 
+    /// Runs `clients` threads that call `request(host, client, n)` — `n` counting up from
+    /// `next`, shared across calls — until, after `kill_after`, the host is killed with
+    /// `kill -9`; then starts it again on the same data dir. `request` answers `None` when the
+    /// host did not answer (that client stops), or `Some` of what to keep.
+    pub fn load_then_kill9_and_restart<T: Send>(
+        self,
+        clients: u64,
+        kill_after: Duration,
+        next: &std::sync::atomic::AtomicU64,
+        request: impl Fn(&Host, u64, u64) -> Option<Option<T>> + Sync,
+    ) -> (Host, Vec<T>) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = AtomicBool::new(false);
+        let kept = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..clients)
+                .map(|c| {
+                    let (stop, request, host) = (&stop, &request, &self);
+                    s.spawn(move || {
+                        let mut kept = Vec::new();
+                        while !stop.load(Ordering::Relaxed) {
+                            let n = next.fetch_add(1, Ordering::Relaxed);
+                            match request(host, c, n) {
+                                None => break,
+                                Some(k) => kept.extend(k),
+                            }
+                        }
+                        kept
+                    })
+                })
+                .collect();
+            std::thread::sleep(kill_after);
+            let status = Command::new("kill")
+                .args(["-9", &self.pid().to_string()])
+                .status()
+                .expect("kill -9");
+            assert!(status.success());
+            stop.store(true, Ordering::Relaxed);
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().expect("client"))
+                .collect()
+        });
+        (self.kill9_and_restart(), kept)
+    }
+
     /// SIGTERM (graceful), then start again on the same data dir.
     pub fn terminate_and_restart(mut self) -> Host {
         let status = Command::new("kill")

@@ -2,7 +2,7 @@
 //! across `kill -9` at random moments.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -86,37 +86,31 @@ fn kill_9_at_20_points_conserves_money_and_applies_no_transfer_twice() {
     );
     let next = AtomicU64::new(0);
     for round in 0..KILL_POINTS {
-        let stop = AtomicBool::new(false);
-        std::thread::scope(|s| {
-            for c in 0..4u64 {
-                let (host, next, stop) = (&host, &next, &stop);
-                s.spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        let n = next.fetch_add(1, Ordering::Relaxed);
-                        let (depot, body) = if (n + c) % 3 == 0 {
-                            ("deposits", json!({"account": format!("a{}", n % ACCOUNTS), "amount": 1 + n % 97}))
-                        } else {
-                            let to = (n * 7 + 3) % ACCOUNTS;
-                            ("transfers", json!({"id": format!("t{n}"), "from": format!("a{}", n % ACCOUNTS),
-                                                 "to": format!("a{to}"), "amount": 1 + n % 61}))
-                        };
-                        let path = format!("/v1/modules/bank/depots/{depot}/append?ack=append");
-                        if host.try_request("POST", &path, "application/json", body.to_string().as_bytes()).is_none() {
-                            break;
-                        }
-                    }
-                });
-            }
-            // Kill points spread over 120..620 ms into the load.
-            std::thread::sleep(Duration::from_millis(120 + (round * 137) % 500));
-            let status = std::process::Command::new("kill")
-                .args(["-9", &host.pid().to_string()])
-                .status()
-                .unwrap();
-            assert!(status.success());
-            stop.store(true, Ordering::Relaxed);
+        // Kill points spread over 120..620 ms into the load.
+        let kill_after = Duration::from_millis(120 + (round * 137) % 500);
+        (host, _) = host.load_then_kill9_and_restart(4, kill_after, &next, |host, c, n| {
+            let (depot, body) = if (n + c) % 3 == 0 {
+                (
+                    "deposits",
+                    json!({"account": format!("a{}", n % ACCOUNTS), "amount": 1 + n % 97}),
+                )
+            } else {
+                let to = (n * 7 + 3) % ACCOUNTS;
+                (
+                    "transfers",
+                    json!({"id": format!("t{n}"), "from": format!("a{}", n % ACCOUNTS),
+                           "to": format!("a{to}"), "amount": 1 + n % 61}),
+                )
+            };
+            let path = format!("/v1/modules/bank/depots/{depot}/append?ack=append");
+            host.try_request(
+                "POST",
+                &path,
+                "application/json",
+                body.to_string().as_bytes(),
+            )
+            .map(|_| None::<()>)
         });
-        host = host.kill9_and_restart();
 
         let deposits: i64 = host
             .read_depot("bank", "deposits")

@@ -2,7 +2,7 @@
 //! effects across `kill -9` (outbox + per-source watermarks).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -86,40 +86,19 @@ fn kill_9_during_hops_applies_every_stored_sentence_exactly_once() {
     );
     let next = AtomicU64::new(0);
     for round in 0..3u64 {
-        let stop = AtomicBool::new(false);
-        std::thread::scope(|s| {
-            for c in 0..6u64 {
-                let (host, next, stop) = (&host, &next, &stop);
-                s.spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        let n = next.fetch_add(1, Ordering::Relaxed);
-                        let ack = if (n + c).is_multiple_of(2) {
-                            "full"
-                        } else {
-                            "append"
-                        };
-                        let text = format!("{} w{}", TEXTS[n as usize % TEXTS.len()], n % 7);
-                        let body = json!({ "text": text }).to_string();
-                        let path =
-                            format!("/v1/modules/wordcount/depots/sentences/append?ack={ack}");
-                        if host
-                            .try_request("POST", &path, "application/json", body.as_bytes())
-                            .is_none()
-                        {
-                            break;
-                        }
-                    }
-                });
-            }
-            std::thread::sleep(Duration::from_millis(300 + 200 * round));
-            let status = std::process::Command::new("kill")
-                .args(["-9", &host.pid().to_string()])
-                .status()
-                .unwrap();
-            assert!(status.success());
-            stop.store(true, Ordering::Relaxed);
+        let kill_after = Duration::from_millis(300 + 200 * round);
+        (host, _) = host.load_then_kill9_and_restart(6, kill_after, &next, |host, c, n| {
+            let ack = if (n + c).is_multiple_of(2) {
+                "full"
+            } else {
+                "append"
+            };
+            let text = format!("{} w{}", TEXTS[n as usize % TEXTS.len()], n % 7);
+            let body = json!({ "text": text }).to_string();
+            let path = format!("/v1/modules/wordcount/depots/sentences/append?ack={ack}");
+            host.try_request("POST", &path, "application/json", body.as_bytes())
+                .map(|_| None::<()>)
         });
-        host = host.kill9_and_restart();
 
         // Every stored sentence, read back from the depot.
         let texts: Vec<String> = host
