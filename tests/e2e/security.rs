@@ -145,11 +145,33 @@ fn limits_answer_with_the_limit_they_hit() {
         .unwrap()
         .contains("module_size_bytes"));
 
-    // Two connections held open; the third is refused with a 503 naming the limit.
-    let held: Vec<TcpStream> = (0..2)
-        .map(|_| TcpStream::connect(&host.addr).unwrap())
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Two connections held open (each mid-request, so the host is serving them); the third is
+    // refused with a 503 naming the limit. Earlier connections may still be closing, so the
+    // hold is retried until both held connections are really being served.
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        held = (0..2)
+            .map(|_| TcpStream::connect(&host.addr).unwrap())
+            .collect::<Vec<_>>();
+        let mut served = 0;
+        for s in &mut held {
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let mut buf = [0u8; 16];
+            // A refused connection is answered at once; a served one waits for the rest.
+            if matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut)
+            {
+                served += 1;
+            }
+        }
+        if served == 2 {
+            break;
+        }
+        drop(std::mem::take(&mut held));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(held.len(), 2, "could not hold two connections");
     let r = host.request("GET", "/health", "application/json", b"");
     assert_eq!(
         (r.status, r.error_code().as_str()),
