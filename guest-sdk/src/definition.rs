@@ -5,7 +5,7 @@ use std::rc::Rc;
 use serde::de::DeserializeOwned;
 
 use crate::bindings::sluice::module::types as wit;
-use crate::{decode, Ctx, HandlerOutput, Result};
+use crate::{decode, encode, Ctx, HandlerOutput, QueryCtx, Result};
 
 /// How a depot routes an appended record to a partition.
 #[derive(Debug, Clone)]
@@ -80,6 +80,7 @@ impl Schema {
 }
 
 type Handler = Rc<dyn Fn(&Ctx, &[u8]) -> Result<Option<Vec<u8>>>>;
+type QueryFn = Rc<dyn Fn(&QueryCtx, &[u8]) -> Result<Vec<u8>>>;
 
 /// The name under which a topology's record handler is declared.
 const RECORD_HANDLER: &str = "on-record";
@@ -152,6 +153,7 @@ pub struct Definition {
     depots: Vec<(String, Partitioner)>,
     pstates: Vec<(String, Schema)>,
     topologies: Vec<StreamTopology>,
+    queries: Vec<(String, QueryFn)>,
     partitions_hint: Option<u32>,
 }
 
@@ -188,6 +190,30 @@ impl Definition {
         let t = self.stream_topology(name);
         t.microbatch = true;
         t
+    }
+
+    /// Declare a query topology: `POST /v1/modules/{m}/queries/{name}` with JSON arguments
+    /// (decoded into `A`) runs `f`, which reads PStates on any partitions (see
+    /// [`PState::select_all`](crate::PState::select_all)) and returns the answer.
+    pub fn query<A, R, F>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        A: DeserializeOwned,
+        R: serde::Serialize,
+        F: Fn(&QueryCtx, A) -> Result<R> + 'static,
+    {
+        let q: QueryFn = Rc::new(move |ctx, bytes| {
+            let args: A = decode(bytes, "the query arguments")?;
+            encode(&f(ctx, args)?)
+        });
+        self.queries.push((name.to_string(), q));
+        self
+    }
+
+    pub(crate) fn query_fn(&self, name: &str) -> Option<QueryFn> {
+        self.queries
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, f)| f.clone())
     }
 
     /// The partition count this module would like (a power of two); a deploy may override it.
@@ -242,6 +268,7 @@ impl Definition {
                 .map(StreamTopology::to_wit)
                 .collect(),
             partitions_hint: self.partitions_hint,
+            queries: self.queries.iter().map(|(n, _)| n.clone()).collect(),
         }
     }
 }

@@ -54,11 +54,13 @@ pub mod bindings {
 
 mod definition;
 mod error;
+mod partition;
 mod pstate;
 
 pub use definition::{Definition, Partitioner, Schema, StreamTopology};
 pub use error::{Error, Result};
-pub use pstate::{PState, Path};
+pub use partition::partition_of_key;
+pub use pstate::{KeyRange, PState, Path};
 
 use std::cell::RefCell;
 
@@ -107,7 +109,7 @@ pub struct Ctx {
     record: RecordInfo,
 }
 
-/// Where [`Ctx::hop`] continues.
+/// Where [`Ctx::hop`] continues, or which partitions [`PState::select_from`] reads in a query.
 pub enum HopTarget<'a, K: serde::Serialize + ?Sized> {
     /// The partition owning this key (where its PState entries live).
     Key(&'a K),
@@ -126,13 +128,9 @@ impl Ctx {
         K: serde::Serialize + ?Sized,
         P: serde::Serialize + ?Sized,
     {
-        use bindings::sluice::module::{host, types::HopTarget as T};
-        let target = match target {
-            HopTarget::Key(k) => T::Key(encode(k)?),
-            HopTarget::All => T::All,
-            HopTarget::Partition(p) => T::Partition(p),
-        };
-        host::hop(&target, handler, &encode(payload)?).map_err(|e| Error::new(e.code, e.message))
+        use bindings::sluice::module::host;
+        host::hop(&wit_target(target)?, handler, &encode(payload)?)
+            .map_err(|e| Error::new(e.code, e.message))
     }
 
     /// A handle on the PState `name` of the current partition.
@@ -143,6 +141,31 @@ impl Ctx {
     /// The record's depot, partition and offset.
     pub fn record(&self) -> &RecordInfo {
         &self.record
+    }
+}
+
+pub(crate) fn wit_target<K: serde::Serialize + ?Sized>(t: HopTarget<'_, K>) -> Result<wit::Target> {
+    Ok(match t {
+        HopTarget::Key(k) => wit::Target::Key(encode(k)?),
+        HopTarget::All => wit::Target::All,
+        HopTarget::Partition(p) => wit::Target::Partition(p),
+    })
+}
+
+/// What a query gets besides its arguments: read access to every partition's PStates.
+pub struct QueryCtx {
+    partitions: u32,
+}
+
+impl QueryCtx {
+    /// A read-only handle on the PState `name`, on any partition.
+    pub fn pstate(&self, name: &str) -> PState {
+        PState::new(name)
+    }
+
+    /// The module's partition count.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
     }
 }
 
@@ -194,6 +217,24 @@ pub mod __private {
                 def
             });
             f(def)
+        })
+    }
+
+    pub fn query<M: Module>(
+        name: String,
+        args: Vec<u8>,
+        partitions: u32,
+    ) -> core::result::Result<Vec<u8>, wit::Error> {
+        let f = with_definition::<M, _>(|d| d.query_fn(&name));
+        let Some(f) = f else {
+            return Err(wit::Error {
+                code: "unknown-query".into(),
+                message: format!("no query named `{name}`"),
+            });
+        };
+        f(&QueryCtx { partitions }, &args).map_err(|e| wit::Error {
+            code: e.code,
+            message: e.message,
         })
     }
 
@@ -249,6 +290,16 @@ macro_rules! export_module {
                 $crate::bindings::sluice::module::types::Error,
             > {
                 $crate::__private::handle::<$module>(topology, handler, input, ctx)
+            }
+            fn query(
+                name: ::std::string::String,
+                args: ::std::vec::Vec<u8>,
+                partitions: u32,
+            ) -> ::core::result::Result<
+                ::std::vec::Vec<u8>,
+                $crate::bindings::sluice::module::types::Error,
+            > {
+                $crate::__private::query::<$module>(name, args, partitions)
             }
         }
         $crate::bindings::__export_sluice_world!(__SluiceGuest);

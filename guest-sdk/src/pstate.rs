@@ -74,6 +74,11 @@ pub struct Path {
 }
 
 impl Path {
+    /// The empty path: a partition's whole top-level map (continue with `all`, `map_keys`, …).
+    pub fn new() -> Path {
+        Path::default()
+    }
+
     /// A path starting at the top-level key `k` (which picks the partition).
     pub fn key<K: Serialize + ?Sized>(k: &K) -> Path {
         Path::default().then_key(k)
@@ -176,7 +181,9 @@ fn from_wit(e: crate::bindings::sluice::module::types::Error) -> Error {
     Error::new(e.code, e.message)
 }
 
-/// A PState of the current partition.
+/// A PState: in a topology handler, its entries on the current partition (read and write); in a
+/// query, on any partition (read only: `select` goes to the partition owning the path's leading
+/// key, `select_from`/`select_all`/`select_partition` to the ones named).
 pub struct PState {
     name: String,
 }
@@ -195,6 +202,37 @@ impl PState {
             .iter()
             .map(|v| decode(v, "a selected value"))
             .collect()
+    }
+
+    /// In a query: every value the path selects on each partition `target` names, one list per
+    /// partition in partition order (the host reads them in parallel). In a topology handler
+    /// only the current partition can be read.
+    pub fn select_from<T: DeserializeOwned, K: Serialize + ?Sized>(
+        &self,
+        target: crate::HopTarget<'_, K>,
+        path: &Path,
+    ) -> Result<Vec<Vec<T>>> {
+        let target = crate::wit_target(target)?;
+        let lists =
+            host::select_from(&self.name, &target, &path.navigators()?).map_err(from_wit)?;
+        lists
+            .iter()
+            .map(|vs| vs.iter().map(|v| decode(v, "a selected value")).collect())
+            .collect()
+    }
+
+    /// In a query: what the path selects on every partition, one list per partition.
+    pub fn select_all<T: DeserializeOwned>(&self, path: &Path) -> Result<Vec<Vec<T>>> {
+        self.select_from(crate::HopTarget::<()>::All, path)
+    }
+
+    /// In a query: what the path selects on partition `p`.
+    pub fn select_partition<T: DeserializeOwned>(&self, p: u32, path: &Path) -> Result<Vec<T>> {
+        Ok(self
+            .select_from(crate::HopTarget::<()>::Partition(p), path)?
+            .into_iter()
+            .next()
+            .unwrap_or_default())
     }
 
     /// The one value at `path`, if present.

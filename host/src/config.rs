@@ -9,6 +9,8 @@ pub struct Limits {
     /// Wall-clock deadline of one guest call (`define` or one record's handler), enforced by
     /// epoch interruption.
     pub call_deadline_ms: u64,
+    /// Wall-clock deadline of one query call.
+    pub query_deadline_ms: u64,
     /// Linear memory one guest instance may grow to.
     pub instance_memory_bytes: usize,
     /// Largest `.wasm` accepted at deploy.
@@ -42,6 +44,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             call_deadline_ms: 2_000,
+            query_deadline_ms: 5_000,
             instance_memory_bytes: 64 << 20,
             module_size_bytes: 32 << 20,
             request_body_bytes: 8 << 20,

@@ -270,7 +270,7 @@ fn hostile_modules_at_deploy_and_garbage_through_every_import() {
         r.json()["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("sluice:module/types@0.2.0"),
+            .contains("sluice:module/types@0.1.0"),
         "{}",
         r.json()
     );
@@ -302,6 +302,9 @@ fn hostile_modules_at_deploy_and_garbage_through_every_import() {
             "invalid-path",
             "partition-out-of-range",
             "invalid-value",
+            "invalid-value",
+            "partition-not-local",
+            "partition-out-of-range",
             "invalid-value"
         ])
     );

@@ -8,6 +8,7 @@ use hyper::{Response, StatusCode};
 use crate::depot::RouteError;
 use crate::module::{AppendError, DeployError};
 use crate::pstate::AccessError;
+use crate::query::QueryError;
 use crate::runtime::CompileError;
 use crate::topology::ProcessingError;
 
@@ -100,6 +101,12 @@ impl From<AppendError> for ApiError {
                 e.retry_after_s = Some(1);
                 e
             }
+            AppendError::Updating(_) => {
+                let mut e =
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "module-updating", message);
+                e.retry_after_s = Some(1);
+                e
+            }
             AppendError::Unavailable(_) => {
                 let mut e = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -138,12 +145,44 @@ impl From<ProcessingError> for ApiError {
     }
 }
 
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        let message = e.to_string();
+        match e {
+            QueryError::Unknown { .. } => ApiError::not_found("unknown-query", message),
+            QueryError::Failed { code, .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "query-failed", message)
+                    .detail("guest_error", code)
+            }
+            QueryError::Guest { error, .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "query-failed", message)
+                    .detail("guest_error", error.code)
+            }
+            QueryError::BadAnswer(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "query-failed", message)
+                    .detail("guest_error", "invalid-value")
+            }
+        }
+    }
+}
+
 impl From<DeployError> for ApiError {
     fn from(e: DeployError) -> Self {
         let message = e.to_string();
         match e {
             DeployError::BadName(_) => ApiError::bad_request("invalid-name", message),
-            DeployError::Exists(_) => ApiError::new(StatusCode::CONFLICT, "module-exists", message),
+            DeployError::Incompatible { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "incompatible-update", message)
+            }
+            DeployError::DrainTimeout { .. } => {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "update-drain-timeout",
+                    message,
+                );
+                e.retry_after_s = Some(5);
+                e
+            }
             DeployError::BadPartitions(_) => ApiError::bad_request("invalid-partitions", message),
             DeployError::Compile(c) => match c {
                 CompileError::TooLarge { .. } => {

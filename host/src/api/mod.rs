@@ -9,6 +9,8 @@
 pub mod auth;
 mod error;
 pub mod json;
+#[cfg(test)]
+mod openapi_tests;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -26,6 +28,37 @@ pub use error::ApiError;
 use crate::module::{Module, Registry};
 use crate::topology::{AckLevel, AppendOutcome};
 use crate::value::{from_cbor, to_json};
+
+/// Every route the API answers, as (method, path template). The OpenAPI document served at
+/// `/v1/openapi.json` describes exactly these (checked by a test).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/openapi.json"),
+    ("GET", "/v1/modules"),
+    ("PUT", "/v1/modules/{module}"),
+    ("GET", "/v1/modules/{module}"),
+    ("DELETE", "/v1/modules/{module}"),
+    ("POST", "/v1/modules/{module}/depots/{depot}/append"),
+    ("GET", "/v1/modules/{module}/depots/{depot}"),
+    (
+        "GET",
+        "/v1/modules/{module}/depots/{depot}/partitions/{partition}",
+    ),
+    ("POST", "/v1/modules/{module}/pstates/{pstate}/select"),
+    ("POST", "/v1/modules/{module}/queries/{query}"),
+    (
+        "GET",
+        "/v1/modules/{module}/topologies/{topology}/dead-letters",
+    ),
+    (
+        "POST",
+        "/v1/modules/{module}/topologies/{topology}/dead-letters/replay",
+    ),
+];
+
+/// The OpenAPI 3.1 document of this API.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
 /// Shared by all requests.
 pub struct AppState {
@@ -106,9 +139,84 @@ async fn refuse_connection(mut stream: tokio::net::TcpStream, max: usize) {
 
 /// Answers one request.
 pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match route(state, req).await {
+    let r = match route(state, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    };
+    crate::metrics::inc(
+        "sluice_http_requests_total",
+        &[("status", r.status().as_str())],
+    );
+    r
+}
+
+/// `GET /metrics`: every series, and gauges of every module's current state.
+fn metrics(state: &AppState) -> Response<Full<Bytes>> {
+    let gauges: Vec<_> = state
+        .registry
+        .list()
+        .iter()
+        .flat_map(|m| m.gauges())
+        .collect();
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(
+            hyper::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .body(Full::new(Bytes::from(crate::metrics::render(&gauges))))
+        .expect("valid response")
+}
+
+/// Counts the answers of one append request and their latency.
+struct AckMetrics {
+    ok: Arc<std::sync::atomic::AtomicU64>,
+    error: Arc<std::sync::atomic::AtomicU64>,
+    latency: Option<Arc<crate::metrics::Histogram>>,
+    started: std::time::Instant,
+}
+
+impl AckMetrics {
+    fn new(module: &str, depot: &str, ack: AckLevel) -> Self {
+        let level = match ack {
+            AckLevel::None => "none",
+            AckLevel::Append => "append",
+            AckLevel::Full => "full",
+        };
+        let c = |outcome| {
+            crate::metrics::counter(
+                "sluice_acks_total",
+                &[
+                    ("module", module),
+                    ("depot", depot),
+                    ("level", level),
+                    ("outcome", outcome),
+                ],
+            )
+        };
+        Self {
+            ok: c("ok"),
+            error: c("error"),
+            latency: (ack != AckLevel::None).then(|| {
+                crate::metrics::histogram(
+                    "sluice_ack_latency_seconds",
+                    &[("module", module), ("level", level)],
+                )
+            }),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn record(&self, ok: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if ok {
+            self.ok.fetch_add(1, Relaxed);
+            if let Some(h) = &self.latency {
+                h.observe(self.started.elapsed());
+            }
+        } else {
+            self.error.fetch_add(1, Relaxed);
+        }
     }
 }
 
@@ -201,6 +309,22 @@ async fn route(
     };
     match segments.as_slice() {
         ["health"] => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        ["metrics"] => {
+            if method != Method::GET {
+                return Err(not_allowed());
+            }
+            Ok(metrics(state))
+        }
+        ["v1", "openapi.json"] => {
+            if method != Method::GET {
+                return Err(not_allowed());
+            }
+            Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from_static(OPENAPI_JSON.as_bytes())))
+                .expect("valid response"))
+        }
         ["v1", "modules"] => match method {
             Method::GET => {
                 let list: Vec<_> = state
@@ -221,17 +345,19 @@ async fn route(
                     parse_u64(&params, "partitions")?.map(|p| u32::try_from(p).unwrap_or(u32::MAX));
                 let wasm = read_body(req, limits.module_size_bytes, "module_size_bytes").await?;
                 let registry = Arc::clone(&state.registry);
-                let module =
-                    tokio::task::spawn_blocking(move || registry.deploy(&name, &wasm, partitions))
-                        .await
-                        .map_err(|e| {
-                            ApiError::new(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                "internal",
-                                e.to_string(),
-                            )
-                        })??;
-                Ok(json_response(StatusCode::CREATED, &module.describe()))
+                let (module, created) = tokio::task::spawn_blocking(move || {
+                    registry.deploy_or_update(&name, &wasm, partitions)
+                })
+                .await
+                .map_err(|e| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                })??;
+                let status = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                Ok(json_response(status, &module.describe()))
             }
             Method::GET => Ok(json_response(
                 StatusCode::OK,
@@ -264,7 +390,7 @@ async fn route(
                 return Err(not_allowed());
             }
             let module = module(state, m)?;
-            append(&module, d, req, &limits).await
+            append(state, module, d, req, &limits).await
         }
         ["v1", "modules", m, "depots", d] => {
             if method != Method::GET {
@@ -288,6 +414,14 @@ async fn route(
             let module = module(state, m)?;
             let body = read_body(req, limits.request_body_bytes, "request_body_bytes").await?;
             select(&module, p, &body, &limits).await
+        }
+        ["v1", "modules", m, "queries", q] => {
+            if method != Method::POST {
+                return Err(not_allowed());
+            }
+            let module = module(state, m)?;
+            let body = read_body(req, limits.request_body_bytes, "request_body_bytes").await?;
+            query(module, q, &body).await
         }
         ["v1", "modules", m, "topologies", t, "dead-letters", "replay"] => {
             if method != Method::POST {
@@ -343,8 +477,38 @@ fn outcome_json(o: &AppendOutcome) -> serde_json::Value {
     json!({"partition": o.partition, "offset": o.offset, "results": results})
 }
 
+/// How long an append waits for a module update to swap versions.
+const UPDATE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Submits to `module`, or — while it is being swapped for a new version — waits for its
+/// successor and submits there: appends during an update wait, they do not fail.
+async fn submit(
+    state: &AppState,
+    module: &mut Arc<Module>,
+    depot: &str,
+    record: &crate::value::Value,
+    partition: Option<u32>,
+    ack: AckLevel,
+) -> Result<crate::module::Submitted, crate::module::AppendError> {
+    let started = std::time::Instant::now();
+    loop {
+        match module.submit(depot, record, partition, ack) {
+            Err(crate::module::AppendError::Updating(name))
+                if started.elapsed() < UPDATE_WAIT_MAX =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                if let Some(m) = state.registry.get(&name) {
+                    *module = m;
+                }
+            }
+            r => return r,
+        }
+    }
+}
+
 async fn append(
-    module: &Module,
+    state: &AppState,
+    mut module: Arc<Module>,
     depot: &str,
     req: Request<Incoming>,
     limits: &crate::config::Limits,
@@ -390,14 +554,19 @@ async fn append(
         ));
     }
     let body = read_body(req, limits.request_body_bytes, "request_body_bytes").await?;
+    let acks = AckMetrics::new(&module.name, depot, ack);
     if !ndjson {
         let record = json::parse_record(&body)?;
-        let submitted = module.submit(depot, &record, partition, ack)?;
+        let submitted = submit(state, &mut module, depot, &record, partition, ack).await;
+        let submitted = submitted.inspect_err(|_| acks.record(false))?;
         return match submitted.reply {
-            None => Ok(json_response(
-                StatusCode::ACCEPTED,
-                &json!({"partition": submitted.partition}),
-            )),
+            None => {
+                acks.record(true);
+                Ok(json_response(
+                    StatusCode::ACCEPTED,
+                    &json!({"partition": submitted.partition}),
+                ))
+            }
             Some(rx) => {
                 let outcome = rx.await.map_err(|_| {
                     ApiError::new(
@@ -405,8 +574,9 @@ async fn append(
                         "partition-unavailable",
                         "the partition stopped before answering",
                     )
-                })??;
-                Ok(json_response(StatusCode::OK, &outcome_json(&outcome)))
+                });
+                acks.record(matches!(outcome, Ok(Ok(_))));
+                Ok(json_response(StatusCode::OK, &outcome_json(&outcome??)))
             }
         };
     }
@@ -423,16 +593,20 @@ async fn append(
     }
     let mut pending = Vec::with_capacity(records.len());
     for r in &records {
-        pending.push(module.submit(depot, r, partition, ack));
+        pending.push(submit(state, &mut module, depot, r, partition, ack).await);
     }
     let mut results = Vec::with_capacity(pending.len());
     for p in pending {
+        let ok = matches!(&p, Ok(s) if s.reply.is_none());
         let v = match p {
             Err(e) => ApiError::from(e).to_json(),
             Ok(s) => match s.reply {
                 None => json!({"partition": s.partition}),
                 Some(rx) => match rx.await {
-                    Ok(Ok(o)) => outcome_json(&o),
+                    Ok(Ok(o)) => {
+                        acks.record(true);
+                        outcome_json(&o)
+                    }
                     Ok(Err(e)) => ApiError::from(e).to_json(),
                     Err(_) => ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -443,6 +617,11 @@ async fn append(
                 },
             },
         };
+        if ok {
+            acks.record(true);
+        } else if v.get("error").is_some() {
+            acks.record(false);
+        }
         results.push(v);
     }
     Ok(json_response(
@@ -585,6 +764,58 @@ async fn select(
     Ok(json_response(
         StatusCode::OK,
         &json!({ "values": values, "truncated": next.is_some(), "next": next }),
+    ))
+}
+
+/// Runs a query topology: the body is its JSON arguments (empty means `{}`); answers
+/// `{"result": ...}`.
+async fn query(
+    module: Arc<Module>,
+    name: &str,
+    body: &[u8],
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    if !module.queries.names().contains(name) {
+        return Err(ApiError::not_found(
+            "unknown-query",
+            format!("module `{}` has no query `{name}`", module.name),
+        ));
+    }
+    let args = if body.iter().all(u8::is_ascii_whitespace) {
+        crate::value::Value::Map(Vec::new())
+    } else {
+        json::parse_record(body)?
+    };
+    for p in 0..module.partitions {
+        wait_ready(&module, p).await?;
+    }
+    let (module_name, query_name) = (module.name.clone(), name.to_string());
+    let name = name.to_string();
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || module.queries.run(&name, &args))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(crate::query::QueryError::Failed { .. }) => "guest-error",
+        Err(_) => "failed",
+    };
+    crate::metrics::histogram(
+        "sluice_query_duration_seconds",
+        &[("module", &module_name), ("query", &query_name)],
+    )
+    .observe(started.elapsed());
+    crate::metrics::inc(
+        "sluice_queries_total",
+        &[
+            ("module", &module_name),
+            ("query", &query_name),
+            ("outcome", outcome),
+        ],
+    );
+    let value = result?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "result": to_json(&value) }),
     ))
 }
 

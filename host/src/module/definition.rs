@@ -37,6 +37,8 @@ pub struct Definition {
     pub stream_topologies: Vec<TopologyDecl>,
     pub microbatch_topologies: Vec<TopologyDecl>,
     pub partitions_hint: Option<u32>,
+    /// Query topologies, by name.
+    pub queries: Vec<String>,
 }
 
 /// A definition the host can run.
@@ -45,6 +47,7 @@ pub struct Validated {
     pub depots: BTreeMap<String, Depot>,
     pub catalog: Catalog,
     pub topologies: Vec<Topology>,
+    pub queries: BTreeSet<String>,
 }
 
 /// The most declarations of each kind a module may make.
@@ -63,8 +66,13 @@ pub fn valid_name(name: &str) -> bool {
 
 impl Definition {
     pub fn validate(&self) -> Result<Validated, String> {
-        let total = self.depots.len() + self.pstates.len() + self.stream_topologies.len();
-        if total > DECLARATIONS_MAX * 3 {
+        let kinds = [
+            self.depots.len(),
+            self.pstates.len(),
+            self.stream_topologies.len() + self.microbatch_topologies.len(),
+            self.queries.len(),
+        ];
+        if kinds.iter().any(|n| *n > DECLARATIONS_MAX) {
             return Err(format!(
                 "more than {DECLARATIONS_MAX} declarations of one kind"
             ));
@@ -158,11 +166,83 @@ impl Definition {
                 hop_handlers: t.hop_handlers.clone(),
             });
         }
+        let mut queries = BTreeSet::new();
+        for q in &self.queries {
+            check("query", q, &mut queries)?;
+        }
         Ok(Validated {
             depots,
             catalog,
             topologies,
+            queries,
         })
+    }
+
+    /// Whether `new`, a new build of this module, can take over its data: every depot kept
+    /// with its partitioner, every PState kept with a schema that reads what is stored, every
+    /// topology kept of the same kind. New declarations are welcome; queries and topologies'
+    /// handlers may change freely. The refusal names the declaration and the change.
+    pub fn check_update(&self, new: &Definition) -> Result<(), String> {
+        for d in &self.depots {
+            match new.depots.iter().find(|n| n.name == d.name) {
+                None => {
+                    return Err(format!(
+                        "depot `{}` is removed: its records would be orphaned (DELETE the module to drop its data)",
+                        d.name
+                    ))
+                }
+                Some(n) if n.partitioner != d.partitioner => {
+                    return Err(format!(
+                        "depot `{}`: the partitioner changes from {} to {}, which would re-route keys away from their stored data",
+                        d.name,
+                        d.partitioner.describe(),
+                        n.partitioner.describe()
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        for p in &self.pstates {
+            let Some(n) = new.pstates.iter().find(|n| n.name == p.name) else {
+                return Err(format!(
+                    "PState `{}` is removed: its data would be orphaned (DELETE the module to drop its data)",
+                    p.name
+                ));
+            };
+            let (old, new_schema) = match (Schema::parse(&p.schema), Schema::parse(&n.schema)) {
+                (Ok(o), Ok(n)) => (o, n),
+                (_, Err(e)) => return Err(format!("PState `{}`: {e}", p.name)),
+                (Err(e), _) => return Err(format!("PState `{}` (deployed): {e}", p.name)),
+            };
+            old.can_become(&new_schema).map_err(|why| {
+                format!(
+                    "PState `{}`: the schema change `{old}` -> `{new_schema}` cannot read existing data ({why})",
+                    p.name
+                )
+            })?;
+        }
+        let kinds = |d: &Definition| -> BTreeMap<String, &'static str> {
+            d.stream_topologies
+                .iter()
+                .map(|t| (t.name.clone(), "stream"))
+                .chain(
+                    d.microbatch_topologies
+                        .iter()
+                        .map(|t| (t.name.clone(), "microbatch")),
+                )
+                .collect()
+        };
+        let new_kinds = kinds(new);
+        for (name, kind) in kinds(self) {
+            if let Some(k) = new_kinds.get(&name) {
+                if *k != kind {
+                    return Err(format!(
+                        "topology `{name}` changes from a {kind} to a {k} topology; their progress is recorded differently (give the new one another name)"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The JSON shape `describe` shows.
@@ -176,6 +256,7 @@ impl Definition {
                 .chain(self.microbatch_topologies.iter().map(|t| ("microbatch", t)))
                 .map(|(kind, t)| serde_json::json!({
                 "name": t.name, "kind": kind, "depots": t.depots, "handler": t.handler, "hop_handlers": t.hop_handlers})).collect::<Vec<_>>(),
+            "queries": self.queries,
         })
     }
 }

@@ -1,11 +1,19 @@
 //! Modules: deploying, loading and undeploying them, and the live state of each.
 //!
 //! Owns the module registry and the on-disk layout under the data directory:
-//! `modules/<name>/module.wasm` (the component as deployed), `modules/<name>/module.json`
-//! (name, version, partitions), `modules/<name>/p<k>/{depot,pstate}.redb`, and
+//! `modules/<name>/module.json` (name, version, partitions, and the file of the component:
+//! `module.wasm` or `module-v<N>.wasm`), `modules/<name>/p<k>/{depot,pstate}.redb`, and
 //! `cache/*.cwasm` (compiled components). Invariants: a module directory is complete before it
-//! is visible (written under a temporary name, then renamed); each partition has exactly one
-//! worker thread, the only writer of its two redb files.
+//! is visible (written under a temporary name, then renamed); an update becomes durable by one
+//! atomic rename of `module.json` naming the new component file; each partition has exactly
+//! one worker thread, the only writer of its two redb files (an update stops the old workers
+//! before starting the new ones on the same open files).
+//!
+//! Module update: the new build is compiled, defined and checked against the deployed one
+//! ([`Definition::check_update`]) while the old one serves; then the old module is *retired*
+//! (new appends wait for the swap instead of failing), drained (every queued append taken,
+//! every `full`-ack event tree finished), its workers stopped, and new workers started on the
+//! same databases: topologies continue from their recorded offsets.
 
 pub mod definition;
 
@@ -23,6 +31,7 @@ use crate::config::{Config, PARTITIONS_MAX};
 use crate::depot::log::DepotLog;
 use crate::depot::{Depot, RouteError};
 use crate::pstate::{self, AccessError, Catalog, Navigator, PStateStore, Session};
+use crate::query::Queries;
 use crate::runtime::{CompileError, GuestError, GuestInstance, Runtime};
 use crate::topology::microbatch::Coordinator;
 use crate::topology::worker::{Reply, Worker};
@@ -35,8 +44,14 @@ use definition::{valid_name, Definition};
 pub enum DeployError {
     #[error("invalid module name `{0}`: use 1-64 of a-z, 0-9, '-', '_'")]
     BadName(String),
-    #[error("module `{0}` already exists; updating a deployed module is not supported yet (DELETE it first)")]
-    Exists(String),
+    #[error("module `{name}` cannot be updated to this build: {why}")]
+    Incompatible { name: String, why: String },
+    #[error("module `{name}` did not drain within {seconds} s ({detail}); the update was abandoned and the old version keeps running")]
+    DrainTimeout {
+        name: String,
+        seconds: u64,
+        detail: String,
+    },
     #[error("partitions must be a power of two from 1 to {PARTITIONS_MAX}, got {0}")]
     BadPartitions(u32),
     #[error(transparent)]
@@ -62,13 +77,23 @@ pub enum AppendError {
     QueueFull(u32),
     #[error("partition {0} is not running")]
     Unavailable(u32),
+    /// The module is being swapped for a new version: submit to its successor.
+    #[error("module `{0}` is being updated")]
+    Updating(String),
 }
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Manifest {
     name: String,
     version: u64,
     partitions: u32,
+    /// The component's file in the module directory.
+    #[serde(default = "default_wasm_file")]
+    wasm: String,
+}
+
+fn default_wasm_file() -> String {
+    "module.wasm".into()
 }
 
 /// One partition of a live module.
@@ -92,8 +117,17 @@ pub struct Module {
     pub depots: BTreeMap<String, Depot>,
     pub catalog: Arc<Catalog>,
     pub topologies: Arc<Vec<Topology>>,
+    pub queries: Queries,
     pub handles: Vec<PartitionHandle>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The component's file in the module directory.
+    wasm_file: String,
+    /// `sluice_appends_total` by depot, per ack level (none, append, full).
+    append_counters: BTreeMap<String, [Arc<std::sync::atomic::AtomicU64>; 3]>,
+    /// Set while an update swaps this module out: submits answer [`AppendError::Updating`].
+    retired: AtomicBool,
+    /// `full`-ack event trees alive (see the worker); an update waits for zero.
+    open_trees: Arc<AtomicUsize>,
     /// The microbatch coordinator's stop flag and thread, if the module has microbatches.
     coordinator: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
     record_size_bytes: usize,
@@ -145,6 +179,11 @@ impl Module {
         };
         let handle = &self.handles[p as usize];
         let tx = handle.tx.read().expect("poisoned");
+        // Checked under the read lock: `retire` takes every write lock after setting the
+        // flag, so once it returns no submit is between this check and its send.
+        if self.retired.load(Ordering::Acquire) {
+            return Err(AppendError::Updating(self.name.clone()));
+        }
         let Some(tx) = tx.as_ref() else {
             return Err(AppendError::Unavailable(p));
         };
@@ -153,10 +192,15 @@ impl Module {
             return Err(AppendError::QueueFull(p));
         }
         match tx.send(work) {
-            Ok(()) => Ok(Submitted {
-                partition: p,
-                reply: rx,
-            }),
+            Ok(()) => {
+                if let Some(c) = self.append_counters.get(depot) {
+                    c[ack as usize].fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Submitted {
+                    partition: p,
+                    reply: rx,
+                })
+            }
             Err(_) => {
                 handle.queued_appends.fetch_sub(1, Ordering::AcqRel);
                 Err(AppendError::Unavailable(p))
@@ -236,6 +280,76 @@ impl Module {
         )
     }
 
+    /// Stops new submits (they get [`AppendError::Updating`]); returns once no submit is in
+    /// the middle of queueing.
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        for h in &self.handles {
+            drop(h.tx.write().expect("poisoned"));
+        }
+    }
+
+    /// Waits until every queued append was taken and every `full`-ack event tree finished;
+    /// `Err` describes what is left at the deadline.
+    fn drain(&self, within: std::time::Duration) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        loop {
+            let queued: usize = self
+                .handles
+                .iter()
+                .map(|h| h.queued_appends.load(Ordering::Acquire))
+                .sum();
+            let trees = self.open_trees.load(Ordering::Acquire);
+            if queued == 0 && trees == 0 {
+                return Ok(());
+            }
+            if started.elapsed() > within {
+                return Err(format!(
+                    "{queued} appends queued, {trees} event trees in flight"
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    /// Gauges of this module's current state: topology lag per partition, queue depths,
+    /// version.
+    pub fn gauges(&self) -> Vec<crate::metrics::Gauge> {
+        use crate::metrics::Gauge;
+        let mut out = vec![Gauge {
+            name: "sluice_module_version",
+            labels: vec![("module", self.name.clone())],
+            value: self.version as f64,
+        }];
+        for (p, h) in self.handles.iter().enumerate() {
+            out.push(Gauge {
+                name: "sluice_partition_queue_depth",
+                labels: vec![("module", self.name.clone()), ("partition", p.to_string())],
+                value: h.queued_appends.load(Ordering::Relaxed) as f64,
+            });
+            for t in self.topologies.iter() {
+                let lag: u64 = t
+                    .depots
+                    .iter()
+                    .map(|d| {
+                        let end = h.log.end_offset(d).unwrap_or(0);
+                        end.saturating_sub(h.store.processed_offset(&t.name, d).unwrap_or(0))
+                    })
+                    .sum();
+                out.push(Gauge {
+                    name: "sluice_topology_lag_records",
+                    labels: vec![
+                        ("module", self.name.clone()),
+                        ("topology", t.name.clone()),
+                        ("partition", p.to_string()),
+                    ],
+                    value: lag as f64,
+                });
+            }
+        }
+        out
+    }
+
     pub fn describe(&self) -> serde_json::Value {
         let mut d = self.definition.describe();
         d["name"] = self.name.clone().into();
@@ -275,9 +389,9 @@ impl Registry {
             }
             let manifest: Manifest =
                 serde_json::from_slice(&std::fs::read(entry.path().join("module.json"))?)?;
-            let wasm = std::fs::read(entry.path().join("module.wasm"))?;
+            let wasm = std::fs::read(entry.path().join(&manifest.wasm))?;
             let module = registry
-                .start(&entry.path(), &manifest, &wasm)
+                .start(&entry.path(), &manifest, &wasm, None)
                 .map_err(|e| anyhow::anyhow!("loading module `{name}`: {e}"))?;
             tracing::info!(
                 module = name,
@@ -314,20 +428,32 @@ impl Registry {
         self.config.data_dir.join("modules").join(name)
     }
 
-    /// Validates, compiles, defines and starts a new module. Blocking.
-    pub fn deploy(
+    /// Deploys a new module, or updates the module of that name to this build. Answers the
+    /// running module and whether it is new. Blocking.
+    pub fn deploy_or_update(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        partitions: Option<u32>,
+    ) -> Result<(Arc<Module>, bool), DeployError> {
+        if !valid_name(name) {
+            return Err(DeployError::BadName(name.to_string()));
+        }
+        // Deploys are rare; one at a time keeps the swap logic simple.
+        let _guard = self.deploy_lock.lock().expect("poisoned");
+        match self.get(name) {
+            Some(old) => self.update(old, wasm, partitions).map(|m| (m, false)),
+            None => self.deploy_new(name, wasm, partitions).map(|m| (m, true)),
+        }
+    }
+
+    /// Validates, compiles, defines and starts a new module.
+    fn deploy_new(
         &self,
         name: &str,
         wasm: &[u8],
         partitions: Option<u32>,
     ) -> Result<Arc<Module>, DeployError> {
-        if !valid_name(name) {
-            return Err(DeployError::BadName(name.to_string()));
-        }
-        let _guard = self.deploy_lock.lock().expect("poisoned");
-        if self.get(name).is_some() {
-            return Err(DeployError::Exists(name.to_string()));
-        }
         let component = self.runtime.compile(wasm)?;
         let pre = self.runtime.prepare(&component)?;
         let mut instance = GuestInstance::new(Arc::clone(&self.runtime), pre, name)
@@ -346,6 +472,7 @@ impl Registry {
             name: name.to_string(),
             version: 1,
             partitions,
+            wasm: default_wasm_file(),
         };
         let dir = self.module_dir(name);
         let tmp = dir.with_extension("tmp-deploy");
@@ -357,12 +484,111 @@ impl Registry {
         write_synced(&tmp.join("module.json"), &json).map_err(io)?;
         std::fs::rename(&tmp, &dir).map_err(io)?;
         sync_dir(dir.parent().expect("has a parent")).map_err(io)?;
-        let module = self.start(&dir, &manifest, wasm)?;
+        let module = self.start(&dir, &manifest, wasm, None)?;
         self.modules
             .write()
             .expect("poisoned")
             .insert(name.to_string(), Arc::clone(&module));
         tracing::info!(module = name, partitions, "module deployed");
+        Ok(module)
+    }
+
+    /// Swaps a running module for a new build of it (see the module docs).
+    fn update(
+        &self,
+        old: Arc<Module>,
+        wasm: &[u8],
+        partitions: Option<u32>,
+    ) -> Result<Arc<Module>, DeployError> {
+        let name = old.name.clone();
+        let incompatible = |why: String| DeployError::Incompatible {
+            name: name.clone(),
+            why,
+        };
+        if let Some(p) = partitions {
+            if p != old.partitions {
+                return Err(incompatible(format!(
+                    "the partition count cannot change ({} -> {p}): every key's data lives on its partition",
+                    old.partitions
+                )));
+            }
+        }
+        let component = self.runtime.compile(wasm)?;
+        let pre = self.runtime.prepare(&component)?;
+        let mut instance = GuestInstance::new(Arc::clone(&self.runtime), pre, &name)
+            .map_err(DeployError::Define)?;
+        let definition = instance.define().map_err(DeployError::Define)?;
+        definition
+            .validate()
+            .map_err(DeployError::InvalidDefinition)?;
+        old.definition
+            .check_update(&definition)
+            .map_err(incompatible)?;
+        let dir = self.module_dir(&name);
+        let io = |e: std::io::Error| DeployError::Io(e.to_string());
+        let manifest = Manifest {
+            name: name.clone(),
+            version: old.version + 1,
+            partitions: old.partitions,
+            wasm: format!("module-v{}.wasm", old.version + 1),
+        };
+        write_synced(&dir.join(&manifest.wasm), wasm).map_err(io)?;
+
+        let started = std::time::Instant::now();
+        old.retire();
+        if let Err(detail) = old.drain(UPDATE_DRAIN_MAX) {
+            old.retired.store(false, Ordering::Release);
+            let _ = std::fs::remove_file(dir.join(&manifest.wasm));
+            return Err(DeployError::DrainTimeout {
+                name,
+                seconds: UPDATE_DRAIN_MAX.as_secs(),
+                detail,
+            });
+        }
+        let files: Vec<_> = old
+            .handles
+            .iter()
+            .map(|h| (Arc::clone(&h.log), Arc::clone(&h.store)))
+            .collect();
+        stop_workers(&old);
+        let old_manifest = Manifest {
+            name: name.clone(),
+            version: old.version,
+            partitions: old.partitions,
+            wasm: old.wasm_file.clone(),
+        };
+        write_manifest(&dir, &manifest).map_err(io)?;
+        let module = match self.start(&dir, &manifest, wasm, Some(files.clone())) {
+            Ok(m) => m,
+            Err(e) => {
+                // Back to the old build, which ran a moment ago.
+                tracing::error!(
+                    module = name,
+                    "starting the new version failed, restarting the old one: {e}"
+                );
+                write_manifest(&dir, &old_manifest).map_err(io)?;
+                let old_wasm = std::fs::read(dir.join(&old_manifest.wasm)).map_err(io)?;
+                let restored = self.start(&dir, &old_manifest, &old_wasm, Some(files))?;
+                self.modules
+                    .write()
+                    .expect("poisoned")
+                    .insert(name.clone(), restored);
+                return Err(e);
+            }
+        };
+        self.modules
+            .write()
+            .expect("poisoned")
+            .insert(name.clone(), Arc::clone(&module));
+        if old.wasm_file != manifest.wasm {
+            let _ = std::fs::remove_file(dir.join(&old.wasm_file));
+        }
+        tracing::info!(
+            module = name,
+            version = manifest.version,
+            swap_ms = started.elapsed().as_millis() as u64,
+            "module updated"
+        );
         Ok(module)
     }
 
@@ -372,7 +598,8 @@ impl Registry {
         let Some(module) = self.modules.write().expect("poisoned").remove(name) else {
             return Ok(false);
         };
-        shutdown_module(module);
+        module.retired.store(true, Ordering::Release);
+        stop_workers(&module);
         std::fs::remove_dir_all(self.module_dir(name))
             .map_err(|e| DeployError::Io(e.to_string()))?;
         Ok(true)
@@ -382,15 +609,18 @@ impl Registry {
     pub fn shutdown(&self) {
         let modules = std::mem::take(&mut *self.modules.write().expect("poisoned"));
         for (_, m) in modules {
-            shutdown_module(m);
+            stop_workers(&m);
         }
     }
 
+    /// Starts a module's workers; `files` are its partitions' already-open databases (an
+    /// update), else they are opened.
     fn start(
         &self,
         dir: &Path,
         manifest: &Manifest,
         wasm: &[u8],
+        files: Option<Vec<(Arc<DepotLog>, Arc<PStateStore>)>>,
     ) -> Result<Arc<Module>, DeployError> {
         let component = self.runtime.compile(wasm)?;
         let pre = self.runtime.prepare(&component)?;
@@ -409,15 +639,26 @@ impl Registry {
         let (senders, receivers): (Vec<Sender<Work>>, Vec<_>) =
             (0..manifest.partitions).map(|_| channel()).unzip();
         let peers = Arc::new(senders);
+        let open_trees = Arc::new(AtomicUsize::new(0));
         for (p, rx) in (0..manifest.partitions).zip(receivers) {
             let pdir = dir.join(format!("p{p}"));
             let io = |e: String| DeployError::Io(e);
-            std::fs::create_dir_all(&pdir).map_err(|e| io(e.to_string()))?;
-            let log =
-                Arc::new(DepotLog::open(&pdir.join("depot.redb")).map_err(|e| io(e.to_string()))?);
-            let store = Arc::new(
-                PStateStore::open(&pdir.join("pstate.redb")).map_err(|e| io(e.to_string()))?,
-            );
+            let (log, store) = match &files {
+                Some(f) => f[p as usize].clone(),
+                None => {
+                    std::fs::create_dir_all(&pdir).map_err(|e| io(e.to_string()))?;
+                    (
+                        Arc::new(
+                            DepotLog::open(&pdir.join("depot.redb"))
+                                .map_err(|e| io(e.to_string()))?,
+                        ),
+                        Arc::new(
+                            PStateStore::open(&pdir.join("pstate.redb"))
+                                .map_err(|e| io(e.to_string()))?,
+                        ),
+                    )
+                }
+            };
             let mut instance =
                 GuestInstance::new(Arc::clone(&self.runtime), pre.clone(), &manifest.name)
                     .map_err(DeployError::Define)?;
@@ -446,6 +687,7 @@ impl Registry {
                 deadline_penalty: std::time::Duration::from_millis(limits.call_deadline_ms),
                 ready: Arc::clone(&ready),
                 queued_appends: Arc::clone(&queued_appends),
+                open_trees: Arc::clone(&open_trees),
                 peers: Arc::clone(&peers),
                 rx,
                 new_session: {
@@ -457,6 +699,10 @@ impl Registry {
                 },
                 mb_waiting: Vec::new(),
                 mb: Default::default(),
+                counters: crate::topology::worker::TopologyCounters::new(
+                    &manifest.name,
+                    &topologies,
+                ),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("{}-p{p}", manifest.name))
@@ -498,6 +744,27 @@ impl Registry {
                 .map_err(|e| DeployError::Io(e.to_string()))?;
             Some((stop, thread))
         };
+        let queries = Queries::new(
+            &manifest.name,
+            Arc::clone(&self.runtime),
+            pre,
+            validated.queries,
+            handles.iter().map(|h| Arc::clone(&h.store)).collect(),
+            Arc::clone(&catalog),
+        );
+        let append_counters = validated
+            .depots
+            .keys()
+            .map(|d| {
+                let c = |ack| {
+                    crate::metrics::counter(
+                        "sluice_appends_total",
+                        &[("module", &manifest.name), ("depot", d), ("ack", ack)],
+                    )
+                };
+                (d.clone(), [c("none"), c("append"), c("full")])
+            })
+            .collect();
         Ok(Arc::new(Module {
             name: manifest.name.clone(),
             version: manifest.version,
@@ -506,8 +773,13 @@ impl Registry {
             depots: validated.depots,
             catalog,
             topologies,
+            queries,
             handles,
             threads: Mutex::new(threads),
+            retired: AtomicBool::new(false),
+            open_trees,
+            wasm_file: manifest.wasm.clone(),
+            append_counters,
             coordinator: Mutex::new(coordinator),
             record_size_bytes: limits.record_size_bytes,
             queue_depth: limits.partition_queue_depth,
@@ -515,9 +787,20 @@ impl Registry {
     }
 }
 
+/// How long an update waits for the old version to drain.
+const UPDATE_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn write_manifest(dir: &Path, manifest: &Manifest) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
+    let tmp = dir.join("module.json.tmp");
+    write_synced(&tmp, &json)?;
+    std::fs::rename(&tmp, dir.join("module.json"))?;
+    sync_dir(dir)
+}
+
 /// Stops taking appends, lets each worker finish what is queued (hops still in flight stay in
-/// their source's outbox and are re-sent after a restart), and joins the workers.
-fn shutdown_module(module: Arc<Module>) {
+/// their source's outbox and are re-sent by the next workers), and joins the workers.
+fn stop_workers(module: &Module) {
     if let Some((stop, thread)) = module.coordinator.lock().expect("poisoned").take() {
         stop.store(true, Ordering::Release);
         let _ = thread.join();

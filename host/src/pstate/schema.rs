@@ -95,6 +95,72 @@ pub const SCHEMA_DEPTH_MAX: usize = 32;
 
 impl Schema {
     /// Parses the text form and checks where `subindexed` may appear.
+    /// Whether data stored under `self` stays readable (and keeps its storage layout) under
+    /// `new`: the same shape, where a scalar or a plain collection may widen to `any` and a
+    /// record may gain fields (every field is optional). On refusal, says where and what.
+    pub fn can_become(&self, new: &Schema) -> Result<(), String> {
+        self.can_become_at(new, "")
+    }
+
+    fn can_become_at(&self, new: &Schema, at: &str) -> Result<(), String> {
+        let here = if at.is_empty() { "the top level" } else { at };
+        let refuse = || Err(format!("at {here}: `{self}` cannot become `{new}`"));
+        match (self, new) {
+            _ if self == new => Ok(()),
+            (old, Schema::Any) if !old.has_subindexed() => Ok(()),
+            (
+                Schema::Map {
+                    key: k1,
+                    value: v1,
+                    subindexed: s1,
+                },
+                Schema::Map {
+                    key: k2,
+                    value: v2,
+                    subindexed: s2,
+                },
+            ) if s1 == s2 => {
+                k1.can_become_at(k2, &format!("{at}<key>"))?;
+                v1.can_become_at(v2, &format!("{at}<value>"))
+            }
+            (
+                Schema::Set {
+                    element: e1,
+                    subindexed: s1,
+                },
+                Schema::Set {
+                    element: e2,
+                    subindexed: s2,
+                },
+            )
+            | (
+                Schema::List {
+                    element: e1,
+                    subindexed: s1,
+                },
+                Schema::List {
+                    element: e2,
+                    subindexed: s2,
+                },
+            ) if s1 == s2 => e1.can_become_at(e2, &format!("{at}<element>")),
+            (Schema::Record(old), Schema::Record(new_fields)) => {
+                for (name, s) in old {
+                    let path = format!("{at}.{name}");
+                    match new_fields.iter().find(|(n, _)| n == name) {
+                        Some((_, t)) => s.can_become_at(t, &path)?,
+                        None => {
+                            return Err(format!(
+                                "at {path}: the field is removed (existing data holds it)"
+                            ))
+                        }
+                    }
+                }
+                Ok(())
+            }
+            _ => refuse(),
+        }
+    }
+
     pub fn parse(text: &str) -> Result<Schema, SchemaError> {
         let err = |why: &str| SchemaError::Parse {
             text: text.to_string(),

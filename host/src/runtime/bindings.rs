@@ -8,4 +8,4 @@ wasmtime::component::bindgen!({
 });
 
 /// The contract version this host implements; components built against another are refused.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.2.0";

@@ -15,8 +15,10 @@ use super::bindings::sluice::module::{host, types};
 use super::bindings::{Module, ModulePre};
 use super::{Runtime, EPOCH_TICK_MS};
 use crate::depot::Partitioner;
+use crate::metrics::{histogram, Histogram};
 use crate::module::definition::{Definition, DepotDecl, PStateDecl, TopologyDecl};
 use crate::pstate::{Cmp, Navigator, Range, Session, TransformOp};
+use crate::query::QueryReads;
 use crate::value::{from_cbor, Value};
 
 /// A component linked and ready to instantiate.
@@ -86,6 +88,10 @@ pub struct HostState {
     pub session: Option<Session>,
     /// Hops the call in progress asked for, in order.
     pub hops: Vec<EmittedHop>,
+    /// Reads of the query in progress (then `session` is `None` and nothing can be written).
+    pub query: Option<QueryReads>,
+    /// The topology (or query) of the call in progress, for log lines.
+    running: String,
     path_navigators_max: usize,
 }
 
@@ -189,19 +195,105 @@ impl host::Host for HostState {
         pstate: String,
         path: Vec<types::Navigator>,
     ) -> wasmtime::Result<Result<Vec<Vec<u8>>, types::Error>> {
+        let path = match navigators(path, self.path_navigators_max) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Some(reads) = self.query.as_mut() {
+            let partition = match crate::pstate::leading_partition(&path, reads.partitions()) {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    return Ok(Err(wit_error(
+                        "partition-required",
+                        "in a query, `select` goes to the partition of the path's leading key; this path has none: use `select-from` with a partition or `all`",
+                    )))
+                }
+                Err(e) => return Ok(Err(wit_error(e.code, e.message))),
+            };
+            return Ok(reads
+                .select(&pstate, &path, &[partition])
+                .map(|mut lists| {
+                    lists
+                        .pop()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(crate::value::to_cbor)
+                        .collect()
+                })
+                .map_err(|e| wit_error(e.code, e.message)));
+        }
         let Some(session) = self.session.as_mut() else {
             return Ok(Err(wit_error(
                 "no-pstate-access",
                 "PStates are not available in this call",
             )));
         };
+        Ok(session
+            .select(&pstate, &path)
+            .map(|vs| vs.iter().map(crate::value::to_cbor).collect())
+            .map_err(|e| wit_error(e.code, e.message)))
+    }
+
+    fn select_from(
+        &mut self,
+        pstate: String,
+        target: types::Target,
+        path: Vec<types::Navigator>,
+    ) -> wasmtime::Result<Result<Vec<Vec<Vec<u8>>>, types::Error>> {
         let path = match navigators(path, self.path_navigators_max) {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
+        let (own, partitions) = match (&self.query, &self.session) {
+            (Some(q), _) => (None, q.partitions()),
+            (None, Some(s)) => (Some(s.partition()), s.partitions()),
+            (None, None) => {
+                return Ok(Err(wit_error(
+                    "no-pstate-access",
+                    "PStates are not available in this call",
+                )))
+            }
+        };
+        let targets: Vec<u32> =
+            match target {
+                types::Target::Key(k) => match cbor(&k, "target key").and_then(|v| {
+                    crate::pstate::partition_of_key(&v, partitions)
+                        .map_err(|e| wit_error("invalid-key", e.to_string()))
+                }) {
+                    Ok(p) => vec![p],
+                    Err(e) => return Ok(Err(e)),
+                },
+                types::Target::All => (0..partitions).collect(),
+                types::Target::Partition(p) if p < partitions => vec![p],
+                types::Target::Partition(p) => return Ok(Err(wit_error(
+                    "partition-out-of-range",
+                    format!(
+                        "partition {p} is out of range: this module has partitions 0..{partitions}"
+                    ),
+                ))),
+            };
+        let to_cbor_lists = |lists: Vec<Vec<Value>>| -> Vec<Vec<Vec<u8>>> {
+            lists
+                .iter()
+                .map(|vs| vs.iter().map(crate::value::to_cbor).collect())
+                .collect()
+        };
+        if let Some(reads) = self.query.as_mut() {
+            return Ok(reads
+                .select(&pstate, &path, &targets)
+                .map(to_cbor_lists)
+                .map_err(|e| wit_error(e.code, e.message)));
+        }
+        if targets != [own.expect("a handler has a partition")] {
+            return Ok(Err(wit_error(
+                "partition-not-local",
+                "a topology handler reads only its own partition: hop to the others, or read them from a query",
+            )));
+        }
+        let session = self.session.as_mut().expect("checked above");
         Ok(session
             .select(&pstate, &path)
-            .map(|vs| vs.iter().map(crate::value::to_cbor).collect())
+            .map(|vs| to_cbor_lists(vec![vs]))
             .map_err(|e| wit_error(e.code, e.message)))
     }
 
@@ -211,6 +303,12 @@ impl host::Host for HostState {
         path: Vec<types::Navigator>,
         op: types::TransformOp,
     ) -> wasmtime::Result<Result<(), types::Error>> {
+        if self.query.is_some() {
+            return Ok(Err(wit_error(
+                "read-only",
+                format!("queries are read-only: a transform of PState `{pstate}` is refused"),
+            )));
+        }
         let Some(session) = self.session.as_mut() else {
             return Ok(Err(wit_error(
                 "no-pstate-access",
@@ -241,14 +339,14 @@ impl host::Host for HostState {
 
     fn hop(
         &mut self,
-        target: types::HopTarget,
+        target: types::Target,
         handler: String,
         payload: Vec<u8>,
     ) -> wasmtime::Result<Result<(), types::Error>> {
         let Some(session) = self.session.as_ref() else {
             return Ok(Err(wit_error(
                 "no-hops",
-                "hops are only possible from a topology handler",
+                "hops are only possible from a topology handler (queries are read-only)",
             )));
         };
         if self.hops.len() >= HOPS_PER_CALL_MAX {
@@ -261,7 +359,7 @@ impl host::Host for HostState {
             return Ok(Err(e));
         }
         let dest = match target {
-            types::HopTarget::Key(k) => match cbor(&k, "hop key") {
+            types::Target::Key(k) => match cbor(&k, "hop key") {
                 Ok(v) if crate::pstate::key::encode(&v).is_ok() => HopDest::Key(v),
                 Ok(v) => {
                     return Ok(Err(wit_error(
@@ -271,9 +369,9 @@ impl host::Host for HostState {
                 }
                 Err(e) => return Ok(Err(e)),
             },
-            types::HopTarget::All => HopDest::All,
-            types::HopTarget::Partition(p) if p < session.partitions() => HopDest::Partition(p),
-            types::HopTarget::Partition(p) => {
+            types::Target::All => HopDest::All,
+            types::Target::Partition(p) if p < session.partitions() => HopDest::Partition(p),
+            types::Target::Partition(p) => {
                 return Ok(Err(wit_error(
                     "partition-out-of-range",
                     format!(
@@ -302,12 +400,13 @@ impl host::Host for HostState {
             message.truncate(cut);
         }
         let module = &*self.module;
+        let topology = self.running.as_str();
         match level {
-            types::LogLevel::Trace => tracing::trace!(module, "{message}"),
-            types::LogLevel::Debug => tracing::debug!(module, "{message}"),
-            types::LogLevel::Info => tracing::info!(module, "{message}"),
-            types::LogLevel::Warn => tracing::warn!(module, "{message}"),
-            types::LogLevel::Error => tracing::error!(module, "{message}"),
+            types::LogLevel::Trace => tracing::trace!(module, topology, guest = true, "{message}"),
+            types::LogLevel::Debug => tracing::debug!(module, topology, guest = true, "{message}"),
+            types::LogLevel::Info => tracing::info!(module, topology, guest = true, "{message}"),
+            types::LogLevel::Warn => tracing::warn!(module, topology, guest = true, "{message}"),
+            types::LogLevel::Error => tracing::error!(module, topology, guest = true, "{message}"),
         }
         Ok(())
     }
@@ -317,6 +416,21 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     Module::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
 }
 
+/// A guest's error travels into logs, dead letters and HTTP answers: it is bounded.
+const GUEST_ERROR_CHARS_MAX: usize = 4096;
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() > n {
+        format!(
+            "{}… ({} bytes)",
+            s.chars().take(n).collect::<String>(),
+            s.len()
+        )
+    } else {
+        s.to_string()
+    }
+}
+
 /// One live instance of a module's component.
 pub struct GuestInstance {
     runtime: Arc<Runtime>,
@@ -324,18 +438,28 @@ pub struct GuestInstance {
     module: Arc<str>,
     store: Store<HostState>,
     bindings: Module,
+    /// Call durations: define, handle, query.
+    durations: [Arc<Histogram>; 3],
 }
 
 impl GuestInstance {
     pub fn new(runtime: Arc<Runtime>, pre: Pre, module: &str) -> Result<Self, GuestError> {
         let module: Arc<str> = module.into();
         let (store, bindings) = instantiate(&runtime, &pre, &module, None)?;
+        let hist = |kind| {
+            histogram(
+                "sluice_guest_call_duration_seconds",
+                &[("module", &module), ("kind", kind)],
+            )
+        };
+        let durations = [hist("define"), hist("handle"), hist("query")];
         Ok(Self {
             runtime,
             pre,
             module,
             store,
             bindings,
+            durations,
         })
     }
 
@@ -352,10 +476,12 @@ impl GuestInstance {
     /// Calls `define` and converts the declarations (not yet validated).
     pub fn define(&mut self) -> Result<Definition, GuestError> {
         self.arm();
+        let started = std::time::Instant::now();
         let result = self
             .bindings
             .sluice_module_guest()
             .call_define(&mut self.store);
+        self.durations[0].observe(started.elapsed());
         let def = self.settle(result)?;
         convert_definition(def)
     }
@@ -376,6 +502,10 @@ impl GuestInstance {
             partitions: ctx.partitions,
             batch_id: ctx.batch_id,
         };
+        let running = &mut self.store.data_mut().running;
+        running.clear();
+        running.push_str(topology);
+        let started = std::time::Instant::now();
         let result = self.bindings.sluice_module_guest().call_handle(
             &mut self.store,
             topology,
@@ -383,22 +513,14 @@ impl GuestInstance {
             &input.to_vec(),
             &wit_ctx,
         );
+        self.durations[1].observe(started.elapsed());
         match self.settle(result)? {
             Ok(ack) => Ok(ack),
             Err(e) => {
-                // A guest's error travels into logs, dead letters and HTTP answers: bound it.
-                const GUEST_ERROR_CHARS_MAX: usize = 4096;
-                let clip = |s: &str, n: usize| -> String {
-                    if s.chars().count() > n {
-                        format!(
-                            "{}… ({} bytes)",
-                            s.chars().take(n).collect::<String>(),
-                            s.len()
-                        )
-                    } else {
-                        s.to_string()
-                    }
-                };
+                crate::metrics::inc(
+                    "sluice_guest_failures_total",
+                    &[("module", &self.module), ("code", "guest-error")],
+                );
                 Err(GuestError {
                     code: "guest-error".into(),
                     message: format!(
@@ -411,14 +533,43 @@ impl GuestInstance {
         }
     }
 
+    /// Runs query `name` on `args` (CBOR) reading through `reads`; the inner error is the
+    /// guest's own (code, message).
+    #[allow(clippy::type_complexity)]
+    pub fn query(
+        &mut self,
+        name: &str,
+        args: &[u8],
+        partitions: u32,
+        reads: QueryReads,
+    ) -> Result<Result<Vec<u8>, (String, String)>, GuestError> {
+        self.arm_for(self.runtime.limits().query_deadline_ms);
+        let session = self.store.data_mut().session.take();
+        self.store.data_mut().query = Some(reads);
+        let running = &mut self.store.data_mut().running;
+        running.clear();
+        running.push_str(name);
+        let started = std::time::Instant::now();
+        let result = self.bindings.sluice_module_guest().call_query(
+            &mut self.store,
+            name,
+            &args.to_vec(),
+            partitions,
+        );
+        self.durations[2].observe(started.elapsed());
+        let result = self.settle(result);
+        self.store.data_mut().query = None;
+        self.store.data_mut().session = session;
+        Ok(result?.map_err(|e| (clip(&e.code, 64), clip(&e.message, GUEST_ERROR_CHARS_MAX))))
+    }
+
     fn arm(&mut self) {
+        self.arm_for(self.runtime.limits().call_deadline_ms);
+    }
+
+    fn arm_for(&mut self, deadline_ms: u64) {
         self.store.data_mut().hops.clear();
-        let ticks = self
-            .runtime
-            .limits()
-            .call_deadline_ms
-            .div_ceil(EPOCH_TICK_MS)
-            .max(1);
+        let ticks = deadline_ms.div_ceil(EPOCH_TICK_MS).max(1);
         self.store.set_epoch_deadline(ticks);
         self.store.data_mut().cap.hit = false;
     }
@@ -457,6 +608,10 @@ impl GuestInstance {
         } else {
             ("trap", format!("{err:#}; guest output: {tail}"))
         };
+        crate::metrics::inc(
+            "sluice_guest_failures_total",
+            &[("module", &self.module), ("code", code)],
+        );
         let session = self.store.data_mut().session.take();
         match instantiate(&self.runtime, &self.pre, &self.module, session) {
             Ok((store, bindings)) => {
@@ -497,6 +652,8 @@ fn instantiate(
         module: Arc::clone(module),
         session,
         hops: Vec::new(),
+        query: None,
+        running: String::new(),
         path_navigators_max: runtime.limits().path_navigators_max,
     };
     let mut store = Store::new(runtime.engine(), state);
@@ -557,5 +714,6 @@ fn convert_definition(def: types::ModuleDefinition) -> Result<Definition, GuestE
             .map(topology_decl)
             .collect(),
         partitions_hint: def.partitions_hint,
+        queries: def.queries,
     })
 }

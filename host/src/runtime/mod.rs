@@ -19,7 +19,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
 pub use bindings::CONTRACT_VERSION;
-pub use instance::{EmittedHop, GuestError, GuestInstance, HopDest, HostState, RecordCtx};
+pub use instance::{EmittedHop, GuestError, GuestInstance, HopDest, HostState, Pre, RecordCtx};
 
 use crate::config::Limits;
 

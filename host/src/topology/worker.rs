@@ -93,11 +93,21 @@ pub struct Tree {
     reply: Mutex<Option<Reply>>,
     results: Mutex<BTreeMap<String, Value>>,
     error: Mutex<Option<ProcessingError>>,
+    /// The module's count of trees alive (a module update drains it to zero).
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Tree {
-    fn new(reply: Reply, partition: u32, offset: u64) -> Arc<Self> {
+    fn new(reply: Reply, partition: u32, offset: u64, open: &Arc<AtomicUsize>) -> Arc<Self> {
+        open.fetch_add(1, Ordering::AcqRel);
         Arc::new(Self {
+            open: Arc::clone(open),
             outstanding: AtomicUsize::new(1),
             partition,
             offset,
@@ -249,6 +259,8 @@ pub struct Worker {
     pub ready: Arc<AtomicBool>,
     /// Appends queued and not yet taken (the queue bound is enforced on it).
     pub queued_appends: Arc<AtomicUsize>,
+    /// `full`-ack event trees alive in the whole module (shared by its workers).
+    pub open_trees: Arc<AtomicUsize>,
     /// Every partition's queue, this one's included.
     pub peers: Arc<Vec<Sender<Work>>>,
     pub rx: Receiver<Work>,
@@ -257,6 +269,42 @@ pub struct Worker {
     /// `full` acks waiting for a microbatch: (topology, depot, offset, tree).
     pub mb_waiting: Vec<(String, Arc<str>, u64, Arc<Tree>)>,
     pub mb: MbStates,
+    pub counters: TopologyCounters,
+}
+
+/// This worker's metric handles per topology: records processed, retries, dead letters.
+pub struct TopologyCounters(HashMap<String, [Arc<std::sync::atomic::AtomicU64>; 3]>);
+
+const PROCESSED: usize = 0;
+const RETRIED: usize = 1;
+const DEAD: usize = 2;
+
+impl TopologyCounters {
+    pub fn new(module: &str, topologies: &[Topology]) -> Self {
+        use crate::metrics::counter;
+        Self(
+            topologies
+                .iter()
+                .map(|t| {
+                    let l = [("module", module), ("topology", t.name.as_str())];
+                    (
+                        t.name.clone(),
+                        [
+                            counter("sluice_records_processed_total", &l),
+                            counter("sluice_handler_retries_total", &l),
+                            counter("sluice_dead_letters_total", &l),
+                        ],
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn add(&self, topology: &str, which: usize) {
+        if let Some(c) = self.0.get(topology) {
+            c[which].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Microbatches in progress, by topology.
@@ -307,6 +355,13 @@ struct Hops {
 
 impl Worker {
     pub fn run(mut self) {
+        // Every line this thread logs carries the module and the partition.
+        let span = tracing::info_span!(
+            "partition",
+            module = &*self.module,
+            partition = self.partition
+        );
+        let _entered = span.enter();
         let mut next: HashMap<String, u64> = HashMap::new();
         let mut flush = Flush {
             last_durable: Instant::now(),
@@ -507,7 +562,9 @@ impl Worker {
                         results: BTreeMap::new(),
                     }));
                 }
-                (AckLevel::Full, Some(r)) => tree = Some(Tree::new(r, self.partition, offset)),
+                (AckLevel::Full, Some(r)) => {
+                    tree = Some(Tree::new(r, self.partition, offset, &self.open_trees))
+                }
                 _ => {}
             }
             out.push(Some(Item::Record {
@@ -848,6 +905,7 @@ impl Worker {
             match result {
                 Ok(v) => {
                     session.end_record(true);
+                    self.counters.add(&topology.name, PROCESSED);
                     return Ok(v);
                 }
                 Err(e) => {
@@ -868,8 +926,10 @@ impl Worker {
                         std::thread::sleep(self.deadline_penalty);
                     }
                     if attempt >= self.handler_attempts_max {
+                        self.counters.add(&topology.name, DEAD);
                         return Err((e, attempt));
                     }
+                    self.counters.add(&topology.name, RETRIED);
                     std::thread::sleep(Duration::from_millis(
                         RETRY_BACKOFF_BASE_MS << attempt.min(6),
                     ));
@@ -1006,6 +1066,21 @@ impl Worker {
                 Ok(Vec::new())
             }
             BatchStep::Settle(ranges) => {
+                // The batch's progress, for lag metrics only (the batch itself is recorded
+                // as applied by `Apply`; recovery never reads these offsets for microbatches).
+                let mut progress = Batch::default();
+                for (d, _, e) in &ranges {
+                    let o = progress
+                        .offsets
+                        .entry((topology.to_string(), d.clone()))
+                        .or_insert(0);
+                    *o = (*o).max(*e);
+                }
+                if !progress.offsets.is_empty() {
+                    self.store
+                        .commit(progress, false)
+                        .map_err(|e| e.to_string())?;
+                }
                 let waiting = std::mem::take(&mut self.mb_waiting);
                 for (tp, depot, offset, tree) in waiting {
                     let inside = tp == topology

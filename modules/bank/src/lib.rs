@@ -9,9 +9,11 @@
 //!   partition (or records a refusal if the balance is short), then hops to `to`'s partition to
 //!   credit it. Every batch commits atomically on all partitions: money is conserved exactly,
 //!   and no transfer is applied twice, whatever crashes.
+//! - Query `total-balance` (`{}`): the sum of every account's balance over all partitions,
+//!   which must always equal the sum of deposits (a live invariant check).
 
 use serde::{Deserialize, Serialize};
-use sluice_sdk::{Ctx, Definition, HopTarget, Module, Partitioner, Path, Result, Schema};
+use sluice_sdk::{Ctx, Definition, HopTarget, Module, Partitioner, Path, QueryCtx, Result, Schema};
 
 #[derive(Deserialize)]
 struct Deposit {
@@ -56,7 +58,18 @@ impl Module for Bank {
             .reads("transfers")
             .handler(apply)
             .hop_handler("credit", credit);
+        m.query("total-balance", total_balance);
     }
+}
+
+#[derive(Deserialize)]
+struct NoArgs {}
+
+fn total_balance(q: &QueryCtx, _: NoArgs) -> Result<i64> {
+    let balances = q
+        .pstate("accounts")
+        .select_all::<i64>(&Path::new().map_vals().then_key("balance"))?;
+    Ok(balances.into_iter().flatten().sum())
 }
 
 /// Records of both depots arrive here; a transfer has an `id`.

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use sluice_sdk::bindings::sluice::module::host;
 use sluice_sdk::bindings::sluice::module::types::{
-    HopTarget, KeyRange, LogLevel, Navigator, TransformOp,
+    KeyRange, LogLevel, Navigator, Target, TransformOp,
 };
 use sluice_sdk::{AckReturn, Ctx, Definition, Module, Partitioner, Result, Schema};
 
@@ -87,9 +87,12 @@ fn go(_ctx: &Ctx, g: Go) -> Result<AckReturn<Vec<String>>> {
             &[Navigator::Count],
             &TransformOp::Remove,
         )),
-        code(host::hop(&HopTarget::Partition(9_999), "h", &[0x01])),
-        code(host::hop(&HopTarget::Key(bad_cbor.clone()), "h", &[0x01])),
-        code(host::hop(&HopTarget::All, "h", &bad_cbor)),
+        code(host::hop(&Target::Partition(9_999), "h", &[0x01])),
+        code(host::hop(&Target::Key(bad_cbor.clone()), "h", &[0x01])),
+        code(host::hop(&Target::All, "h", &bad_cbor)),
+        code(host::select_from("counts", &Target::All, &[Navigator::Key(key.clone())]).map(|_| ())),
+        code(host::select_from("counts", &Target::Partition(9_999), &[]).map(|_| ())),
+        code(host::select_from("counts", &Target::Key(bad_cbor.clone()), &[]).map(|_| ())),
     ];
     host::log(LogLevel::Info, &"x".repeat(1 << 20));
     Ok(AckReturn(codes))

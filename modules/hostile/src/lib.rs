@@ -6,11 +6,50 @@
 //! `hop-fail` (hop to every partition into a handler that panics), `hop-unknown` (hop to an
 //! undeclared handler).
 //! Every failure must roll the increment back.
+//!
+//! Query `misbehave` (`{"do": ...}`): `ok` answers the sum of `seen` over all partitions,
+//! `write` tries a transform (refused: queries are read-only), `loop`, `panic`, `membomb`.
 
 use serde::Deserialize;
 use sluice_sdk::{
-    AckReturn, Ctx, Definition, Error, HopTarget, Module, Partitioner, Path, Result, Schema,
+    AckReturn, Ctx, Definition, Error, HopTarget, Module, Partitioner, Path, QueryCtx, Result,
+    Schema,
 };
+
+#[derive(Deserialize)]
+struct Misbehave {
+    #[serde(rename = "do")]
+    action: String,
+}
+
+fn misbehave(q: &QueryCtx, m: Misbehave) -> Result<i64> {
+    let seen = q.pstate("seen");
+    match m.action.as_str() {
+        "write" => {
+            seen.increment(&Path::key("q"), 1)?;
+            Ok(-1)
+        }
+        "loop" => {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "panic" => panic!("hostile query panicked on purpose"),
+        "membomb" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        _ => Ok(seen
+            .select_all::<i64>(&Path::new().map_vals())?
+            .into_iter()
+            .flatten()
+            .sum()),
+    }
+}
 
 #[derive(Deserialize)]
 struct Command {
@@ -29,6 +68,7 @@ impl Module for Hostile {
             .reads("commands")
             .handler(run)
             .hop_handler("explode", explode);
+        m.query("misbehave", misbehave);
     }
 }
 

@@ -1,5 +1,5 @@
-//! A module built against another contract version (`sluice:module@0.2.0`, a copy of the WIT
-//! with the version changed): the host must refuse it at deploy, naming the version.
+//! A module built against another contract version (`sluice:module@0.1.0`, the first contract,
+//! before queries, kept as it was): the host must refuse it at deploy, naming the version.
 
 wit_bindgen::generate!({ path: "wit", world: "module" });
 

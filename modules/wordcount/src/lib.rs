@@ -6,10 +6,12 @@
 //! - Depot `sentences` (records `{"text": "the cat and the hat"}`, random partitioner) and
 //!   topology `sentences`: splits the text into words and hops to each word's partition to
 //!   increment `counts` there; a `full` ack waits for every hop.
+//! - Query `top-words` (`{"n": 3}`): the `n` most frequent words over all partitions,
+//!   `[{"word": "the", "count": 5}, ...]`, highest count first (ties by word).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sluice_sdk::{
-    AckReturn, Ctx, Definition, HopTarget, Module, Partitioner, Path, Result, Schema,
+    AckReturn, Ctx, Definition, HopTarget, Module, Partitioner, Path, QueryCtx, Result, Schema,
 };
 
 #[derive(Deserialize)]
@@ -34,7 +36,38 @@ impl Module for Wordcount {
             .reads("sentences")
             .handler(split)
             .hop_handler("count-word", count_word);
+        m.query("top-words", top_words);
     }
+}
+
+#[derive(Deserialize)]
+struct TopArgs {
+    #[serde(default = "default_n")]
+    n: usize,
+}
+
+fn default_n() -> usize {
+    10
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct WordCount {
+    pub word: String,
+    pub count: i64,
+}
+
+fn top_words(q: &QueryCtx, args: TopArgs) -> Result<Vec<WordCount>> {
+    // Every partition's entries, read in parallel by the host; each partition sorted, merged.
+    let mut all: Vec<WordCount> = q
+        .pstate("counts")
+        .select_all::<(String, i64)>(&Path::new().all())?
+        .into_iter()
+        .flatten()
+        .map(|(word, count)| WordCount { word, count })
+        .collect();
+    all.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.word.cmp(&b.word)));
+    all.truncate(args.n);
+    Ok(all)
 }
 
 fn count(ctx: &Ctx, record: Word) -> Result<AckReturn<i64>> {

@@ -1,0 +1,207 @@
+//! Query topologies: guest functions run on demand, reading any partition's PStates.
+//!
+//! Owns [`QueryReads`] — what a query's host imports read — and [`Queries`], a module's pool
+//! of guest instances kept for queries only, so a query never waits behind (or blocks) a
+//! partition worker. Invariants: a query writes nothing (transforms and hops are refused by
+//! the host imports); each partition is read from one redb snapshot, taken on the query's first
+//! read of it and kept until the query ends, so a query never sees a partition change under
+//! it; a query is bounded by the `query_deadline_ms` limit and the instance memory cap like any
+//! guest call, and a failed query's instance is replaced.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use redb::ReadTransaction;
+
+use crate::pstate::engine::Engine;
+use crate::pstate::session::SnapshotView;
+use crate::pstate::{AccessError, Catalog, Navigator, PStateStore};
+use crate::runtime::{GuestError, GuestInstance, Pre, Runtime};
+use crate::value::{from_cbor, to_cbor, Value};
+
+/// A query's reads: one snapshot per partition, opened on first use.
+pub struct QueryReads {
+    stores: Vec<Arc<PStateStore>>,
+    catalog: Arc<Catalog>,
+    snapshots: Vec<Option<ReadTransaction>>,
+    select_values_max: usize,
+}
+
+impl QueryReads {
+    pub fn new(
+        stores: Vec<Arc<PStateStore>>,
+        catalog: Arc<Catalog>,
+        select_values_max: usize,
+    ) -> Self {
+        let snapshots = stores.iter().map(|_| None).collect();
+        Self {
+            stores,
+            catalog,
+            snapshots,
+            select_values_max,
+        }
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.stores.len() as u32
+    }
+
+    /// What `path` selects in `pstate` on each of `partitions` (in that order), read in
+    /// parallel when there are several.
+    pub fn select(
+        &mut self,
+        pstate: &str,
+        path: &[Navigator],
+        partitions: &[u32],
+    ) -> Result<Vec<Vec<Value>>, AccessError> {
+        let catalog = Arc::clone(&self.catalog);
+        let schema = catalog.schema(pstate)?;
+        crate::pstate::check_leading_key(schema, pstate, path)?;
+        for &p in partitions {
+            let slot = &mut self.snapshots[p as usize];
+            if slot.is_none() {
+                *slot = Some(self.stores[p as usize].begin_read()?);
+            }
+        }
+        let snapshots = &self.snapshots;
+        let limit = self.select_values_max;
+        let one = |p: u32| -> Result<Vec<Value>, AccessError> {
+            let snapshot = snapshots[p as usize].as_ref().expect("opened above");
+            let mut view = SnapshotView { snapshot };
+            Engine {
+                view: &mut view,
+                pstate,
+                schema,
+                limit,
+            }
+            .select(path)
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(partitions.len());
+        if threads <= 1 {
+            return partitions.iter().map(|&p| one(p)).collect();
+        }
+        let chunks: Vec<&[u32]> = partitions
+            .chunks(partitions.len().div_ceil(threads))
+            .collect();
+        std::thread::scope(|s| {
+            let one = &one;
+            let others: Vec<_> = chunks[1..]
+                .iter()
+                .map(|c| s.spawn(move || c.iter().map(|&p| one(p)).collect::<Result<Vec<_>, _>>()))
+                .collect();
+            let mut out = chunks[0]
+                .iter()
+                .map(|&p| one(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            for h in others {
+                out.extend(h.join().expect("a query read panicked")?);
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// Why a query gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("module `{module}` has no query `{query}`")]
+    Unknown { module: String, query: String },
+    /// The guest answered with an error (its own code, or the code of a refused host call).
+    #[error("query `{query}` failed: {code}: {message}")]
+    Failed {
+        query: String,
+        code: String,
+        message: String,
+    },
+    /// The guest trapped, ran past its deadline or out of memory.
+    #[error("query `{query}` failed: {error}")]
+    Guest { query: String, error: GuestError },
+    #[error("the query's answer is not valid CBOR: {0}")]
+    BadAnswer(String),
+}
+
+/// A module's queries and the instances that run them.
+pub struct Queries {
+    module: Arc<str>,
+    runtime: Arc<Runtime>,
+    pre: Pre,
+    names: BTreeSet<String>,
+    stores: Vec<Arc<PStateStore>>,
+    catalog: Arc<Catalog>,
+    /// Idle instances; a query takes one (or instantiates a new one) and gives it back.
+    idle: Mutex<Vec<GuestInstance>>,
+}
+
+/// Idle query instances kept per module.
+const IDLE_INSTANCES_MAX: usize = 8;
+
+impl Queries {
+    pub fn new(
+        module: &str,
+        runtime: Arc<Runtime>,
+        pre: Pre,
+        names: BTreeSet<String>,
+        stores: Vec<Arc<PStateStore>>,
+        catalog: Arc<Catalog>,
+    ) -> Self {
+        Self {
+            module: module.into(),
+            runtime,
+            pre,
+            names,
+            stores,
+            catalog,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn names(&self) -> &BTreeSet<String> {
+        &self.names
+    }
+
+    /// Runs query `name` with `args`. Blocking (call it off the async reactor).
+    pub fn run(&self, name: &str, args: &Value) -> Result<Value, QueryError> {
+        if !self.names.contains(name) {
+            return Err(QueryError::Unknown {
+                module: self.module.to_string(),
+                query: name.to_string(),
+            });
+        }
+        let pooled = self.idle.lock().expect("poisoned").pop();
+        let mut instance = match pooled {
+            Some(i) => i,
+            None => GuestInstance::new(Arc::clone(&self.runtime), self.pre.clone(), &self.module)
+                .map_err(|error| QueryError::Guest {
+                query: name.to_string(),
+                error,
+            })?,
+        };
+        let reads = QueryReads::new(
+            self.stores.clone(),
+            Arc::clone(&self.catalog),
+            self.runtime.limits().select_values_max,
+        );
+        let partitions = self.stores.len() as u32;
+        let result = instance.query(name, &to_cbor(args), partitions, reads);
+        // A failed call already replaced the instance's store; either way it is reusable.
+        let mut idle = self.idle.lock().expect("poisoned");
+        if idle.len() < IDLE_INSTANCES_MAX {
+            idle.push(instance);
+        }
+        drop(idle);
+        match result {
+            Ok(Ok(bytes)) => from_cbor(&bytes).map_err(|e| QueryError::BadAnswer(e.to_string())),
+            Ok(Err((code, message))) => Err(QueryError::Failed {
+                query: name.to_string(),
+                code,
+                message,
+            }),
+            Err(error) => Err(QueryError::Guest {
+                query: name.to_string(),
+                error,
+            }),
+        }
+    }
+}
