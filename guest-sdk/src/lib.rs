@@ -34,6 +34,29 @@
 //! Build it with `cargo build --release --target wasm32-wasip2` and deploy the `.wasm`:
 //! `curl -X PUT --data-binary @wordcount.wasm http://127.0.0.1:7470/v1/modules/wordcount`.
 //!
+//! A module can also declare **query topologies**, answered on demand
+//! (`POST /v1/modules/{m}/queries/{name}` with JSON arguments) from every partition:
+//!
+//! ```no_run
+//! # use sluice_sdk::{Definition, Path, QueryCtx, Result};
+//! # fn declare(m: &mut Definition) {
+//! m.query("total", total);
+//! # }
+//! #[derive(serde::Deserialize)]
+//! struct NoArgs {}
+//!
+//! fn total(q: &QueryCtx, _: NoArgs) -> Result<i64> {
+//!     // One list per partition, read in parallel by the host from one snapshot each.
+//!     let per_partition = q.pstate("counts").select_all::<i64>(&Path::new().map_vals())?;
+//!     Ok(per_partition.into_iter().flatten().sum())
+//! }
+//! ```
+//!
+//! Queries are read-only (a transform answers `read-only`) and bounded by the host's query
+//! deadline. To test a module, use `sluice::testing::TestHost` from the host crate in ordinary
+//! `cargo test` tests: it runs a real host in the test process (see the repository README,
+//! "Testing a module", and `modules/*/tests/module.rs`).
+//!
 //! Handlers run on the partition that owns the record (a `hash` depot routes by the key's
 //! stable hash, the same function that partitions PStates by their top-level key), so a
 //! handler for key K reads and writes K's PState entries locally. Writing a key owned by

@@ -8,15 +8,25 @@
 //! - [`depot`]: partitioners and the per-partition depot log.
 //! - [`pstate`]: schemas, key encoding, paths, the per-partition PState store.
 //! - [`topology`]: the partition worker that runs stream topologies.
+//! - [`query`]: query topologies: read-only guest calls over every partition's snapshots.
+//! - [`metrics`]: counters and histograms, rendered in the Prometheus text format.
+//! - [`client`]: a small blocking HTTP client of the API (the CLI, the load generator, tests).
+//! - [`cli`]: the client subcommands of the `sluice` binary (deploy, append, select, ...).
+//! - [`testing`]: an in-process host for module authors' `cargo test` tests.
 //! - [`partition`]: the stable hash that maps keys to partitions.
 //! - [`value`]: CBOR values and their JSON form.
 
 pub mod api;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod depot;
+pub mod metrics;
 pub mod module;
 pub mod partition;
 pub mod pstate;
+pub mod query;
 pub mod runtime;
+pub mod testing;
 pub mod topology;
 pub mod value;

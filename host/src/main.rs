@@ -1,4 +1,5 @@
-//! The `sluice` binary: `sluice serve` runs a host.
+//! The `sluice` binary: `sluice serve` runs a host; the other subcommands are its clients
+//! (`sluice::cli`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Run a host.
     Serve(ServeArgs),
+    #[command(flatten)]
+    Client(sluice::cli::Command),
 }
 
 #[derive(clap::Args)]
@@ -60,6 +63,9 @@ struct ServeArgs {
     /// Deadline of one guest call, in milliseconds.
     #[arg(long, default_value_t = Limits::default().call_deadline_ms)]
     call_deadline_ms: u64,
+    /// Deadline of one query call, in milliseconds.
+    #[arg(long, default_value_t = Limits::default().query_deadline_ms)]
+    query_deadline_ms: u64,
     /// Linear memory one guest instance may use, in MiB.
     #[arg(long, default_value_t = Limits::default().instance_memory_bytes >> 20)]
     instance_memory_mb: usize,
@@ -93,16 +99,19 @@ struct ServeArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Client(command) => std::process::exit(sluice::cli::run(command)),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
-        Command::Serve(args) => run_serve(args),
-    }
+    run_serve(args)
 }
 
 fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -123,6 +132,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let limits = Limits {
         call_deadline_ms: args.call_deadline_ms,
+        query_deadline_ms: args.query_deadline_ms,
         instance_memory_bytes: args.instance_memory_mb << 20,
         module_size_bytes: args.module_size_mb << 20,
         request_body_bytes: args.request_body_bytes,

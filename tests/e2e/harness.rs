@@ -1,8 +1,7 @@
-//! Starting the real `sluice` binary and talking HTTP/1.1 to it (a minimal client, so the
-//! tests depend on nothing but std).
+//! Starting the real `sluice` binary and talking HTTP/1.1 to it (with the host crate's small
+//! blocking client, `sluice::client`).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -28,37 +27,9 @@ pub struct Host {
     args: Vec<String>,
 }
 
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "response is not JSON ({e}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The error code of a JSON error body.
-    pub fn error_code(&self) -> String {
-        self.json()["error"]["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("not an error body: {}", String::from_utf8_lossy(&self.body)))
-            .to_string()
-    }
-}
+/// An HTTP answer (the host crate's client type: `status`, `headers`, `body`, `json()`,
+/// `header()`, `error_code()`).
+pub use sluice::client::Response;
 
 impl Host {
     pub fn start(data_dir: &Path, args: &[&str]) -> Host {
@@ -188,19 +159,11 @@ impl Host {
         content_type: &str,
         body: &[u8],
     ) -> Option<Response> {
-        let mut s = TcpStream::connect(&self.addr).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.addr,
-            body.len()
-        );
-        s.write_all(head.as_bytes()).ok()?;
-        // The server may answer (e.g. 413) before reading the whole body and close.
-        let _ = s.write_all(body);
-        let mut raw = Vec::new();
-        let _ = s.read_to_end(&mut raw);
-        parse_response(&raw)
+        // A fresh connection per request: a test may kill the host between two requests.
+        sluice::client::Client::new(&self.addr)
+            .ok()?
+            .request(method, path, content_type, body)
+            .ok()
     }
 
     pub fn get(&self, path: &str) -> Response {
@@ -302,38 +265,12 @@ impl Drop for Host {
     }
 }
 
-fn parse_response(raw: &[u8]) -> Option<Response> {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Some(Response {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    })
-}
-
 /// A keep-alive HTTP/1.1 connection, for load generators.
-pub struct Conn {
-    reader: BufReader<TcpStream>,
-}
+pub struct Conn(sluice::client::Client);
 
 impl Conn {
     pub fn open(addr: &str) -> Conn {
-        let s = TcpStream::connect(addr).expect("connect");
-        s.set_nodelay(true).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        Conn {
-            reader: BufReader::new(s),
-        }
+        Conn(sluice::client::Client::new(addr).expect("a host:port address"))
     }
 
     pub fn request(
@@ -343,42 +280,8 @@ impl Conn {
         content_type: &str,
         body: &[u8],
     ) -> Response {
-        let mut msg = format!(
-            "{method} {path} HTTP/1.1\r\nHost: sluice\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        msg.extend_from_slice(body);
-        self.reader.get_mut().write_all(&msg).expect("send");
-        let mut line = String::new();
-        self.reader.read_line(&mut line).expect("status line");
-        let status: u16 = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status");
-        let mut headers = Vec::new();
-        let mut length = 0usize;
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line).expect("header");
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().expect("content-length");
-                }
-                headers.push((k.trim().to_string(), v.trim().to_string()));
-            }
-        }
-        let mut body = vec![0; length];
-        self.reader.read_exact(&mut body).expect("body");
-        Response {
-            status,
-            headers,
-            body,
-        }
+        self.0
+            .request(method, path, content_type, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 }

@@ -513,6 +513,11 @@ impl Registry {
                 )));
             }
         }
+        let dir = self.module_dir(&name);
+        if std::fs::read(dir.join(&old.wasm_file)).is_ok_and(|deployed| deployed == wasm) {
+            // The build already running: a PUT is idempotent.
+            return Ok(old);
+        }
         let component = self.runtime.compile(wasm)?;
         let pre = self.runtime.prepare(&component)?;
         let mut instance = GuestInstance::new(Arc::clone(&self.runtime), pre, &name)
@@ -524,7 +529,6 @@ impl Registry {
         old.definition
             .check_update(&definition)
             .map_err(incompatible)?;
-        let dir = self.module_dir(&name);
         let io = |e: std::io::Error| DeployError::Io(e.to_string());
         let manifest = Manifest {
             name: name.clone(),

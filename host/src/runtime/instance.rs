@@ -254,24 +254,25 @@ impl host::Host for HostState {
                 )))
             }
         };
-        let targets: Vec<u32> =
-            match target {
-                types::Target::Key(k) => match cbor(&k, "target key").and_then(|v| {
-                    crate::pstate::partition_of_key(&v, partitions)
-                        .map_err(|e| wit_error("invalid-key", e.to_string()))
-                }) {
-                    Ok(p) => vec![p],
-                    Err(e) => return Ok(Err(e)),
-                },
-                types::Target::All => (0..partitions).collect(),
-                types::Target::Partition(p) if p < partitions => vec![p],
-                types::Target::Partition(p) => return Ok(Err(wit_error(
+        let targets: Vec<u32> = match target {
+            types::Target::Key(k) => match cbor(&k, "target key").and_then(|v| {
+                crate::pstate::partition_of_key(&v, partitions)
+                    .map_err(|e| wit_error("invalid-key", e.to_string()))
+            }) {
+                Ok(p) => vec![p],
+                Err(e) => return Ok(Err(e)),
+            },
+            types::Target::All => (0..partitions).collect(),
+            types::Target::Partition(p) if p < partitions => vec![p],
+            types::Target::Partition(p) => {
+                return Ok(Err(wit_error(
                     "partition-out-of-range",
                     format!(
                         "partition {p} is out of range: this module has partitions 0..{partitions}"
                     ),
-                ))),
-            };
+                )))
+            }
+        };
         let to_cbor_lists = |lists: Vec<Vec<Value>>| -> Vec<Vec<Vec<u8>>> {
             lists
                 .iter()

@@ -1,0 +1,334 @@
+//! The client commands that are one API call each: `deploy`, `modules`, `describe`, `select`,
+//! `query`, `dead-letters`. Each renders the answer into `out` (the raw JSON with `--json`).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::table::{cell, of_objects, Table};
+use super::{parse_json_arg, pretty, segment, Api, CliError, Connection, PartitionArg};
+
+/// The module name a file deploys as: its stem, with `_` (cargo's output names) turned into
+/// `-`.
+pub(super) fn name_from_file(file: &Path) -> Option<String> {
+    let stem = file.file_stem()?.to_str()?;
+    (!stem.is_empty()).then(|| stem.replace('_', "-"))
+}
+
+pub(super) fn deploy(
+    conn: &Connection,
+    file: &Path,
+    name: Option<&str>,
+    partitions: Option<u32>,
+    out: &mut Vec<u8>,
+) -> Result<(), CliError> {
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => name_from_file(file).ok_or_else(|| {
+            CliError::Input(format!(
+                "cannot take a module name from `{}`: pass --name",
+                file.display()
+            ))
+        })?,
+    };
+    let wasm = std::fs::read(file)
+        .map_err(|e| CliError::Input(format!("cannot read {}: {e}", file.display())))?;
+    let query = partitions.map_or(String::new(), |p| format!("?partitions={p}"));
+    let mut api = Api::with_timeout(conn, super::DEPLOY_TIMEOUT_S)?;
+    let path = format!("/v1/modules/{}", segment(&name));
+    // The version running before, to tell an update from a PUT of the build already running
+    // (both answer 200). Any failure here (usually `unknown-module`) the PUT reports better.
+    let before = if conn.json {
+        None
+    } else {
+        api.get(&path).ok().map(|d| d["version"].clone())
+    };
+    let (r, d) = api.call("PUT", &format!("{path}{query}"), "application/wasm", &wasm)?;
+    if conn.json {
+        out.extend(pretty(&d).as_bytes());
+        return Ok(());
+    }
+    out.extend(deployed_line(r.status, &d, before.as_ref()).as_bytes());
+    Ok(())
+}
+
+/// What a deploy's answer says happened.
+fn deployed_line(status: u16, d: &Value, version_before: Option<&Value>) -> String {
+    let (name, version) = (cell(&d["name"]), cell(&d["version"]));
+    if status == 201 {
+        format!(
+            "deployed {name} version {version} ({} partitions)\n",
+            cell(&d["partitions"])
+        )
+    } else if version_before == Some(&d["version"]) {
+        format!("{name} version {version} is already deployed: unchanged\n")
+    } else {
+        format!("updated {name} to version {version}\n")
+    }
+}
+
+pub(super) fn modules(conn: &Connection, out: &mut Vec<u8>) -> Result<(), CliError> {
+    let list = Api::open(conn)?.get("/v1/modules")?;
+    if conn.json {
+        out.extend(pretty(&list).as_bytes());
+        return Ok(());
+    }
+    out.extend(render_modules(&list).as_bytes());
+    Ok(())
+}
+
+fn render_modules(list: &Value) -> String {
+    let mut t = Table::new(&["name", "version", "partitions"]);
+    for m in list["modules"].as_array().into_iter().flatten() {
+        t.row(vec![
+            cell(&m["name"]),
+            cell(&m["version"]),
+            cell(&m["partitions"]),
+        ]);
+    }
+    t.render()
+}
+
+pub(super) fn describe(conn: &Connection, module: &str, out: &mut Vec<u8>) -> Result<(), CliError> {
+    let d = Api::open(conn)?.get(&format!("/v1/modules/{}", segment(module)))?;
+    if conn.json {
+        out.extend(pretty(&d).as_bytes());
+        return Ok(());
+    }
+    out.extend(render_description(&d).as_bytes());
+    Ok(())
+}
+
+/// `{"hash": "word"}` as `hash(word)`; `"random"` as `random`.
+fn partitioner(p: &Value) -> String {
+    match p.as_object() {
+        Some(o) if o.len() == 1 => {
+            let (kind, arg) = o.iter().next().expect("one entry");
+            format!("{kind}({})", cell(arg))
+        }
+        _ => cell(p),
+    }
+}
+
+fn render_description(d: &Value) -> String {
+    let items = |k: &str| d[k].as_array().cloned().unwrap_or_default();
+    let mut s = format!(
+        "module {}  version {}  partitions {}\n",
+        cell(&d["name"]),
+        cell(&d["version"]),
+        cell(&d["partitions"])
+    );
+    let mut depots = Table::new(&["depot", "partitioner"]);
+    for x in items("depots") {
+        depots.row(vec![cell(&x["name"]), partitioner(&x["partitioner"])]);
+    }
+    let mut pstates = Table::new(&["pstate", "schema"]);
+    for x in items("pstates") {
+        pstates.row(vec![cell(&x["name"]), cell(&x["schema"])]);
+    }
+    let mut topologies = Table::new(&["topology", "kind", "depots"]);
+    for x in items("topologies") {
+        let depots: Vec<String> = x["depots"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(cell)
+            .collect();
+        topologies.row(vec![cell(&x["name"]), cell(&x["kind"]), depots.join(", ")]);
+    }
+    let mut queries = Table::new(&["query"]);
+    for x in items("queries") {
+        queries.row(vec![cell(&x)]);
+    }
+    for t in [depots, pstates, topologies, queries] {
+        s.push('\n');
+        s.push_str(&t.render());
+    }
+    s
+}
+
+pub(super) fn select(
+    conn: &Connection,
+    module: &str,
+    pstate: &str,
+    path: &str,
+    partition: Option<PartitionArg>,
+    limit: Option<u64>,
+    out: &mut Vec<u8>,
+) -> Result<(), CliError> {
+    parse_json_arg("PATH", path)?;
+    // The path goes into the body as the user wrote it, so numbers keep their exact text.
+    let mut body = format!("{{\"path\": {path}");
+    match partition {
+        Some(PartitionArg::One(p)) => body.push_str(&format!(", \"partition\": {p}")),
+        Some(PartitionArg::All) => body.push_str(", \"partition\": \"all\""),
+        None => {}
+    }
+    if let Some(l) = limit {
+        body.push_str(&format!(", \"limit\": {l}"));
+    }
+    body.push('}');
+    let answer = Api::open(conn)?.post(
+        &format!(
+            "/v1/modules/{}/pstates/{}/select",
+            segment(module),
+            segment(pstate)
+        ),
+        &body,
+    )?;
+    if conn.json {
+        out.extend(pretty(&answer).as_bytes());
+        return Ok(());
+    }
+    for v in answer["values"].as_array().into_iter().flatten() {
+        out.extend(format!("{v}\n").as_bytes());
+    }
+    if answer["truncated"] == Value::Bool(true) {
+        // Not on stdout, which holds only values; the next page needs --json's `next`.
+        eprintln!("(truncated at the limit; --json shows `next` for the following page)");
+    }
+    Ok(())
+}
+
+pub(super) fn query(
+    conn: &Connection,
+    module: &str,
+    query: &str,
+    args: &str,
+    out: &mut Vec<u8>,
+) -> Result<(), CliError> {
+    parse_json_arg("ARGS", args)?;
+    let answer = Api::open(conn)?.post(
+        &format!("/v1/modules/{}/queries/{}", segment(module), segment(query)),
+        args,
+    )?;
+    if conn.json {
+        out.extend(pretty(&answer).as_bytes());
+        return Ok(());
+    }
+    let result = &answer["result"];
+    let text = match of_objects(result) {
+        Some(t) => t.render(),
+        None => pretty(result),
+    };
+    out.extend(text.as_bytes());
+    Ok(())
+}
+
+pub(super) fn dead_letters(
+    conn: &Connection,
+    module: &str,
+    topology: &str,
+    out: &mut Vec<u8>,
+) -> Result<(), CliError> {
+    let answer = Api::open(conn)?.get(&format!(
+        "/v1/modules/{}/topologies/{}/dead-letters",
+        segment(module),
+        segment(topology)
+    ))?;
+    if conn.json {
+        out.extend(pretty(&answer).as_bytes());
+        return Ok(());
+    }
+    out.extend(render_dead_letters(&answer).as_bytes());
+    Ok(())
+}
+
+fn render_dead_letters(answer: &Value) -> String {
+    let mut t = Table::new(&["partition", "depot", "offset", "code", "attempts", "error"]);
+    for d in answer["dead_letters"].as_array().into_iter().flatten() {
+        t.row(
+            ["partition", "depot", "offset", "code", "attempts", "error"]
+                .iter()
+                .map(|k| cell(&d[*k]))
+                .collect(),
+        );
+    }
+    t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_come_from_file_stems() {
+        assert_eq!(
+            name_from_file(Path::new("target/x/old_contract.wasm")).as_deref(),
+            Some("old-contract")
+        );
+        assert_eq!(
+            name_from_file(Path::new("wordcount.wasm")).as_deref(),
+            Some("wordcount")
+        );
+        assert_eq!(name_from_file(Path::new("/")), None);
+    }
+
+    #[test]
+    fn deploy_answers() {
+        let d = json!({"name": "wc", "version": 2, "partitions": 4});
+        assert_eq!(
+            deployed_line(
+                201,
+                &json!({"name": "wc", "version": 1, "partitions": 4}),
+                None
+            ),
+            "deployed wc version 1 (4 partitions)\n"
+        );
+        assert_eq!(
+            deployed_line(200, &d, Some(&json!(1))),
+            "updated wc to version 2\n"
+        );
+        assert_eq!(
+            deployed_line(200, &d, Some(&json!(2))),
+            "wc version 2 is already deployed: unchanged\n"
+        );
+    }
+
+    #[test]
+    fn descriptions_render_as_sections() {
+        let d = json!({
+            "name": "wordcount", "version": 1, "partitions": 8,
+            "depots": [{"name": "words", "partitioner": {"hash": "word"}},
+                       {"name": "sentences", "partitioner": "random"}],
+            "pstates": [{"name": "counts", "schema": "map<string, int>"}],
+            "topologies": [{"name": "wordcount", "kind": "stream", "depots": ["words"],
+                            "handler": "count", "hop_handlers": []}],
+            "queries": ["top-words"],
+        });
+        assert_eq!(
+            render_description(&d),
+            "module wordcount  version 1  partitions 8\n\
+             \n\
+             DEPOT      PARTITIONER\n\
+             words      hash(word)\n\
+             sentences  random\n\
+             \n\
+             PSTATE  SCHEMA\n\
+             counts  map<string, int>\n\
+             \n\
+             TOPOLOGY   KIND    DEPOTS\n\
+             wordcount  stream  words\n\
+             \n\
+             QUERY\n\
+             top-words\n"
+        );
+    }
+
+    #[test]
+    fn dead_letters_render_as_a_table() {
+        let a = json!({"topology": "t", "dead_letters": [
+            {"partition": 3, "depot": "words", "offset": 7, "code": "guest-error",
+             "error": "boom\nat line 1", "attempts": 3, "record": {"word": "x"}}]});
+        assert_eq!(
+            render_dead_letters(&a),
+            "PARTITION  DEPOT  OFFSET  CODE         ATTEMPTS  ERROR\n\
+             3          words  7       guest-error  3         boom at line 1\n"
+        );
+        assert_eq!(
+            render_modules(&json!({"modules": []})),
+            "NAME  VERSION  PARTITIONS\n"
+        );
+    }
+}
