@@ -17,7 +17,7 @@ for m in wordcount kv bank; do
     --data-binary "@target/wasm32-wasip2/release/$m.wasm" "$URL/v1/modules/$m")
   case "$code" in
     201) echo "deployed $m" ;;
-    409) echo "$m already deployed" ;;
+    200) echo "$m deployed before: now at version $(sed -n 's/.*"version": *\([0-9]*\).*/\1/p' /tmp/sluice-deploy.json | head -1)" ;;
     *) echo "deploying $m failed ($code): $(cat /tmp/sluice-deploy.json)"; kill $HOST_PID; exit 1 ;;
   esac
 done
@@ -35,6 +35,16 @@ Sluice is running on $URL (data in ./data). Try:
   curl -s -X POST $URL/v1/modules/bank/depots/deposits/append -d '{"account": "alice", "amount": 100}'
   curl -s -X POST $URL/v1/modules/bank/depots/transfers/append -d '{"id": "t1", "from": "alice", "to": "bob", "amount": 30}'
   curl -s -X POST $URL/v1/modules/bank/pstates/accounts/select -d '{"path": [{"key": "alice"}, {"key": "balance"}]}'
+  curl -s -X POST $URL/v1/modules/wordcount/queries/top-words -d '{"n": 3}'
+  curl -s -X POST $URL/v1/modules/bank/queries/total-balance -d '{}'
+  curl -s $URL/metrics | grep sluice_appends_total
+
+The same binary is a client (--server defaults to $URL):
+
+  ./target/release/sluice modules
+  ./target/release/sluice describe wordcount
+  ./target/release/sluice append wordcount words '{"word": "pear"}'
+  ./target/release/sluice query wordcount top-words '{"n": 3}'
 
 Ctrl-C stops it.
 MSG

@@ -47,7 +47,7 @@ impl QueryReads {
     }
 
     /// What `path` selects in `pstate` on each of `partitions` (in that order), read in
-    /// parallel when there are several.
+    /// parallel when there are several and reading one takes long enough to pay for threads.
     pub fn select(
         &mut self,
         pstate: &str,
@@ -76,25 +76,33 @@ impl QueryReads {
             }
             .select(path)
         };
+        // The first partition is read here and timed: when reading one partition is cheap
+        // (small data), starting threads would cost more than it saves, so the rest follow
+        // sequentially; when it is not, the rest are read in parallel.
+        let Some((&first, rest)) = partitions.split_first() else {
+            return Ok(Vec::new());
+        };
+        let started = std::time::Instant::now();
+        let mut out = vec![one(first)?];
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
-            .min(partitions.len());
-        if threads <= 1 {
-            return partitions.iter().map(|&p| one(p)).collect();
+            .min(rest.len());
+        if threads <= 1 || started.elapsed() < PARALLEL_READ_AFTER {
+            for &p in rest {
+                out.push(one(p)?);
+            }
+            return Ok(out);
         }
-        let chunks: Vec<&[u32]> = partitions
-            .chunks(partitions.len().div_ceil(threads))
-            .collect();
+        let chunks: Vec<&[u32]> = rest.chunks(rest.len().div_ceil(threads)).collect();
         std::thread::scope(|s| {
             let one = &one;
             let others: Vec<_> = chunks[1..]
                 .iter()
                 .map(|c| s.spawn(move || c.iter().map(|&p| one(p)).collect::<Result<Vec<_>, _>>()))
                 .collect();
-            let mut out = chunks[0]
-                .iter()
-                .map(|&p| one(p))
-                .collect::<Result<Vec<_>, _>>()?;
+            for &p in chunks[0] {
+                out.push(one(p)?);
+            }
             for h in others {
                 out.extend(h.join().expect("a query read panicked")?);
             }
@@ -102,6 +110,9 @@ impl QueryReads {
         })
     }
 }
+
+/// A partition read slower than this makes a query read the remaining partitions in parallel.
+const PARALLEL_READ_AFTER: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// Why a query gave no answer.
 #[derive(Debug, thiserror::Error)]
@@ -203,5 +214,82 @@ impl Queries {
                 error,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pstate::{Schema, Session, TransformOp};
+
+    /// Reads of every partition, whether sequential (small) or parallel (large), come back
+    /// complete and in partition order, from the snapshot taken at the first read.
+    #[test]
+    fn fan_out_reads_every_partition_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut catalog = Catalog::default();
+        catalog
+            .schemas
+            .insert("m".into(), Schema::parse("map<int, int>").unwrap());
+        let catalog = Arc::new(catalog);
+        const PARTITIONS: u32 = 4;
+        let stores: Vec<Arc<PStateStore>> = (0..PARTITIONS)
+            .map(|p| Arc::new(PStateStore::open(&dir.path().join(format!("p{p}"))).unwrap()))
+            .collect();
+        let mut expected = vec![0i64; PARTITIONS as usize];
+        for (p, store) in stores.iter().enumerate() {
+            let mut s = Session::new(
+                Arc::clone(store),
+                Arc::clone(&catalog),
+                p as u32,
+                PARTITIONS,
+                100_000,
+            );
+            for k in 0..20_000i64 {
+                let key = Value::Integer(k.into());
+                if crate::pstate::partition_of_key(&key, PARTITIONS).unwrap() != p as u32 {
+                    continue;
+                }
+                s.transform(
+                    "m",
+                    &[Navigator::Key(key)],
+                    &TransformOp::Set(Value::Integer(1.into())),
+                )
+                .unwrap();
+                s.end_record(true);
+                expected[p] += 1;
+            }
+            store.commit(s.take_batch(), true).unwrap();
+        }
+        let all: Vec<u32> = (0..PARTITIONS).collect();
+        for path in [vec![Navigator::MapVals], vec![Navigator::Count]] {
+            let mut reads = QueryReads::new(stores.clone(), Arc::clone(&catalog), 100_000);
+            let got = reads.select("m", &path, &all).unwrap();
+            assert_eq!(got.len(), PARTITIONS as usize);
+            for (p, values) in got.iter().enumerate() {
+                if path == [Navigator::Count] {
+                    assert_eq!(values, &vec![Value::Integer(expected[p].into())]);
+                } else {
+                    assert_eq!(values.len() as i64, expected[p]);
+                }
+            }
+        }
+        // One partition, and none.
+        let mut reads = QueryReads::new(stores.clone(), Arc::clone(&catalog), 100_000);
+        assert_eq!(
+            reads.select("m", &[Navigator::Count], &[2]).unwrap().len(),
+            1
+        );
+        assert!(reads
+            .select("m", &[Navigator::Count], &[])
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            reads
+                .select("nope", &[Navigator::Count], &all)
+                .unwrap_err()
+                .code,
+            "unknown-pstate"
+        );
     }
 }
