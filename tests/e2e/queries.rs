@@ -189,3 +189,69 @@ fn queries_are_read_only_and_bounded() {
         Vec::<Value>::new()
     );
 }
+
+/// `total-balance` while transfers are being applied: a query reads every partition at one
+/// point between microbatches, so it never sees a debit without its credit.
+#[test]
+fn total_balance_holds_while_transfers_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("data"), &["--microbatch-interval-ms", "1"]);
+    assert_eq!(
+        host.deploy("bank", &module_wasm("bank"), "?partitions=8")
+            .status,
+        201
+    );
+    let mut lines = String::new();
+    for i in 0..40 {
+        lines.push_str(&json!({"account": format!("a{i}"), "amount": 1_000}).to_string());
+        lines.push('\n');
+    }
+    let r = host.request(
+        "POST",
+        "/v1/modules/bank/depots/deposits/append",
+        "application/x-ndjson",
+        lines.as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let answers = std::thread::scope(|s| {
+        s.spawn(|| {
+            for batch in 0..40 {
+                let mut lines = String::new();
+                for i in 0..25 {
+                    let n = batch * 25 + i;
+                    lines.push_str(
+                        &json!({"id": format!("t{n}"), "from": format!("a{}", n % 40),
+                                "to": format!("a{}", (n * 7 + 3) % 40), "amount": 1 + n % 50})
+                        .to_string(),
+                    );
+                    lines.push('\n');
+                }
+                let r = host.request(
+                    "POST",
+                    "/v1/modules/bank/depots/transfers/append?ack=append",
+                    "application/x-ndjson",
+                    lines.as_bytes(),
+                );
+                assert_eq!(r.status, 200);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            done.store(true, std::sync::atomic::Ordering::Release);
+        });
+        let mut answers = Vec::new();
+        while !done.load(std::sync::atomic::Ordering::Acquire) || answers.len() < 50 {
+            let (status, body) = query(&host, "bank", "total-balance", &json!({}));
+            assert_eq!(status, 200, "{body}");
+            answers.push(body["result"].as_i64().unwrap());
+        }
+        answers
+    });
+    let wrong: Vec<_> = answers.iter().filter(|a| **a != 40_000).collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} answers were not 40000: {:?}",
+        wrong.len(),
+        answers.len(),
+        &wrong[..wrong.len().min(10)]
+    );
+}

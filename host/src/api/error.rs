@@ -158,6 +158,9 @@ impl From<QueryError> for ApiError {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "query-failed", message)
                     .detail("guest_error", error.code)
             }
+            QueryError::Storage(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
+            }
             QueryError::BadAnswer(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "query-failed", message)
                     .detail("guest_error", "invalid-value")

@@ -726,6 +726,7 @@ impl Registry {
             .filter(|t| t.kind == TopologyKind::Microbatch)
             .cloned()
             .collect();
+        let apply_gate = Arc::new(RwLock::new(()));
         let coordinator = if microbatches.is_empty() {
             None
         } else {
@@ -741,6 +742,7 @@ impl Registry {
                 db,
                 interval: std::time::Duration::from_millis(limits.microbatch_interval_ms),
                 stop: Arc::clone(&stop),
+                apply_gate: Arc::clone(&apply_gate),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("{}-microbatch", manifest.name))
@@ -755,6 +757,7 @@ impl Registry {
             validated.queries,
             handles.iter().map(|h| Arc::clone(&h.store)).collect(),
             Arc::clone(&catalog),
+            apply_gate,
         );
         let append_counters = validated
             .depots

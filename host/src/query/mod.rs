@@ -3,9 +3,10 @@
 //! Owns [`QueryReads`] — what a query's host imports read — and [`Queries`], a module's pool
 //! of guest instances kept for queries only, so a query never waits behind (or blocks) a
 //! partition worker. Invariants: a query writes nothing (transforms and hops are refused by
-//! the host imports); each partition is read from one redb snapshot, taken on the query's first
-//! read of it and kept until the query ends, so a query never sees a partition change under
-//! it; a query is bounded by the `query_deadline_ms` limit and the instance memory cap like any
+//! the host imports); each partition is read from one redb snapshot, all taken together when
+//! the query starts (between two microbatch applies: the module's apply gate) and kept until
+//! the query ends, so a query never sees a partition change under it nor half of a
+//! microbatch; a query is bounded by the `query_deadline_ms` limit and the instance memory cap like any
 //! guest call, and a failed query's instance is replaced.
 
 use std::collections::BTreeSet;
@@ -19,7 +20,7 @@ use crate::pstate::{AccessError, Catalog, Navigator, PStateStore};
 use crate::runtime::{GuestError, GuestInstance, Pre, Runtime};
 use crate::value::{from_cbor, to_cbor, Value};
 
-/// A query's reads: one snapshot per partition, opened on first use.
+/// A query's reads: one snapshot per partition.
 pub struct QueryReads {
     stores: Vec<Arc<PStateStore>>,
     catalog: Arc<Catalog>,
@@ -28,6 +29,7 @@ pub struct QueryReads {
 }
 
 impl QueryReads {
+    /// Reads whose snapshots are opened on first use (each partition at its own moment).
     pub fn new(
         stores: Vec<Arc<PStateStore>>,
         catalog: Arc<Catalog>,
@@ -40,6 +42,28 @@ impl QueryReads {
             snapshots,
             select_values_max,
         }
+    }
+
+    /// Reads of every partition at one moment with respect to microbatches: all snapshots are
+    /// opened while holding `gate` for reading (the coordinator holds it for writing while it
+    /// applies a batch).
+    pub fn consistent(
+        stores: Vec<Arc<PStateStore>>,
+        catalog: Arc<Catalog>,
+        select_values_max: usize,
+        gate: &std::sync::RwLock<()>,
+    ) -> Result<Self, redb::Error> {
+        let _read = gate.read().expect("poisoned");
+        let snapshots = stores
+            .iter()
+            .map(|s| s.begin_read().map(Some))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            stores,
+            catalog,
+            snapshots,
+            select_values_max,
+        })
     }
 
     pub fn partitions(&self) -> u32 {
@@ -131,6 +155,8 @@ pub enum QueryError {
     Guest { query: String, error: GuestError },
     #[error("the query's answer is not valid CBOR: {0}")]
     BadAnswer(String),
+    #[error("storage: {0}")]
+    Storage(String),
 }
 
 /// A module's queries and the instances that run them.
@@ -141,6 +167,8 @@ pub struct Queries {
     names: BTreeSet<String>,
     stores: Vec<Arc<PStateStore>>,
     catalog: Arc<Catalog>,
+    /// See [`QueryReads::consistent`].
+    apply_gate: Arc<std::sync::RwLock<()>>,
     /// Idle instances; a query takes one (or instantiates a new one) and gives it back.
     idle: Mutex<Vec<GuestInstance>>,
 }
@@ -156,6 +184,7 @@ impl Queries {
         names: BTreeSet<String>,
         stores: Vec<Arc<PStateStore>>,
         catalog: Arc<Catalog>,
+        apply_gate: Arc<std::sync::RwLock<()>>,
     ) -> Self {
         Self {
             module: module.into(),
@@ -164,6 +193,7 @@ impl Queries {
             names,
             stores,
             catalog,
+            apply_gate,
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -189,11 +219,13 @@ impl Queries {
                 error,
             })?,
         };
-        let reads = QueryReads::new(
+        let reads = QueryReads::consistent(
             self.stores.clone(),
             Arc::clone(&self.catalog),
             self.runtime.limits().select_values_max,
-        );
+            &self.apply_gate,
+        )
+        .map_err(|e| QueryError::Storage(e.to_string()))?;
         let partitions = self.stores.len() as u32;
         let result = instance.query(name, &to_cbor(args), partitions, reads);
         // A failed call already replaced the instance's store; either way it is reusable.

@@ -128,6 +128,10 @@ pub struct Coordinator {
     pub db: Database,
     pub interval: Duration,
     pub stop: Arc<AtomicBool>,
+    /// Held for writing while a batch is applied on the partitions; queries take it for
+    /// reading while they open their snapshots, so they see a batch on all partitions or on
+    /// none.
+    pub apply_gate: Arc<std::sync::RwLock<()>>,
 }
 
 impl Coordinator {
@@ -292,11 +296,14 @@ impl Coordinator {
 
     fn apply(&self, t: &Topology, plan: &mut Plan) -> Result<(), String> {
         let all: Vec<u32> = (0..self.partitions).collect();
-        self.step(
-            t,
-            plan.id,
-            all.iter().map(|&p| (p, BatchStep::Apply)).collect(),
-        )?;
+        {
+            let _gate = self.apply_gate.write().expect("poisoned");
+            self.step(
+                t,
+                plan.id,
+                all.iter().map(|&p| (p, BatchStep::Apply)).collect(),
+            )?;
+        }
         plan.state = State::Done;
         self.save(&t.name, plan)?;
         let settle = all
