@@ -39,8 +39,9 @@ Sluice is running on $URL (data in ./data). Try:
   curl -s -X POST $URL/v1/modules/bank/queries/total-balance -d '{}'
   curl -s $URL/metrics | grep sluice_appends_total
 
-The same binary is a client (--server defaults to $URL):
+The same binary is a client (--server URL or SLUICE_SERVER; default http://127.0.0.1:7470):
 
+  export SLUICE_SERVER=$URL
   ./target/release/sluice modules
   ./target/release/sluice describe wordcount
   ./target/release/sluice append wordcount words '{"word": "pear"}'
