@@ -41,6 +41,28 @@ mod tests {
         assert_eq!(partition_of(b"apple", 8), 1);
     }
 
+    /// Where 30,000 keys (strings, integers, composite keys) land on 8 and 7 partitions, folded
+    /// into one number. The guest SDK's `partition_of_key` (which modules use to group hops by
+    /// partition) pins the same fingerprint in `guest-sdk/src/partition.rs`.
+    #[test]
+    fn fingerprint_shared_with_the_guest_sdk() {
+        use crate::pstate::partition_of_key;
+        use crate::value::Value;
+        let mut acc: u64 = 0;
+        for i in 0..10_000i64 {
+            let s = Value::Text(format!("u{i}"));
+            let n = Value::Integer(i.into());
+            let pair = Value::Array(vec![n.clone(), s.clone()]);
+            for p in [8, 7] {
+                for k in [&s, &n, &pair] {
+                    let q = partition_of_key(k, p).unwrap();
+                    acc = acc.wrapping_mul(31).wrapping_add(u64::from(q));
+                }
+            }
+        }
+        assert_eq!(acc, 1_065_759_859_041_447_187);
+    }
+
     #[test]
     fn spreads_keys_evenly() {
         let mut counts = [0u32; 8];

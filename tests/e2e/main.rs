@@ -2,11 +2,17 @@
 //! directory, driven over HTTP with real `.wasm` modules (built by `make modules`).
 
 mod bad_input;
+mod cli;
 mod crash;
 mod harness;
 mod hostile;
 mod microbatch;
+mod observability;
+mod openapi;
 mod pstates;
+mod queries;
 mod security;
 mod skeleton;
+mod social;
 mod topologies;
+mod update;
