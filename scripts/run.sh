@@ -12,7 +12,7 @@ for _ in $(seq 1 100); do
   curl -sf "$URL/health" >/dev/null && break
   sleep 0.1
 done
-for m in wordcount kv bank; do
+for m in wordcount kv bank social; do
   code=$(curl -s -o /tmp/sluice-deploy.json -w '%{http_code}' -X PUT \
     --data-binary "@target/wasm32-wasip2/release/$m.wasm" "$URL/v1/modules/$m")
   case "$code" in
@@ -37,6 +37,9 @@ Sluice is running on $URL (data in ./data). Try:
   curl -s -X POST $URL/v1/modules/bank/pstates/accounts/select -d '{"path": [{"key": "alice"}, {"key": "balance"}]}'
   curl -s -X POST $URL/v1/modules/wordcount/queries/top-words -d '{"n": 3}'
   curl -s -X POST $URL/v1/modules/bank/queries/total-balance -d '{}'
+  curl -s -X POST $URL/v1/modules/social/depots/follows/append -d '{"follower": "ann", "followee": "bob"}'
+  curl -s -X POST $URL/v1/modules/social/depots/posts/append -d '{"author": "bob", "id": "p1", "text": "hi", "time": 1}'
+  curl -s -X POST $URL/v1/modules/social/queries/timeline -d '{"account": "ann"}'
   curl -s $URL/metrics | grep sluice_appends_total
 
 The same binary is a client (--server URL or SLUICE_SERVER; default http://127.0.0.1:7470):

@@ -21,6 +21,8 @@ pub const HELP: &[(&str, &str, &str)] = &[
     ("sluice_records_processed_total", "counter", "Records and hops a topology handler processed successfully, by module and topology."),
     ("sluice_handler_retries_total", "counter", "Handler attempts that failed and were retried, by module and topology."),
     ("sluice_dead_letters_total", "counter", "Records and hops given up on after the last attempt, by module and topology."),
+    ("sluice_pstate_commits_total", "counter", "PState transactions committed by partition workers, by module (one per worker batch)."),
+    ("sluice_worker_items_total", "counter", "Records and hops processed in worker batches, by module (divided by commits: the mean batch size)."),
     ("sluice_topology_lag_records", "gauge", "Records appended to a topology's depots and not yet processed, by module, topology and partition."),
     ("sluice_partition_queue_depth", "gauge", "Appends queued for a partition worker and not yet taken, by module and partition."),
     ("sluice_guest_call_duration_seconds", "histogram", "Duration of guest calls, by module and kind (define, handle, query)."),

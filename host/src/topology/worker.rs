@@ -273,7 +273,11 @@ pub struct Worker {
 }
 
 /// This worker's metric handles per topology: records processed, retries, dead letters.
-pub struct TopologyCounters(HashMap<String, [Arc<std::sync::atomic::AtomicU64>; 3]>);
+pub struct TopologyCounters {
+    per_topology: HashMap<String, [Arc<std::sync::atomic::AtomicU64>; 3]>,
+    commits: Arc<std::sync::atomic::AtomicU64>,
+    items: Arc<std::sync::atomic::AtomicU64>,
+}
 
 const PROCESSED: usize = 0;
 const RETRIED: usize = 1;
@@ -282,8 +286,10 @@ const DEAD: usize = 2;
 impl TopologyCounters {
     pub fn new(module: &str, topologies: &[Topology]) -> Self {
         use crate::metrics::counter;
-        Self(
-            topologies
+        Self {
+            commits: counter("sluice_pstate_commits_total", &[("module", module)]),
+            items: counter("sluice_worker_items_total", &[("module", module)]),
+            per_topology: topologies
                 .iter()
                 .map(|t| {
                     let l = [("module", module), ("topology", t.name.as_str())];
@@ -297,11 +303,11 @@ impl TopologyCounters {
                     )
                 })
                 .collect(),
-        )
+        }
     }
 
     fn add(&self, topology: &str, which: usize) {
-        if let Some(c) = self.0.get(topology) {
+        if let Some(c) = self.per_topology.get(topology) {
             c[which].fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -756,6 +762,10 @@ impl Worker {
             batch.hop_seq = Some(hops.next_seq);
         }
         let durable = flush.last_durable.elapsed() >= self.pstate_flush_interval;
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .items
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
         if let Err(e) = self.store.commit(batch, durable) {
             let err = ProcessingError::Storage {
                 partition: self.partition,
