@@ -252,7 +252,7 @@ fn microbatch_module_update_under_load_conserves_money() {
                     let mut deposited = 0i64;
                     while !stop.load(Ordering::Acquire) {
                         let id = c * 1_000_000 + n;
-                        let (depot, body) = if n % 3 == 0 {
+                        let (depot, body) = if n.is_multiple_of(3) {
                             deposited += 7;
                             ("deposits", json!({"account": format!("a{}", id % ACCOUNTS), "amount": 7}))
                         } else {
