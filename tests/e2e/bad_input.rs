@@ -48,7 +48,7 @@ fn bad_modules_are_refused_with_a_reason() {
 
     // Nothing of the refused deploys was kept.
     assert_eq!(host.get("/v1/modules").json(), json!({"modules": []}));
-    assert_eq!(host.deploy("wc", &module_wasm("wordcount"), "").status, 201);
+    host.deploy_ok("wc", "wordcount", "");
     // The same build again is a no-op (PUT is idempotent); another build is an update.
     let r = host.deploy("wc", &module_wasm("wordcount"), "");
     assert_eq!((r.status, r.json()["version"].as_u64()), (200, Some(1)));
@@ -58,7 +58,7 @@ fn bad_modules_are_refused_with_a_reason() {
 fn bad_requests_get_json_errors_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(&dir.path().join("data"), &["--request-body-bytes", "1024"]);
-    assert_eq!(host.deploy("wc", &module_wasm("wordcount"), "").status, 201);
+    host.deploy_ok("wc", "wordcount", "");
 
     // (method, path, content type, body, status, error code)
     type Case<'a> = (&'a str, &'a str, &'a str, Vec<u8>, u16, &'a str);

@@ -447,11 +447,7 @@ fn append_file_resends_lines_refused_by_backpressure() {
         &dir.path().join("data"),
         &["--partition-queue-depth", "8", "--partitions", "2"],
     );
-    assert_eq!(
-        host.deploy("wordcount", &module_wasm("wordcount"), "")
-            .status,
-        201
-    );
+    host.deploy_ok("wordcount", "wordcount", "");
     let ndjson: String = (0..400)
         .map(|i| format!("{{\"word\": \"w{}\"}}\n", i % 20))
         .collect();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{module_wasm, Host};
+use crate::harness::Host;
 
 const CLIENTS: u64 = 8;
 const WORDS: u64 = 40;
@@ -30,11 +30,7 @@ struct Acked {
 fn kill_9_under_load_loses_no_acked_record_and_applies_each_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut host = Host::start(&dir.path().join("data"), &[]);
-    assert_eq!(
-        host.deploy("wordcount", &module_wasm("wordcount"), "?partitions=4")
-            .status,
-        201
-    );
+    host.deploy_ok("wordcount", "wordcount", "?partitions=4");
     let mut all_acked: Vec<Acked> = Vec::new();
     let next_id = AtomicU64::new(0);
     for round in 0..KILL_POINTS {

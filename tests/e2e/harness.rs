@@ -188,11 +188,42 @@ impl Host {
         )
     }
 
+    /// Deploys the built module `wasm` (see [`module_wasm`]) as `name`; panics unless created.
+    pub fn deploy_ok(&self, name: &str, wasm: &str, query: &str) {
+        let r = self.deploy(name, &module_wasm(wasm), query);
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    }
+
     pub fn append(&self, module: &str, depot: &str, record: &serde_json::Value) -> Response {
         self.post_json(
             &format!("/v1/modules/{module}/depots/{depot}/append"),
             record,
         )
+    }
+
+    /// Appends `records` as one NDJSON batch (`query`: "" or e.g. "?ack=append"); panics
+    /// unless the batch and every line succeeded. Returns each line's result.
+    pub fn append_all(
+        &self,
+        module: &str,
+        depot: &str,
+        query: &str,
+        records: &[serde_json::Value],
+    ) -> Vec<serde_json::Value> {
+        let body: String = records.iter().map(|l| l.to_string() + "\n").collect();
+        let r = self.request(
+            "POST",
+            &format!("/v1/modules/{module}/depots/{depot}/append{query}"),
+            "application/x-ndjson",
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let results = r.json()["results"].as_array().expect("results").clone();
+        assert_eq!(results.len(), records.len());
+        for (i, res) in results.iter().enumerate() {
+            assert!(res.get("error").is_none(), "line {i}: {res}");
+        }
+        results
     }
 
     /// The values a select returns; panics on an error.

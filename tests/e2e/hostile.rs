@@ -21,7 +21,7 @@ fn runaway_guests_are_stopped_and_rolled_back() {
     );
     let r = host.deploy("hostile", &module_wasm("hostile"), "?partitions=4");
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(host.deploy("wc", &module_wasm("wordcount"), "").status, 201);
+    host.deploy_ok("wc", "wordcount", "");
 
     let ok = host.append("hostile", "commands", &json!({"key": "k", "do": "ok"}));
     assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
@@ -141,11 +141,7 @@ fn a_full_partition_queue_answers_503_and_drops_nothing_accepted() {
             "1",
         ],
     );
-    assert_eq!(
-        host.deploy("hostile", &module_wasm("hostile"), "?partitions=2")
-            .status,
-        201
-    );
+    host.deploy_ok("hostile", "hostile", "?partitions=2");
     std::thread::scope(|s| {
         // Occupies the key's partition for about 2 x 300 ms.
         let blocker =
@@ -192,11 +188,7 @@ fn a_full_partition_queue_answers_503_and_drops_nothing_accepted() {
 fn dead_letters_replay_after_the_cause_is_fixed() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(&dir.path().join("data"), &["--handler-attempts-max", "1"]);
-    assert_eq!(
-        host.deploy("hostile", &module_wasm("hostile"), "?partitions=2")
-            .status,
-        201
-    );
+    host.deploy_ok("hostile", "hostile", "?partitions=2");
     let r = host.append(
         "hostile",
         "commands",
@@ -280,11 +272,7 @@ fn hostile_modules_at_deploy_and_garbage_through_every_import() {
         "nothing of a refused deploy is kept"
     );
 
-    assert_eq!(
-        host.deploy("garbage", &module_wasm("garbage_imports"), "?partitions=2")
-            .status,
-        201
-    );
+    host.deploy_ok("garbage", "garbage_imports", "?partitions=2");
     let r = host.append("garbage", "go", &json!({"key": "g"}));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(
@@ -313,11 +301,7 @@ fn hostile_modules_at_deploy_and_garbage_through_every_import() {
         vec![json!(i64::MAX)]
     );
 
-    assert_eq!(
-        host.deploy("hostile", &module_wasm("hostile"), "?partitions=2")
-            .status,
-        201
-    );
+    host.deploy_ok("hostile", "hostile", "?partitions=2");
     let r = host.append(
         "hostile",
         "commands",

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{module_wasm, Host};
+use crate::harness::Host;
 
 fn balance(host: &Host, account: &str) -> Vec<Value> {
     host.select(
@@ -21,11 +21,7 @@ fn balance(host: &Host, account: &str) -> Vec<Value> {
 fn bank_transfers_apply_exactly_once_with_read_your_writes() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(&dir.path().join("data"), &[]);
-    assert_eq!(
-        host.deploy("bank", &module_wasm("bank"), "?partitions=4")
-            .status,
-        201
-    );
+    host.deploy_ok("bank", "bank", "?partitions=4");
     let d = host.get("/v1/modules/bank").json();
     assert_eq!(d["topologies"][0]["kind"], "microbatch");
 
@@ -79,11 +75,7 @@ fn kill_9_at_20_points_conserves_money_and_applies_no_transfer_twice() {
     let dir = tempfile::tempdir().unwrap();
     let args = ["--select-values-max", "1000000"];
     let mut host = Host::start(&dir.path().join("data"), &args);
-    assert_eq!(
-        host.deploy("bank", &module_wasm("bank"), "?partitions=4")
-            .status,
-        201
-    );
+    host.deploy_ok("bank", "bank", "?partitions=4");
     let next = AtomicU64::new(0);
     for round in 0..KILL_POINTS {
         // Kill points spread over 120..620 ms into the load.

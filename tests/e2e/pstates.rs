@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::harness::{module_wasm, Host};
+use crate::harness::Host;
 
 fn select_body(host: &Host, body: serde_json::Value) -> crate::harness::Response {
     host.post_json("/v1/modules/kv/pstates/kv/select", &body)
@@ -24,11 +24,7 @@ fn values(host: &Host, body: serde_json::Value) -> serde_json::Value {
 fn subindexed_maps_and_every_navigator_over_http() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(&dir.path().join("data"), &["--select-values-max", "100"]);
-    assert_eq!(
-        host.deploy("kv", &module_wasm("kv"), "?partitions=4")
-            .status,
-        201
-    );
+    host.deploy_ok("kv", "kv", "?partitions=4");
     let d = host.get("/v1/modules/kv").json();
     assert_eq!(
         d["pstates"][0]["schema"],
@@ -248,11 +244,7 @@ fn subindexed_maps_and_every_navigator_over_http() {
 fn direct_partitioner_and_record_size_limit() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(&dir.path().join("data"), &["--record-size-bytes", "200"]);
-    assert_eq!(
-        host.deploy("kv", &module_wasm("kv"), "?partitions=4")
-            .status,
-        201
-    );
+    host.deploy_ok("kv", "kv", "?partitions=4");
     let put = json!({"key": "alice", "field": 1, "value": "x"}).to_string();
     let owner = host
         .append(

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{module_wasm, Host};
+use crate::harness::Host;
 
 fn query(host: &Host, module: &str, q: &str, args: &Value) -> (u16, Value) {
     let r = host.post_json(&format!("/v1/modules/{module}/queries/{q}"), args);
@@ -13,11 +13,7 @@ fn query(host: &Host, module: &str, q: &str, args: &Value) -> (u16, Value) {
 fn top_words_reads_all_partitions_highest_first() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(&dir.path().join("data"), &[]);
-    assert_eq!(
-        host.deploy("wordcount", &module_wasm("wordcount"), "?partitions=8")
-            .status,
-        201
-    );
+    host.deploy_ok("wordcount", "wordcount", "?partitions=8");
     assert_eq!(
         host.get("/v1/modules/wordcount").json()["queries"],
         json!(["top-words"])
@@ -102,42 +98,19 @@ fn top_words_reads_all_partitions_highest_first() {
 fn bank_total_balance_equals_deposits() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(&dir.path().join("data"), &[]);
-    assert_eq!(
-        host.deploy("bank", &module_wasm("bank"), "?partitions=4")
-            .status,
-        201
-    );
-    let mut deposited = 0;
-    let mut lines = String::new();
-    for i in 0..40 {
-        let amount = 10 + i;
-        deposited += amount;
-        lines.push_str(&json!({"account": format!("a{i}"), "amount": amount}).to_string());
-        lines.push('\n');
-    }
-    let r = host.request(
-        "POST",
-        "/v1/modules/bank/depots/deposits/append",
-        "application/x-ndjson",
-        lines.as_bytes(),
-    );
-    assert_eq!(r.status, 200);
-    let mut transfers = String::new();
-    for i in 0..60 {
-        transfers.push_str(
-            &json!({"id": format!("t{i}"), "from": format!("a{}", i % 40),
-                    "to": format!("a{}", (i * 7 + 3) % 40), "amount": 5 + i % 30})
-            .to_string(),
-        );
-        transfers.push('\n');
-    }
-    let r = host.request(
-        "POST",
-        "/v1/modules/bank/depots/transfers/append",
-        "application/x-ndjson",
-        transfers.as_bytes(),
-    );
-    assert_eq!(r.status, 200);
+    host.deploy_ok("bank", "bank", "?partitions=4");
+    let deposits: Vec<Value> = (0..40)
+        .map(|i| json!({"account": format!("a{i}"), "amount": 10 + i}))
+        .collect();
+    let deposited: i64 = (0..40).map(|i| 10 + i).sum();
+    host.append_all("bank", "deposits", "", &deposits);
+    let transfers: Vec<Value> = (0..60)
+        .map(|i| {
+            json!({"id": format!("t{i}"), "from": format!("a{}", i % 40),
+                   "to": format!("a{}", (i * 7 + 3) % 40), "amount": 5 + i % 30})
+        })
+        .collect();
+    host.append_all("bank", "transfers", "", &transfers);
     assert_eq!(
         query(&host, "bank", "total-balance", &json!({})),
         (200, json!({ "result": deposited }))
@@ -148,11 +121,7 @@ fn bank_total_balance_equals_deposits() {
 fn queries_are_read_only_and_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(&dir.path().join("data"), &["--query-deadline-ms", "300"]);
-    assert_eq!(
-        host.deploy("hostile", &module_wasm("hostile"), "?partitions=4")
-            .status,
-        201
-    );
+    host.deploy_ok("hostile", "hostile", "?partitions=4");
     for key in ["a", "b", "c", "d", "e"] {
         let r = host.append("hostile", "commands", &json!({"key": key, "do": "ok"}));
         assert_eq!(r.status, 200);
@@ -196,44 +165,22 @@ fn queries_are_read_only_and_bounded() {
 fn total_balance_holds_while_transfers_run() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(&dir.path().join("data"), &["--microbatch-interval-ms", "1"]);
-    assert_eq!(
-        host.deploy("bank", &module_wasm("bank"), "?partitions=8")
-            .status,
-        201
-    );
-    let mut lines = String::new();
-    for i in 0..40 {
-        lines.push_str(&json!({"account": format!("a{i}"), "amount": 1_000}).to_string());
-        lines.push('\n');
-    }
-    let r = host.request(
-        "POST",
-        "/v1/modules/bank/depots/deposits/append",
-        "application/x-ndjson",
-        lines.as_bytes(),
-    );
-    assert_eq!(r.status, 200);
+    host.deploy_ok("bank", "bank", "?partitions=8");
+    let deposits: Vec<Value> = (0..40)
+        .map(|i| json!({"account": format!("a{i}"), "amount": 1_000}))
+        .collect();
+    host.append_all("bank", "deposits", "", &deposits);
     let done = std::sync::atomic::AtomicBool::new(false);
     let answers = std::thread::scope(|s| {
         s.spawn(|| {
             for batch in 0..40 {
-                let mut lines = String::new();
-                for i in 0..25 {
-                    let n = batch * 25 + i;
-                    lines.push_str(
-                        &json!({"id": format!("t{n}"), "from": format!("a{}", n % 40),
-                                "to": format!("a{}", (n * 7 + 3) % 40), "amount": 1 + n % 50})
-                        .to_string(),
-                    );
-                    lines.push('\n');
-                }
-                let r = host.request(
-                    "POST",
-                    "/v1/modules/bank/depots/transfers/append?ack=append",
-                    "application/x-ndjson",
-                    lines.as_bytes(),
-                );
-                assert_eq!(r.status, 200);
+                let transfers: Vec<Value> = (batch * 25..batch * 25 + 25)
+                    .map(|n| {
+                        json!({"id": format!("t{n}"), "from": format!("a{}", n % 40),
+                               "to": format!("a{}", (n * 7 + 3) % 40), "amount": 1 + n % 50})
+                    })
+                    .collect();
+                host.append_all("bank", "transfers", "?ack=append", &transfers);
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             done.store(true, std::sync::atomic::Ordering::Release);

@@ -120,7 +120,7 @@ fn limits_answer_with_the_limit_they_hit() {
             "2",
         ],
     );
-    assert_eq!(host.deploy("wc", &module_wasm("wordcount"), "").status, 201);
+    host.deploy_ok("wc", "wordcount", "");
     let r = host.request(
         "POST",
         "/v1/modules/wc/depots/words/append",
@@ -197,7 +197,7 @@ fn limits_answer_with_the_limit_they_hit() {
 fn the_http_edge_table() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(&dir.path().join("data"), &[]);
-    assert_eq!(host.deploy("wc", &module_wasm("wordcount"), "").status, 201);
+    host.deploy_ok("wc", "wordcount", "");
     let deep = "[".repeat(200) + &"]".repeat(200);
     let deep_value = format!(
         "{{\"word\": \"a\", \"x\": {}}}",

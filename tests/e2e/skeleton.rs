@@ -108,11 +108,7 @@ fn deploy_append_select_and_survive_restarts() {
 fn ack_levels_ndjson_batches_and_depot_reads() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(&dir.path().join("data"), &[]);
-    assert_eq!(
-        host.deploy("wordcount", &module_wasm("wordcount"), "?partitions=4")
-            .status,
-        201
-    );
+    host.deploy_ok("wordcount", "wordcount", "?partitions=4");
 
     let r = host.request(
         "POST",

@@ -41,20 +41,7 @@ fn append(host: &Host, depot: &str, record: Value) -> Value {
 
 /// Appends NDJSON lines with `ack=full`; returns each line's result, none an error.
 fn append_batch(host: &Host, depot: &str, lines: &[Value]) -> Vec<Value> {
-    let body: String = lines.iter().map(|l| l.to_string() + "\n").collect();
-    let r = host.request(
-        "POST",
-        &format!("/v1/modules/social/depots/{depot}/append?ack=full"),
-        "application/x-ndjson",
-        body.as_bytes(),
-    );
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let results = r.json()["results"].as_array().expect("results").clone();
-    assert_eq!(results.len(), lines.len());
-    for (i, res) in results.iter().enumerate() {
-        assert!(res.get("error").is_none(), "line {i}: {res}");
-    }
-    results
+    host.append_all("social", depot, "?ack=full", lines)
 }
 
 fn follow(host: &Host, follower: &str, followee: &str) {

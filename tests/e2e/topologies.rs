@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{module_wasm, Host};
+use crate::harness::Host;
 
 const TEXTS: &[&str] = &[
     "the cat and the hat",
@@ -40,11 +40,7 @@ fn counts(host: &Host, words: impl Iterator<Item = String>) -> BTreeMap<String, 
 fn sentences_hop_to_each_words_partition_and_full_ack_waits_for_every_hop() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(&dir.path().join("data"), &[]);
-    assert_eq!(
-        host.deploy("wordcount", &module_wasm("wordcount"), "?partitions=4")
-            .status,
-        201
-    );
+    host.deploy_ok("wordcount", "wordcount", "?partitions=4");
     let d = host.get("/v1/modules/wordcount").json();
     assert_eq!(d["topologies"][1]["hop_handlers"], json!(["count-word"]));
 
@@ -79,11 +75,7 @@ fn sentences_hop_to_each_words_partition_and_full_ack_waits_for_every_hop() {
 fn kill_9_during_hops_applies_every_stored_sentence_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut host = Host::start(&dir.path().join("data"), &[]);
-    assert_eq!(
-        host.deploy("wordcount", &module_wasm("wordcount"), "?partitions=4")
-            .status,
-        201
-    );
+    host.deploy_ok("wordcount", "wordcount", "?partitions=4");
     let next = AtomicU64::new(0);
     for round in 0..3u64 {
         let kill_after = Duration::from_millis(300 + 200 * round);

@@ -27,11 +27,7 @@ fn counts(host: &Host) -> BTreeMap<String, i64> {
 fn incompatible_updates_are_refused_with_nothing_changed() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(&dir.path().join("data"), &[]);
-    assert_eq!(
-        host.deploy("wordcount", &module_wasm("wordcount"), "?partitions=8")
-            .status,
-        201
-    );
+    host.deploy_ok("wordcount", "wordcount", "?partitions=8");
     for w in ["a", "b", "a"] {
         assert_eq!(
             host.append("wordcount", "words", &json!({ "word": w }))
@@ -85,11 +81,7 @@ fn incompatible_updates_are_refused_with_nothing_changed() {
 fn update_under_load_loses_and_refuses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(&dir.path().join("data"), &[]);
-    assert_eq!(
-        host.deploy("wordcount", &module_wasm("wordcount"), "?partitions=8")
-            .status,
-        201
-    );
+    host.deploy_ok("wordcount", "wordcount", "?partitions=8");
     let stop = AtomicBool::new(false);
     const CLIENTS: u64 = 4;
     let (acked, update) = std::thread::scope(|s| {
@@ -207,11 +199,7 @@ fn update_under_load_loses_and_refuses_nothing() {
     assert_eq!(r.status, 200);
     assert!(!dir.path().join("data/modules/wordcount").exists());
     assert_eq!(host.get("/v1/modules/wordcount").status, 404);
-    assert_eq!(
-        host.deploy("wordcount", &module_wasm("wordcount"), "")
-            .status,
-        201
-    );
+    host.deploy_ok("wordcount", "wordcount", "");
     assert_eq!(host.get("/v1/modules/wordcount").json()["version"], 1);
     assert!(counts(&host).is_empty());
 }
@@ -223,24 +211,12 @@ fn update_under_load_loses_and_refuses_nothing() {
 fn microbatch_module_update_under_load_conserves_money() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(&dir.path().join("data"), &[]);
-    assert_eq!(
-        host.deploy("bank", &module_wasm("bank"), "?partitions=4")
-            .status,
-        201
-    );
+    host.deploy_ok("bank", "bank", "?partitions=4");
     const ACCOUNTS: u64 = 20;
-    let mut lines = String::new();
-    for a in 0..ACCOUNTS {
-        lines.push_str(&json!({"account": format!("a{a}"), "amount": 500}).to_string());
-        lines.push('\n');
-    }
-    let r = host.request(
-        "POST",
-        "/v1/modules/bank/depots/deposits/append",
-        "application/x-ndjson",
-        lines.as_bytes(),
-    );
-    assert_eq!(r.status, 200);
+    let deposits: Vec<Value> = (0..ACCOUNTS)
+        .map(|a| json!({"account": format!("a{a}"), "amount": 500}))
+        .collect();
+    host.append_all("bank", "deposits", "", &deposits);
     let stop = AtomicBool::new(false);
     let (sent, update) = std::thread::scope(|s| {
         let workers: Vec<_> = (0..3u64)
