@@ -20,35 +20,19 @@ use crate::pstate::{AccessError, Catalog, Navigator, PStateStore};
 use crate::runtime::{GuestError, GuestInstance, Pre, Runtime};
 use crate::value::{from_cbor, to_cbor, Value};
 
-/// A query's reads: one snapshot per partition.
+/// A query's reads: one snapshot per partition, all opened at one moment.
 pub struct QueryReads {
-    stores: Vec<Arc<PStateStore>>,
     catalog: Arc<Catalog>,
-    snapshots: Vec<Option<ReadTransaction>>,
+    snapshots: Vec<ReadTransaction>,
     select_values_max: usize,
 }
 
 impl QueryReads {
-    /// Reads whose snapshots are opened on first use (each partition at its own moment).
-    pub fn new(
-        stores: Vec<Arc<PStateStore>>,
-        catalog: Arc<Catalog>,
-        select_values_max: usize,
-    ) -> Self {
-        let snapshots = stores.iter().map(|_| None).collect();
-        Self {
-            stores,
-            catalog,
-            snapshots,
-            select_values_max,
-        }
-    }
-
     /// Reads of every partition at one moment with respect to microbatches: all snapshots are
     /// opened while holding `gate` for reading (the coordinator holds it for writing while it
     /// applies a batch).
     pub fn consistent(
-        stores: Vec<Arc<PStateStore>>,
+        stores: &[Arc<PStateStore>],
         catalog: Arc<Catalog>,
         select_values_max: usize,
         gate: &std::sync::RwLock<()>,
@@ -56,10 +40,9 @@ impl QueryReads {
         let _read = gate.read().expect("poisoned");
         let snapshots = stores
             .iter()
-            .map(|s| s.begin_read().map(Some))
+            .map(|s| s.begin_read())
             .collect::<Result<_, _>>()?;
         Ok(Self {
-            stores,
             catalog,
             snapshots,
             select_values_max,
@@ -67,13 +50,13 @@ impl QueryReads {
     }
 
     pub fn partitions(&self) -> u32 {
-        self.stores.len() as u32
+        self.snapshots.len() as u32
     }
 
     /// What `path` selects in `pstate` on each of `partitions` (in that order), read in
     /// parallel when there are several and reading one takes long enough to pay for threads.
     pub fn select(
-        &mut self,
+        &self,
         pstate: &str,
         path: &[Navigator],
         partitions: &[u32],
@@ -81,16 +64,10 @@ impl QueryReads {
         let catalog = Arc::clone(&self.catalog);
         let schema = catalog.schema(pstate)?;
         crate::pstate::check_leading_key(schema, pstate, path)?;
-        for &p in partitions {
-            let slot = &mut self.snapshots[p as usize];
-            if slot.is_none() {
-                *slot = Some(self.stores[p as usize].begin_read()?);
-            }
-        }
         let snapshots = &self.snapshots;
         let limit = self.select_values_max;
         let one = |p: u32| -> Result<Vec<Value>, AccessError> {
-            let snapshot = snapshots[p as usize].as_ref().expect("opened above");
+            let snapshot = &snapshots[p as usize];
             let mut view = SnapshotView { snapshot };
             Engine {
                 view: &mut view,
@@ -220,7 +197,7 @@ impl Queries {
             })?,
         };
         let reads = QueryReads::consistent(
-            self.stores.clone(),
+            &self.stores,
             Arc::clone(&self.catalog),
             self.runtime.limits().select_values_max,
             &self.apply_gate,
@@ -255,7 +232,7 @@ mod tests {
     use crate::pstate::{Schema, Session, TransformOp};
 
     /// Reads of every partition, whether sequential (small) or parallel (large), come back
-    /// complete and in partition order, from the snapshot taken at the first read.
+    /// complete and in partition order, from the snapshots opened together.
     #[test]
     fn fan_out_reads_every_partition_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -295,7 +272,9 @@ mod tests {
         }
         let all: Vec<u32> = (0..PARTITIONS).collect();
         for path in [vec![Navigator::MapVals], vec![Navigator::Count]] {
-            let mut reads = QueryReads::new(stores.clone(), Arc::clone(&catalog), 100_000);
+            let reads =
+                QueryReads::consistent(&stores, Arc::clone(&catalog), 100_000, &Default::default())
+                    .unwrap();
             let got = reads.select("m", &path, &all).unwrap();
             assert_eq!(got.len(), PARTITIONS as usize);
             for (p, values) in got.iter().enumerate() {
@@ -307,7 +286,9 @@ mod tests {
             }
         }
         // One partition, and none.
-        let mut reads = QueryReads::new(stores.clone(), Arc::clone(&catalog), 100_000);
+        let reads =
+            QueryReads::consistent(&stores, Arc::clone(&catalog), 100_000, &Default::default())
+                .unwrap();
         assert_eq!(
             reads.select("m", &[Navigator::Count], &[2]).unwrap().len(),
             1

@@ -199,7 +199,7 @@ impl host::Host for HostState {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
-        if let Some(reads) = self.query.as_mut() {
+        if let Some(reads) = self.query.as_ref() {
             let partition = match crate::pstate::leading_partition(&path, reads.partitions()) {
                 Ok(Some(p)) => p,
                 Ok(None) => {
@@ -279,7 +279,7 @@ impl host::Host for HostState {
                 .map(|vs| vs.iter().map(crate::value::to_cbor).collect())
                 .collect()
         };
-        if let Some(reads) = self.query.as_mut() {
+        if let Some(reads) = self.query.as_ref() {
             return Ok(reads
                 .select(&pstate, &path, &targets)
                 .map(to_cbor_lists)
