@@ -3,7 +3,7 @@ CARGO ?= cargo
 WASM_DIR := target/wasm32-wasip2/release
 LISTEN ?= 127.0.0.1:7470
 
-.PHONY: run test modules wasm-target host lint fmt bench fuzz clean
+.PHONY: run test sim modules wasm-target host lint fmt bench fuzz clean
 
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
@@ -28,6 +28,12 @@ lint: wasm-target
 ## Everything CI runs: lints, unit tests, end-to-end tests against the real binary.
 test: modules lint
 	$(CARGO) test --workspace
+
+## The deterministic simulation of the partition protocol with more seeds than `make test`
+## runs (300); a failure prints its seed, replayed with SIM_SEED=<seed>.
+SEEDS ?= 10000
+sim:
+	SIM_SEEDS=$(SEEDS) $(CARGO) test -p sluice --test sim -- --nocapture
 
 ## Benchmarks (release build); results are recorded in BENCHMARKS.md.
 bench: modules

@@ -110,10 +110,14 @@ fn main() {
             .unwrap();
         session.end_record(true);
         if (n + 1) % BATCH == 0 {
-            stores[big_p].commit(session.take_batch(), false).unwrap();
+            stores[big_p]
+                .commit_writes(&session.take_writes(), false)
+                .unwrap();
         }
     }
-    stores[big_p].commit(session.take_batch(), true).unwrap();
+    stores[big_p]
+        .commit_writes(&session.take_writes(), true)
+        .unwrap();
     let transform_rate = BIG as f64 / start.elapsed().as_secs_f64();
     // Small entries for key lookups: kv["k<n>"][0] = "x".
     let mut sessions: Vec<Session> = (0..PARTITIONS)
@@ -135,7 +139,7 @@ fn main() {
         s.end_record(true);
     }
     for (p, s) in sessions.iter_mut().enumerate() {
-        stores[p].commit(s.take_batch(), true).unwrap();
+        stores[p].commit_writes(&s.take_writes(), true).unwrap();
     }
     drop(sessions);
     drop(session);

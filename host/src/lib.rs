@@ -7,13 +7,13 @@
 //!   knows wasmtime.
 //! - [`depot`]: partitioners and the per-partition depot log.
 //! - [`pstate`]: schemas, key encoding, paths, the per-partition PState store.
-//! - [`topology`]: the partition worker that runs stream topologies.
+//! - [`partition`]: the partition state machine: commit protocol, hops, recovery, worker.
+//! - [`topology`]: topology declarations and the microbatch coordinator.
 //! - [`query`]: query topologies: read-only guest calls over every partition's snapshots.
 //! - [`metrics`]: counters and histograms, rendered in the Prometheus text format.
 //! - [`client`]: a small blocking HTTP client of the API (the CLI, the load generator, tests).
 //! - [`cli`]: the client subcommands of the `sluice` binary (deploy, append, select, ...).
 //! - [`testing`]: an in-process host for module authors' `cargo test` tests.
-//! - [`partition`]: the stable hash that maps keys to partitions.
 //! - [`value`]: CBOR values and their JSON form.
 
 pub mod api;

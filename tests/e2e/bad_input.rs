@@ -219,3 +219,54 @@ fn bad_requests_get_json_errors_and_write_nothing() {
     );
     assert_eq!(host.get("/health").json()["status"], "ok");
 }
+
+/// Issue 12 item 3: one oversized line rejects the whole NDJSON batch, nothing written.
+#[test]
+fn an_oversized_ndjson_line_rejects_the_whole_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("data"), &["--record-size-bytes", "64"]);
+    host.deploy_ok("wc", "wordcount", "?partitions=4");
+    let big = "x".repeat(100);
+    let body = format!("{{\"word\": \"a\"}}\n{{\"word\": \"{big}\"}}\n{{\"word\": \"b\"}}\n");
+    let r = host.request(
+        "POST",
+        "/v1/modules/wc/depots/words/append",
+        "application/x-ndjson",
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    let e = r.json()["error"].clone();
+    assert_eq!(e["code"], "record-too-large");
+    assert_eq!(e["line"], 2);
+    assert_eq!(
+        host.depot_records("wc", "words"),
+        0,
+        "nothing may be written"
+    );
+    assert!(host
+        .select("wc", "counts", json!([{"key": "a"}]))
+        .is_empty());
+}
+
+/// Issue 12 item 4: a `random` depot spreads NDJSON batches over every partition (each record
+/// is routed once).
+#[test]
+fn random_partitioner_spreads_ndjson_batches_evenly() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("data"), &[]);
+    host.deploy_ok("wc", "wordcount", "?partitions=8");
+    for b in 0..4 {
+        let lines: Vec<_> = (0..4)
+            .map(|i| json!({"text": format!("w{b} w{i}")}))
+            .collect();
+        host.append_all("wc", "sentences", "?ack=full", &lines);
+    }
+    let info = host.get("/v1/modules/wc/depots/sentences").json();
+    let ends: Vec<u64> = info["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["end"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ends, vec![2; 8], "16 records over 8 partitions");
+}

@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod crash;
+
 mod harness;
 mod hostile;
 mod microbatch;

@@ -21,7 +21,10 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
 fn metrics_count_appends_processing_failures_and_queries() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(&dir.path().join("data"), &["--handler-attempts-max", "3"]);
-    assert_eq!(host.get("/health").json(), json!({"status": "ok"}));
+    assert_eq!(
+        host.get("/health").json(),
+        json!({"status": "ok", "modules": {}})
+    );
     for (name, wasm) in [
         ("wordcount", "wordcount"),
         ("hostile", "hostile"),
@@ -102,9 +105,10 @@ fn metrics_count_appends_processing_failures_and_queries() {
         get(r#"sluice_records_processed_total{module="wordcount",topology="wordcount"}"#),
         6.0
     );
+    // A guest error is permanent: dead-lettered at once, not retried.
     assert_eq!(
         get(r#"sluice_handler_retries_total{module="hostile",topology="run"}"#),
-        2.0
+        0.0
     );
     assert_eq!(
         get(r#"sluice_dead_letters_total{module="hostile",topology="run"}"#),
@@ -112,7 +116,7 @@ fn metrics_count_appends_processing_failures_and_queries() {
     );
     assert_eq!(
         get(r#"sluice_guest_failures_total{module="hostile",code="guest-error"}"#),
-        3.0
+        1.0
     );
     assert_eq!(
         get(r#"sluice_queries_total{module="wordcount",query="top-words",outcome="ok"}"#),

@@ -81,7 +81,7 @@ impl Tokens {
         segments: &[&str],
         headers: &HeaderMap,
     ) -> Result<(), ApiError> {
-        if self.0.is_empty() || segments == ["health"] {
+        if self.0.is_empty() || matches!(segments, ["health"] | ["health", "ready"]) {
             return Ok(());
         }
         let need = required_role(method, segments);

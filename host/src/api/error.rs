@@ -107,6 +107,15 @@ impl From<AppendError> for ApiError {
                 e.retry_after_s = Some(1);
                 e
             }
+            AppendError::Restarting { .. } => {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "partition-restarting",
+                    message,
+                );
+                e.retry_after_s = Some(1);
+                e
+            }
             AppendError::Unavailable(_) => {
                 let mut e = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -141,6 +150,13 @@ impl From<ProcessingError> for ApiError {
             ProcessingError::Storage { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
             }
+            ProcessingError::OutcomeUnknown {
+                partition, offset, ..
+            } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "outcome-unknown", message)
+                .detail("partition", partition)
+                .detail("offset", offset)
+                .detail("durable", true)
+                .detail("outcome", "unknown"),
         }
     }
 }

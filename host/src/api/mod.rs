@@ -33,6 +33,7 @@ use crate::value::{from_cbor, to_json};
 /// `/v1/openapi.json` describes exactly these (checked by a test).
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/health"),
+    ("GET", "/health/ready"),
     ("GET", "/metrics"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/v1/modules"),
@@ -308,7 +309,8 @@ async fn route(
         )
     };
     match segments.as_slice() {
-        ["health"] => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        ["health"] => Ok(health(state, false)),
+        ["health", "ready"] => Ok(health(state, true)),
         ["metrics"] => {
             if method != Method::GET {
                 return Err(not_allowed());
@@ -490,9 +492,20 @@ async fn submit(
     partition: Option<u32>,
     ack: AckLevel,
 ) -> Result<crate::module::Submitted, crate::module::AppendError> {
+    let prepared = module.prepare(depot, record, partition)?;
+    submit_prepared(state, module, &prepared, ack).await
+}
+
+/// Queues a prepared record; while the module is being updated, waits for its successor.
+async fn submit_prepared(
+    state: &AppState,
+    module: &mut Arc<Module>,
+    prepared: &crate::module::Prepared,
+    ack: AckLevel,
+) -> Result<crate::module::Submitted, crate::module::AppendError> {
     let started = std::time::Instant::now();
     loop {
-        match module.submit(depot, record, partition, ack) {
+        match module.submit_prepared(prepared, ack) {
             Err(crate::module::AppendError::Updating(name))
                 if started.elapsed() < UPDATE_WAIT_MAX =>
             {
@@ -504,6 +517,41 @@ async fn submit(
             r => return r,
         }
     }
+}
+
+/// `/health` (always 200: liveness) and `/health/ready` (503 while a partition cannot serve),
+/// with every module's partition states.
+fn health(state: &AppState, readiness: bool) -> Response<Full<Bytes>> {
+    use crate::partition::worker::PartitionState;
+    let mut modules = serde_json::Map::new();
+    let mut all_serving = true;
+    for m in state.registry.list() {
+        let parts: Vec<_> = (0..m.partitions)
+            .map(|p| {
+                let h = &m.handles[p as usize];
+                let st = h.status.state();
+                all_serving &= st == PartitionState::Serving;
+                let mut v = json!({
+                    "partition": p,
+                    "state": st.name(),
+                    "restarts": h.status.restarts.load(std::sync::atomic::Ordering::Relaxed),
+                    "durable_commits": h.status.durable_commits.load(std::sync::atomic::Ordering::Relaxed),
+                });
+                if let PartitionState::Restarting { cause } = st {
+                    v["cause"] = cause.into();
+                }
+                v
+            })
+            .collect();
+        modules.insert(m.name.clone(), parts.into());
+    }
+    let status = if all_serving { "ok" } else { "degraded" };
+    let code = if readiness && !all_serving {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    json_response(code, &json!({"status": status, "modules": modules}))
 }
 
 async fn append(
@@ -583,17 +631,16 @@ async fn append(
     // NDJSON: every line is parsed and routed before any is queued, so a bad line rejects
     // the whole batch with nothing written.
     let records = json::parse_ndjson(&body, limits.ndjson_lines_max)?;
-    let depot_ref = &module.depots[depot];
+    let mut prepared = Vec::with_capacity(records.len());
     for (i, r) in records.iter().enumerate() {
-        depot_ref
-            .route(r, partition, module.partitions)
-            .map_err(|e| {
-                ApiError::from(crate::module::AppendError::Route(e)).detail("line", i + 1)
-            })?;
+        let p = module
+            .prepare(depot, r, partition)
+            .map_err(|e| ApiError::from(e).detail("line", i + 1))?;
+        prepared.push(p);
     }
-    let mut pending = Vec::with_capacity(records.len());
-    for r in &records {
-        pending.push(submit(state, &mut module, depot, r, partition, ack).await);
+    let mut pending = Vec::with_capacity(prepared.len());
+    for p in &prepared {
+        pending.push(submit_prepared(state, &mut module, p, ack).await);
     }
     let mut results = Vec::with_capacity(pending.len());
     for p in pending {
@@ -825,6 +872,17 @@ const SELECT_SKIP_MAX: usize = 1_000_000;
 async fn wait_ready(module: &Module, p: u32) -> Result<(), ApiError> {
     let started = std::time::Instant::now();
     while !module.is_ready(p) {
+        if let crate::partition::worker::PartitionState::Restarting { cause } =
+            module.partition_state(p)
+        {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "partition-restarting",
+                format!("partition {p} failed and is restarting: {cause}"),
+            );
+            e.retry_after_s = Some(1);
+            return Err(e);
+        }
         if started.elapsed().as_millis() as u64 > RECOVERY_WAIT_MS_MAX {
             let mut e = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -849,12 +907,12 @@ fn dead_letters(module: &Module, topology: &str) -> Result<Response<Full<Bytes>>
     }
     let mut out = Vec::new();
     for (k, h) in module.handles.iter().enumerate() {
-        let dls = h
-            .store
-            .dead_letters(topology, DEAD_LETTERS_PAGE_MAX)
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
-            })?;
+        let dls = crate::partition::seams::PartitionStore::dead_letters(
+            &*h.store,
+            topology,
+            DEAD_LETTERS_PAGE_MAX,
+        )
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()))?;
         for d in dls {
             let record = h
                 .log

@@ -30,11 +30,13 @@ use tokio::sync::oneshot;
 use crate::config::{Config, PARTITIONS_MAX};
 use crate::depot::log::DepotLog;
 use crate::depot::{Depot, RouteError};
-use crate::pstate::{self, AccessError, Catalog, Navigator, PStateStore, Session};
+use crate::partition::progress::processed_offset;
+use crate::partition::worker::{PartitionState, PartitionStatus, WorkerSpec};
+use crate::partition::{PartitionConfig, Reply};
+use crate::pstate::{self, AccessError, Catalog, Navigator, PStateStore};
 use crate::query::Queries;
 use crate::runtime::{CompileError, GuestError, GuestInstance, Runtime};
 use crate::topology::microbatch::Coordinator;
-use crate::topology::worker::{Reply, Worker};
 use crate::topology::{AckLevel, AppendOutcome, ProcessingError, Topology, TopologyKind, Work};
 use crate::value::{to_cbor, Value};
 use definition::{valid_name, Definition};
@@ -77,6 +79,9 @@ pub enum AppendError {
     QueueFull(u32),
     #[error("partition {0} is not running")]
     Unavailable(u32),
+    /// The partition failed and is restarting; appends wait for it in no queue.
+    #[error("partition {partition} is restarting after a failure: {cause}")]
+    Restarting { partition: u32, cause: String },
     /// The module is being swapped for a new version: submit to its successor.
     #[error("module `{0}` is being updated")]
     Updating(String),
@@ -104,8 +109,9 @@ pub struct PartitionHandle {
     queued_appends: Arc<AtomicUsize>,
     pub log: Arc<DepotLog>,
     pub store: Arc<PStateStore>,
-    /// Set once the worker finished recovery; until then the PState store may lag the log.
-    pub ready: Arc<AtomicBool>,
+    /// Recovering, serving, restarting; ready once recovery finished (until then the PState
+    /// store may lag the log).
+    pub status: Arc<PartitionStatus>,
 }
 
 /// A deployed, running module.
@@ -134,6 +140,15 @@ pub struct Module {
     queue_depth: usize,
 }
 
+/// A record routed, encoded and checked, ready to queue.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub depot: Arc<str>,
+    pub partition: u32,
+    /// The record as CBOR.
+    pub record: Vec<u8>,
+}
+
 /// A queued append.
 pub struct Submitted {
     pub partition: u32,
@@ -142,14 +157,14 @@ pub struct Submitted {
 }
 
 impl Module {
-    /// Routes and queues one record. Never blocks: a full queue is an error.
-    pub fn submit(
+    /// Routes, encodes and checks one record without queueing it: a batch is prepared whole
+    /// before any of it is queued, so a bad record rejects it with nothing written.
+    pub fn prepare(
         &self,
         depot: &str,
         record: &Value,
         partition: Option<u32>,
-        ack: AckLevel,
-    ) -> Result<Submitted, AppendError> {
+    ) -> Result<Prepared, AppendError> {
         let d = self
             .depots
             .get(depot)
@@ -165,6 +180,28 @@ impl Module {
                 limit: self.record_size_bytes,
             });
         }
+        Ok(Prepared {
+            depot: d.name.as_str().into(),
+            partition: p,
+            record: bytes,
+        })
+    }
+
+    /// Routes and queues one record. Never blocks: a full queue is an error.
+    pub fn submit(
+        &self,
+        depot: &str,
+        record: &Value,
+        partition: Option<u32>,
+        ack: AckLevel,
+    ) -> Result<Submitted, AppendError> {
+        let prepared = self.prepare(depot, record, partition)?;
+        self.submit_prepared(&prepared, ack)
+    }
+
+    /// Queues a prepared record on its partition. Never blocks: a full queue is an error.
+    pub fn submit_prepared(&self, r: &Prepared, ack: AckLevel) -> Result<Submitted, AppendError> {
+        let p = r.partition;
         let (reply, rx): (Option<Reply>, _) = if ack == AckLevel::None {
             (None, None)
         } else {
@@ -172,12 +209,18 @@ impl Module {
             (Some(tx), Some(rx))
         };
         let work = Work::Append {
-            depot: d.name.as_str().into(),
-            record: bytes,
+            depot: Arc::clone(&r.depot),
+            record: r.record.clone(),
             ack,
             reply,
         };
         let handle = &self.handles[p as usize];
+        if let PartitionState::Restarting { cause } = handle.status.state() {
+            return Err(AppendError::Restarting {
+                partition: p,
+                cause,
+            });
+        }
         let tx = handle.tx.read().expect("poisoned");
         // Checked under the read lock: `retire` takes every write lock after setting the
         // flag, so once it returns no submit is between this check and its send.
@@ -193,7 +236,7 @@ impl Module {
         }
         match tx.send(work) {
             Ok(()) => {
-                if let Some(c) = self.append_counters.get(depot) {
+                if let Some(c) = self.append_counters.get(&*r.depot) {
                     c[ack as usize].fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Submitted {
@@ -259,7 +302,12 @@ impl Module {
 
     /// Whether partition `p` finished recovery (its PStates reflect everything acked).
     pub fn is_ready(&self, p: u32) -> bool {
-        self.handles[p as usize].ready.load(Ordering::Acquire)
+        self.handles[p as usize].status.is_ready()
+    }
+
+    /// What partition `p` is doing.
+    pub fn partition_state(&self, p: u32) -> PartitionState {
+        self.handles[p as usize].status.state()
     }
 
     /// Selects from the committed state of one partition.
@@ -322,18 +370,39 @@ impl Module {
             value: self.version as f64,
         }];
         for (p, h) in self.handles.iter().enumerate() {
+            let labels = vec![("module", self.name.clone()), ("partition", p.to_string())];
             out.push(Gauge {
                 name: "sluice_partition_queue_depth",
-                labels: vec![("module", self.name.clone()), ("partition", p.to_string())],
+                labels: labels.clone(),
                 value: h.queued_appends.load(Ordering::Relaxed) as f64,
             });
+            out.push(Gauge {
+                name: "sluice_partition_serving",
+                labels: labels.clone(),
+                value: if h.status.is_ready() { 1.0 } else { 0.0 },
+            });
+            out.push(Gauge {
+                name: "sluice_partition_restarts",
+                labels: labels.clone(),
+                value: h.status.restarts.load(Ordering::Relaxed) as f64,
+            });
+            out.push(Gauge {
+                name: "sluice_partition_durable_commits",
+                labels,
+                value: h.status.durable_commits.load(Ordering::Relaxed) as f64,
+            });
+            let snapshot = h.store.begin_read().ok();
             for t in self.topologies.iter() {
                 let lag: u64 = t
                     .depots
                     .iter()
                     .map(|d| {
                         let end = h.log.end_offset(d).unwrap_or(0);
-                        end.saturating_sub(h.store.processed_offset(&t.name, d).unwrap_or(0))
+                        let done = snapshot
+                            .as_ref()
+                            .and_then(|s| processed_offset(s, &t.name, d).ok())
+                            .unwrap_or(0);
+                        end.saturating_sub(done)
                     })
                     .sum();
                 out.push(Gauge {
@@ -663,54 +732,34 @@ impl Registry {
                     )
                 }
             };
-            let mut instance =
-                GuestInstance::new(Arc::clone(&self.runtime), pre.clone(), &manifest.name)
-                    .map_err(DeployError::Define)?;
-            *instance.session_mut() = Some(Session::new(
-                Arc::clone(&store),
-                Arc::clone(&catalog),
-                p,
-                manifest.partitions,
-                limits.select_values_max,
-            ));
-            let ready = Arc::new(AtomicBool::new(false));
+            let status = Arc::new(PartitionStatus::default());
             let queued_appends = Arc::new(AtomicUsize::new(0));
-            let worker = Worker {
-                module: manifest.name.as_str().into(),
-                partition: p,
-                partitions: manifest.partitions,
+            let spec = WorkerSpec {
+                cfg: PartitionConfig {
+                    module: manifest.name.as_str().into(),
+                    partition: p,
+                    partitions: manifest.partitions,
+                    batch_records_max: limits.batch_records_max,
+                    handler_attempts_max: limits.handler_attempts_max,
+                    flush_interval_ms: limits.pstate_flush_interval_ms,
+                    retry_backoff_base_ms: RETRY_BACKOFF_BASE_MS,
+                    deadline_penalty_ms: limits.call_deadline_ms,
+                },
+                topologies: Arc::clone(&topologies),
                 log: Arc::clone(&log),
                 store: Arc::clone(&store),
-                instance,
-                topologies: Arc::clone(&topologies),
-                batch_records_max: limits.batch_records_max,
-                handler_attempts_max: limits.handler_attempts_max,
-                pstate_flush_interval: std::time::Duration::from_millis(
-                    limits.pstate_flush_interval_ms,
-                ),
-                deadline_penalty: std::time::Duration::from_millis(limits.call_deadline_ms),
-                ready: Arc::clone(&ready),
+                runtime: Arc::clone(&self.runtime),
+                pre: pre.clone(),
+                catalog: Arc::clone(&catalog),
+                select_values_max: limits.select_values_max,
+                peers: Arc::clone(&peers),
                 queued_appends: Arc::clone(&queued_appends),
                 open_trees: Arc::clone(&open_trees),
-                peers: Arc::clone(&peers),
-                rx,
-                new_session: {
-                    let (store, catalog) = (Arc::clone(&store), Arc::clone(&catalog));
-                    let (partitions, max) = (manifest.partitions, limits.select_values_max);
-                    Box::new(move || {
-                        Session::new(Arc::clone(&store), Arc::clone(&catalog), p, partitions, max)
-                    })
-                },
-                mb_waiting: Vec::new(),
-                mb: Default::default(),
-                counters: crate::topology::worker::TopologyCounters::new(
-                    &manifest.name,
-                    &topologies,
-                ),
+                status: Arc::clone(&status),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("{}-p{p}", manifest.name))
-                .spawn(move || worker.run())
+                .spawn(move || spec.run(rx))
                 .map_err(|e| io(e.to_string()))?;
             threads.push(thread);
             handles.push(PartitionHandle {
@@ -718,7 +767,7 @@ impl Registry {
                 queued_appends,
                 log,
                 store,
-                ready,
+                status,
             });
         }
         let microbatches: Vec<Topology> = topologies
@@ -793,6 +842,9 @@ impl Registry {
         }))
     }
 }
+
+/// Backoff before a handler's retry n is this `<< n` milliseconds.
+const RETRY_BACKOFF_BASE_MS: u64 = 5;
 
 /// How long an update waits for the old version to drain.
 const UPDATE_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(30);

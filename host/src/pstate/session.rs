@@ -14,7 +14,7 @@ use redb::ReadTransaction;
 
 use super::engine::{Engine, Table, View, ViewMut};
 use super::path::{EncodedRange, Navigator, TransformOp};
-use super::store::{Batch, Overlay, PStateStore};
+use super::store::{Overlay, PStateStore};
 use super::{AccessError, Catalog};
 use crate::partition::partition_of;
 use crate::value::Value;
@@ -121,13 +121,10 @@ impl Session {
     }
 
     /// Moves the batch's writes out, to be committed; the next read takes a fresh snapshot.
-    pub fn take_batch(&mut self) -> Batch {
+    pub fn take_writes(&mut self) -> Overlay {
         self.record.clear();
         self.snapshot = None;
-        Batch {
-            entries: std::mem::take(&mut self.batch),
-            ..Batch::default()
-        }
+        std::mem::take(&mut self.batch)
     }
 
     fn check_partition(&self, pstate: &str, path: &[Navigator]) -> Result<(), AccessError> {

@@ -411,7 +411,9 @@ fn stored_pstates_match_the_in_memory_model() {
                 }
                 session.end_record(true);
                 record_start = models.clone();
-                store.commit(session.take_batch(), r.chance(50)).unwrap();
+                store
+                    .commit_writes(&session.take_writes(), r.chance(50))
+                    .unwrap();
             }
             for _ in 0..3 {
                 let pstate = *r.pick(&["people", "buckets"]);
@@ -434,7 +436,7 @@ fn stored_pstates_match_the_in_memory_model() {
         }
         // Everything committed reads back the same from a fresh snapshot.
         session.end_record(true);
-        store.commit(session.take_batch(), true).unwrap();
+        store.commit_writes(&session.take_writes(), true).unwrap();
         for pstate in ["people", "buckets"] {
             let all = super::select_committed(&store, &catalog, pstate, &[], 10_000).unwrap();
             assert_eq!(

@@ -268,7 +268,7 @@ mod tests {
                 s.end_record(true);
                 expected[p] += 1;
             }
-            store.commit(s.take_batch(), true).unwrap();
+            store.commit_writes(&s.take_writes(), true).unwrap();
         }
         let all: Vec<u32> = (0..PARTITIONS).collect();
         for path in [vec![Navigator::MapVals], vec![Navigator::Count]] {

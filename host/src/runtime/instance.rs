@@ -613,9 +613,11 @@ impl GuestInstance {
             "sluice_guest_failures_total",
             &[("module", &self.module), ("code", code)],
         );
-        let session = self.store.data_mut().session.take();
-        match instantiate(&self.runtime, &self.pre, &self.module, session) {
-            Ok((store, bindings)) => {
+        // The session moves to the new instance only once it exists: if instantiation
+        // fails, it stays with the poisoned one, whose next call fails and tries again.
+        match instantiate(&self.runtime, &self.pre, &self.module, None) {
+            Ok((mut store, bindings)) => {
+                store.data_mut().session = self.store.data_mut().session.take();
                 self.store = store;
                 self.bindings = bindings;
             }

@@ -27,9 +27,9 @@ use std::time::Duration;
 
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
-use super::worker::{BatchHop, BatchStep, Work};
 use super::Topology;
 use crate::depot::log::DepotLog;
+use crate::partition::work::{BatchHop, BatchStep, Work};
 use crate::value::{as_i64, from_cbor, to_cbor, Value};
 
 const PLANS: TableDefinition<&str, &[u8]> = TableDefinition::new("plans");

@@ -1,15 +1,12 @@
-//! Topologies: the guest logic run on each record, and the partition worker that runs it.
+//! Topologies: the guest logic run on each record, as declared by a module, and the
+//! microbatch coordinator.
 //!
-//! Owns [`worker`], the single thread per (module, partition) that appends records to the
-//! depot log, runs every stream topology subscribed to them, commits PState writes with the
-//! topologies' processed offsets, and answers acks. Invariant: per depot partition, records are
-//! processed in offset order, and a topology's offset advances only in the commit holding the
-//! writes its handler made for those records.
+//! The partitions run the topologies ([`crate::partition`]); [`microbatch`] owns the
+//! coordinator that plans, runs, prepares, decides and applies microbatches across them.
 
 pub mod microbatch;
-pub mod worker;
 
-pub use worker::{AckLevel, AppendOutcome, ProcessingError, Work};
+pub use crate::partition::{AckLevel, AppendOutcome, ProcessingError, Work};
 
 /// Stream topologies run per record as it arrives; microbatch topologies run over batches
 /// committed atomically across partitions ([`microbatch`]).

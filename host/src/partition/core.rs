@@ -1,0 +1,376 @@
+//! The partition state machine: what one partition does with the work it is given.
+//!
+//! [`Partition`] is generic over its seams ([`super::seams`]) so that the same code runs on
+//! redb and wasmtime in the host and on in-memory stores with native handlers in the
+//! simulation test. It has three entry points, all deterministic given their inputs:
+//! [`Partition::start`] (recovery), [`Partition::step`] (one drained batch of work) and
+//! [`Partition::tick`] (the flush timer). Any `Err` they return means the in-memory state
+//! may be ahead of the store: the caller must drop the partition and start a new one from
+//! the store (the supervisor in [`super::worker`] does).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::hops::{decode_outbox, Hop, HopBook};
+use super::microbatch::MbStates;
+use super::seams::{Clock, Executor, HopTransport, PartitionLog, PartitionStore, StorageError};
+use super::tree::Tree;
+use super::work::{AckLevel, AppendOutcome, PeerMessage, ProcessingError, Reply, Work};
+use super::Topology;
+
+/// A partition's fixed settings.
+#[derive(Debug, Clone)]
+pub struct PartitionConfig {
+    pub module: Arc<str>,
+    pub partition: u32,
+    pub partitions: u32,
+    /// Work items one batch takes at most.
+    pub batch_records_max: usize,
+    pub handler_attempts_max: u32,
+    /// How long PState commits may stay non-durable (0: every commit is durable).
+    pub flush_interval_ms: u64,
+    /// Backoff before retry n is `base << n`.
+    pub retry_backoff_base_ms: u64,
+    /// How long the partition pauses after a guest call stopped at its deadline.
+    pub deadline_penalty_ms: u64,
+}
+
+/// Why a partition stopped; it must be restarted from its store.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum PartitionError {
+    #[error("depot log: {0}")]
+    Log(StorageError),
+    #[error("PState store: {0}")]
+    Store(StorageError),
+}
+
+/// One unit of work in a batch, with where it came from.
+pub(super) enum Item {
+    Record {
+        depot: Arc<str>,
+        offset: u64,
+        record: Vec<u8>,
+        tree: Option<Arc<Tree>>,
+    },
+    Hop(Hop),
+    /// A dead letter of a stream topology, run again.
+    Replay {
+        topology: String,
+        depot: Arc<str>,
+        offset: u64,
+        record: Vec<u8>,
+    },
+}
+
+/// This partition's metric handles per topology: records processed, retries, dead letters.
+pub struct TopologyCounters {
+    per_topology: HashMap<String, [Arc<AtomicU64>; 3]>,
+    pub(super) commits: Arc<AtomicU64>,
+    pub(super) items: Arc<AtomicU64>,
+}
+
+impl TopologyCounters {
+    pub fn new(module: &str, topologies: &[Topology]) -> Self {
+        use crate::metrics::counter;
+        Self {
+            commits: counter("sluice_pstate_commits_total", &[("module", module)]),
+            items: counter("sluice_worker_items_total", &[("module", module)]),
+            per_topology: topologies
+                .iter()
+                .map(|t| {
+                    let l = [("module", module), ("topology", t.name.as_str())];
+                    (
+                        t.name.clone(),
+                        [
+                            counter("sluice_records_processed_total", &l),
+                            counter("sluice_handler_retries_total", &l),
+                            counter("sluice_dead_letters_total", &l),
+                        ],
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn add(&self, topology: &str, which: usize) {
+        if let Some(c) = self.per_topology.get(topology) {
+            c[which].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn processed(&self, topology: &str) {
+        self.add(topology, 0);
+    }
+
+    pub(super) fn retried(&self, topology: &str) {
+        self.add(topology, 1);
+    }
+
+    pub(super) fn dead(&self, topology: &str) {
+        self.add(topology, 2);
+    }
+}
+
+/// When PState commits were last made durable.
+#[derive(Debug, Default)]
+pub(super) struct Flush {
+    pub last_durable_ms: u64,
+    pub dirty: bool,
+}
+
+/// One partition of a module: see the module docs.
+pub struct Partition<X, L, S, T> {
+    pub cfg: PartitionConfig,
+    pub topologies: Arc<Vec<Topology>>,
+    pub exec: X,
+    pub log: L,
+    pub store: S,
+    pub transport: T,
+    pub clock: Arc<dyn Clock>,
+    /// `full`-ack event trees alive in the whole module (shared by its partitions).
+    pub open_trees: Arc<AtomicUsize>,
+    pub counters: TopologyCounters,
+    /// Each depot's end offset, once known.
+    pub(super) next_offsets: HashMap<String, u64>,
+    pub(super) hops: HopBook,
+    pub(super) flush: Flush,
+    /// `full` acks waiting for a microbatch: (topology, depot, offset, tree).
+    pub(super) mb_waiting: Vec<(String, Arc<str>, u64, Arc<Tree>)>,
+    pub(super) mb: MbStates,
+    /// The highest commit position made durable (for subscriptions and `/health`).
+    pub(super) durable_commits: u64,
+}
+
+/// An append taken from the queue: depot, record (CBOR), ack level, answer.
+type PendingAppend = (Arc<str>, Vec<u8>, AckLevel, Option<Reply>);
+
+impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition<X, L, S, T> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: PartitionConfig,
+        topologies: Arc<Vec<Topology>>,
+        exec: X,
+        log: L,
+        store: S,
+        transport: T,
+        clock: Arc<dyn Clock>,
+        open_trees: Arc<AtomicUsize>,
+    ) -> Self {
+        let counters = TopologyCounters::new(&cfg.module, &topologies);
+        Self {
+            // Dirty at first: the store may hold non-durable commits of an earlier
+            // incarnation, which must be durable before any watermark is confirmed.
+            flush: Flush {
+                last_durable_ms: clock.now_ms(),
+                dirty: true,
+            },
+            cfg,
+            topologies,
+            exec,
+            log,
+            store,
+            transport,
+            clock,
+            open_trees,
+            counters,
+            next_offsets: HashMap::new(),
+            hops: HopBook::default(),
+            mb_waiting: Vec::new(),
+            mb: MbStates::default(),
+            durable_commits: 0,
+        }
+    }
+
+    /// Recovery: restores the hop book, re-sends the outbox (before anything new, so
+    /// per-pair order holds), replays the depot records the store does not reflect, and
+    /// makes the result durable. After it the partition reflects everything in its log.
+    pub fn start(&mut self) -> Result<(), PartitionError> {
+        let progress = self.store.progress().map_err(PartitionError::Store)?;
+        self.hops = HopBook::restore(progress.hops_next.clone(), progress.hops_applied.clone());
+        for (target, seq, entry) in &progress.outbox {
+            match decode_outbox(self.cfg.partition, *seq, entry) {
+                Some(hop) => self.transport.send(*target, PeerMessage::Hop(hop)),
+                None => tracing::error!(
+                    module = &*self.cfg.module,
+                    partition = self.cfg.partition,
+                    target,
+                    seq,
+                    "undecodable outbox entry; the hop is lost"
+                ),
+            }
+        }
+        self.recover(&progress.offsets)?;
+        self.make_durable()
+    }
+
+    /// Processes one drained batch of work (appends, peer messages; microbatch steps and
+    /// dead-letter replays are run by the caller). Returns whether a `Stop` was among it.
+    pub fn step(&mut self, work: Vec<Work>) -> Result<bool, PartitionError> {
+        let mut stopping = false;
+        let mut appends = Vec::new();
+        let mut slots: Vec<Option<Item>> = Vec::new();
+        for w in work {
+            match w {
+                Work::Append {
+                    depot,
+                    record,
+                    ack,
+                    reply,
+                } => {
+                    slots.push(None);
+                    appends.push((depot, record, ack, reply));
+                }
+                Work::Peer(PeerMessage::Hop(h)) => slots.push(Some(Item::Hop(h))),
+                Work::Peer(PeerMessage::Confirmed { target, next }) => {
+                    self.hops.confirmed(target, next)
+                }
+                Work::Peer(PeerMessage::Rewind { target, from }) => self.rewind(target, from)?,
+                Work::Stop => stopping = true,
+                Work::Batch { .. } | Work::ReplayDeadLetters { .. } => {
+                    unreachable!("the caller runs batch steps and replays")
+                }
+            }
+        }
+        let mut records = self.append_to_log(appends)?;
+        records.reverse();
+        let items: Vec<Item> = slots
+            .into_iter()
+            .filter_map(|slot| slot.or_else(|| records.pop()))
+            .collect();
+        self.process(items, None)?;
+        Ok(stopping)
+    }
+
+    /// The flush timer: makes earlier commits durable once the flush interval has passed.
+    pub fn tick(&mut self) -> Result<(), PartitionError> {
+        if self.flush_due() {
+            self.make_durable()?;
+        }
+        Ok(())
+    }
+
+    /// Makes every commit so far durable and confirms the hops they applied.
+    pub fn make_durable(&mut self) -> Result<(), PartitionError> {
+        if self.flush.dirty {
+            self.store
+                .commit(&Default::default(), true)
+                .map_err(PartitionError::Store)?;
+        }
+        self.after_durable();
+        Ok(())
+    }
+
+    /// Asks every partition to re-send its hops to this one from what is applied here (a
+    /// restarted partition lost the hops its failed incarnation had taken from the queue).
+    pub fn ask_rewind(&mut self) {
+        for (source, from) in self.hops.rewind_all(self.cfg.partitions) {
+            self.transport.send(
+                source,
+                PeerMessage::Rewind {
+                    target: self.cfg.partition,
+                    from,
+                },
+            );
+        }
+    }
+
+    /// How many durable commits this partition made since it started.
+    pub fn durable_commits(&self) -> u64 {
+        self.durable_commits
+    }
+
+    pub(super) fn flush_due(&self) -> bool {
+        self.clock
+            .now_ms()
+            .saturating_sub(self.flush.last_durable_ms)
+            >= self.cfg.flush_interval_ms
+    }
+
+    /// Bookkeeping after a durable commit: confirm applied hops to their sources.
+    pub(super) fn after_durable(&mut self) {
+        self.flush.dirty = false;
+        self.flush.last_durable_ms = self.clock.now_ms();
+        self.durable_commits += 1;
+        for (source, next) in self.hops.take_confirmations() {
+            self.transport.send(
+                source,
+                PeerMessage::Confirmed {
+                    target: self.cfg.partition,
+                    next,
+                },
+            );
+        }
+    }
+
+    /// Re-sends the outbox to `target` from `from` (the target lost what followed).
+    fn rewind(&mut self, target: u32, from: u64) -> Result<(), PartitionError> {
+        let entries = self
+            .store
+            .outbox_from(target, from)
+            .map_err(PartitionError::Store)?;
+        for (seq, entry) in entries {
+            if let Some(hop) = decode_outbox(self.cfg.partition, seq, &entry) {
+                self.transport.send(target, PeerMessage::Hop(hop));
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends records to the depot log (one durable commit) and answers `append` acks; a
+    /// failure answers every append with a storage error (nothing of it was stored... or
+    /// maybe it was: the outcome of a failed commit is unknown, so the partition restarts).
+    fn append_to_log(&mut self, appends: Vec<PendingAppend>) -> Result<Vec<Item>, PartitionError> {
+        if appends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let records: Vec<(&str, &[u8])> = appends
+            .iter()
+            .map(|(d, r, _, _)| (&**d, r.as_slice()))
+            .collect();
+        let offsets = match self.log.append(&records, &mut self.next_offsets) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(
+                    module = &*self.cfg.module,
+                    partition = self.cfg.partition,
+                    "depot append failed: {e}"
+                );
+                let err = ProcessingError::Storage {
+                    partition: self.cfg.partition,
+                    message: e.to_string(),
+                };
+                for (_, _, _, reply) in appends {
+                    if let Some(r) = reply {
+                        let _ = r.send(Err(err.clone()));
+                    }
+                }
+                return Err(PartitionError::Log(e));
+            }
+        };
+        let mut out = Vec::with_capacity(appends.len());
+        for ((depot, record, ack, reply), offset) in appends.into_iter().zip(offsets) {
+            let mut tree = None;
+            match (ack, reply) {
+                (AckLevel::Append, Some(r)) => {
+                    let _ = r.send(Ok(AppendOutcome {
+                        partition: self.cfg.partition,
+                        offset,
+                        results: BTreeMap::new(),
+                    }));
+                }
+                (AckLevel::Full, Some(r)) => {
+                    tree = Some(Tree::new(r, self.cfg.partition, offset, &self.open_trees))
+                }
+                _ => {}
+            }
+            out.push(Item::Record {
+                depot,
+                offset,
+                record,
+                tree,
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,224 @@
+//! The seams a partition runs over, so that each can be replaced: the depot log, the state
+//! store, the hop transport, the handler executor and the clock.
+//!
+//! The single node plugs in redb files, in-process channels and wasmtime
+//! ([`super::progress`], [`super::worker`], [`super::execute`]); the simulation test plugs
+//! in in-memory implementations and native Rust handlers; the cluster (CLUSTER.md §4.9) plugs
+//! in a JetStream log, ownership and NATS request/reply. Contracts every implementation keeps:
+//! - [`PartitionLog::append`] returns only after the records are durable, with dense offsets;
+//! - [`PartitionStore::commit`] is atomic; a commit with `durable` makes it and every earlier
+//!   commit survive a crash, a commit without it may be lost by a crash (together with every
+//!   later one) but never partly;
+//! - [`HopTransport::send`] keeps the order of messages from one sender to one target.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::work::PeerMessage;
+use crate::pstate::store::{DeadLetter, Overlay};
+use crate::runtime::{EmittedHop, GuestError, RecordCtx};
+
+/// A storage failure, with the file or the operation it concerns.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[error("{0}")]
+pub struct StorageError(pub String);
+
+impl From<redb::Error> for StorageError {
+    fn from(e: redb::Error) -> Self {
+        StorageError(e.to_string())
+    }
+}
+
+/// One partition's depot log: every depot's records on this partition.
+pub trait PartitionLog {
+    /// Appends records durably in one commit; returns their offsets. `next` caches each
+    /// depot's end offset and is advanced only if the commit succeeds.
+    fn append(
+        &self,
+        records: &[(&str, &[u8])],
+        next: &mut HashMap<String, u64>,
+    ) -> Result<Vec<u64>, StorageError>;
+    /// Up to `limit` records of `depot` from offset `from`, in order.
+    fn read(
+        &self,
+        depot: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError>;
+}
+
+/// Everything one partition commit writes at once: PState entries and the partition's
+/// progress (see [`super::commit`] for the protocol).
+#[derive(Debug, Default)]
+pub struct Commit {
+    pub writes: Overlay,
+    /// `(topology, depot)` to the new processed offset.
+    pub offsets: BTreeMap<(String, String), u64>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// Dead letters resolved by a replay: (topology, depot, offset).
+    pub dead_letters_remove: Vec<(String, String, u64)>,
+    /// Hops emitted: `(target, seq, entry)`.
+    pub outbox_put: Vec<(u32, u64, Vec<u8>)>,
+    /// Per target: outbox entries below this seq were confirmed and are dropped.
+    pub outbox_trim: BTreeMap<u32, u64>,
+    /// Per target: the next seq to assign (when it moved).
+    pub hops_next: BTreeMap<u32, u64>,
+    /// Per source: the next seq to apply (when it moved).
+    pub hops_applied: BTreeMap<u32, u64>,
+}
+
+impl Commit {
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+            && self.offsets.is_empty()
+            && self.dead_letters.is_empty()
+            && self.dead_letters_remove.is_empty()
+            && self.outbox_put.is_empty()
+            && self.outbox_trim.is_empty()
+            && self.hops_next.is_empty()
+            && self.hops_applied.is_empty()
+    }
+}
+
+/// A partition's progress as last committed.
+#[derive(Debug, Default, Clone)]
+pub struct Progress {
+    pub offsets: BTreeMap<(String, String), u64>,
+    /// Unconfirmed hops, ordered by `(target, seq)`.
+    pub outbox: Vec<(u32, u64, Vec<u8>)>,
+    pub hops_next: BTreeMap<u32, u64>,
+    pub hops_applied: BTreeMap<u32, u64>,
+}
+
+/// One partition's state: PState entries plus progress, committed together.
+pub trait PartitionStore {
+    fn progress(&self) -> Result<Progress, StorageError>;
+    /// Outbox entries to `target` from seq `from`, in order.
+    fn outbox_from(&self, target: u32, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError>;
+    fn commit(&self, commit: &Commit, durable: bool) -> Result<(), StorageError>;
+    /// Up to `limit` dead letters of `topology`, oldest offsets first.
+    fn dead_letters(&self, topology: &str, limit: usize) -> Result<Vec<DeadLetter>, StorageError>;
+}
+
+/// Delivers hop-protocol messages to partitions of the same module.
+pub trait HopTransport {
+    fn send(&self, target: u32, message: PeerMessage);
+}
+
+/// What one handler call gave back.
+#[derive(Debug, Default)]
+pub struct Called {
+    /// The ack-return value (CBOR), if any.
+    pub ack: Option<Vec<u8>>,
+    pub hops: Vec<EmittedHop>,
+}
+
+/// Runs handlers. Writes a call makes go to the current record's overlay; reads see that
+/// overlay, then the batch's kept writes, then the last commit.
+pub trait Executor {
+    fn call(
+        &mut self,
+        topology: &str,
+        handler: &str,
+        input: &[u8],
+        ctx: RecordCtx<'_>,
+    ) -> Result<Called, GuestError>;
+    /// Ends the current record: keep its writes in the batch, or drop them.
+    fn end_record(&mut self, keep: bool);
+    /// The batch's kept writes, to be committed.
+    fn take_writes(&mut self) -> Overlay;
+}
+
+/// Milliseconds on a monotonic clock (injectable, so tests need not sleep).
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> u64;
+}
+
+/// The process's monotonic clock.
+pub struct SystemClock(std::time::Instant);
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self(std::time::Instant::now())
+    }
+}
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
+impl<T: PartitionLog + ?Sized> PartitionLog for Arc<T> {
+    fn append(
+        &self,
+        records: &[(&str, &[u8])],
+        next: &mut HashMap<String, u64>,
+    ) -> Result<Vec<u64>, StorageError> {
+        (**self).append(records, next)
+    }
+
+    fn read(
+        &self,
+        depot: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        (**self).read(depot, from, limit)
+    }
+}
+
+impl<T: PartitionStore + ?Sized> PartitionStore for Arc<T> {
+    fn progress(&self) -> Result<Progress, StorageError> {
+        (**self).progress()
+    }
+
+    fn outbox_from(&self, target: u32, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        (**self).outbox_from(target, from)
+    }
+
+    fn commit(&self, commit: &Commit, durable: bool) -> Result<(), StorageError> {
+        (**self).commit(commit, durable)
+    }
+
+    fn dead_letters(&self, topology: &str, limit: usize) -> Result<Vec<DeadLetter>, StorageError> {
+        (**self).dead_letters(topology, limit)
+    }
+}
+
+impl<T: PartitionLog + ?Sized> PartitionLog for std::rc::Rc<T> {
+    fn append(
+        &self,
+        records: &[(&str, &[u8])],
+        next: &mut HashMap<String, u64>,
+    ) -> Result<Vec<u64>, StorageError> {
+        (**self).append(records, next)
+    }
+
+    fn read(
+        &self,
+        depot: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        (**self).read(depot, from, limit)
+    }
+}
+
+impl<T: PartitionStore + ?Sized> PartitionStore for std::rc::Rc<T> {
+    fn progress(&self) -> Result<Progress, StorageError> {
+        (**self).progress()
+    }
+
+    fn outbox_from(&self, target: u32, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        (**self).outbox_from(target, from)
+    }
+
+    fn commit(&self, commit: &Commit, durable: bool) -> Result<(), StorageError> {
+        (**self).commit(commit, durable)
+    }
+
+    fn dead_letters(&self, topology: &str, limit: usize) -> Result<Vec<DeadLetter>, StorageError> {
+        (**self).dead_letters(topology, limit)
+    }
+}

@@ -1,0 +1,245 @@
+//! In-memory implementations of the partition seams, with crash injection at every commit
+//! boundary. For the simulation test only.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+
+use sluice::partition::seams::{
+    Clock, Commit, HopTransport, PartitionLog, PartitionStore, Progress, StorageError,
+};
+use sluice::partition::work::PeerMessage;
+use sluice::partition::Work;
+use sluice::pstate::engine::Table;
+use sluice::pstate::store::DeadLetter;
+use sluice::value::Value;
+
+use super::rng::Rng;
+
+/// What an injected fault does to the operation it hits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fault {
+    /// The process dies before the operation takes effect.
+    Before,
+    /// The operation takes effect (as durable as asked), then the process dies.
+    After,
+}
+
+/// Decides, at each commit boundary, whether a crash happens there.
+pub struct Faults {
+    pub rng: Rng,
+    /// Chance per operation, in 1/1000.
+    pub per_mille: u32,
+    pub enabled: bool,
+    /// Set when a fault fired; the scheduler turns it into a crash.
+    pub fired: bool,
+}
+
+impl Faults {
+    fn hit(&mut self) -> Option<Fault> {
+        if !self.enabled || self.rng.below(1000) >= u64::from(self.per_mille) {
+            return None;
+        }
+        self.fired = true;
+        Some(if self.rng.chance(50) {
+            Fault::Before
+        } else {
+            Fault::After
+        })
+    }
+}
+
+pub type SharedFaults = Rc<RefCell<Faults>>;
+
+fn crash() -> StorageError {
+    StorageError("simulated crash".into())
+}
+
+/// A depot log: durable as soon as an append returns (or, for a crash after it, anyway).
+pub struct MemLog {
+    pub depots: RefCell<BTreeMap<String, Vec<Vec<u8>>>>,
+    pub faults: SharedFaults,
+}
+
+impl PartitionLog for MemLog {
+    fn append(
+        &self,
+        records: &[(&str, &[u8])],
+        next: &mut HashMap<String, u64>,
+    ) -> Result<Vec<u64>, StorageError> {
+        let fault = self.faults.borrow_mut().hit();
+        if fault == Some(Fault::Before) {
+            return Err(crash());
+        }
+        let mut depots = self.depots.borrow_mut();
+        let mut offsets = Vec::new();
+        for (d, r) in records {
+            let log = depots.entry(d.to_string()).or_default();
+            offsets.push(log.len() as u64);
+            log.push(r.to_vec());
+            next.insert(d.to_string(), log.len() as u64);
+        }
+        if fault == Some(Fault::After) {
+            return Err(crash());
+        }
+        Ok(offsets)
+    }
+
+    fn read(
+        &self,
+        depot: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let depots = self.depots.borrow();
+        let Some(log) = depots.get(depot) else {
+            return Ok(Vec::new());
+        };
+        Ok(log
+            .iter()
+            .enumerate()
+            .skip(from as usize)
+            .take(limit)
+            .map(|(o, r)| (o as u64, r.clone()))
+            .collect())
+    }
+}
+
+/// A partition's committed state.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub entries: BTreeMap<Vec<u8>, Value>,
+    pub offsets: BTreeMap<(String, String), u64>,
+    pub outbox: BTreeMap<(u32, u64), Vec<u8>>,
+    pub hops_next: BTreeMap<u32, u64>,
+    pub hops_applied: BTreeMap<u32, u64>,
+    pub dead: BTreeMap<(String, String, u64), DeadLetter>,
+}
+
+impl State {
+    fn apply(&mut self, c: &Commit) {
+        for ((_, t, k), v) in &c.writes {
+            assert_eq!(*t, Table::Main);
+            match v {
+                Some(v) => self.entries.insert(k.clone(), v.clone()),
+                None => self.entries.remove(k),
+            };
+        }
+        self.offsets
+            .extend(c.offsets.iter().map(|(k, v)| (k.clone(), *v)));
+        for (t, s, e) in &c.outbox_put {
+            self.outbox.insert((*t, *s), e.clone());
+        }
+        for (t, below) in &c.outbox_trim {
+            self.outbox.retain(|(tt, s), _| tt != t || s >= below);
+        }
+        self.hops_next.extend(&c.hops_next);
+        self.hops_applied.extend(&c.hops_applied);
+        for (t, d, o) in &c.dead_letters_remove {
+            self.dead.remove(&(t.clone(), d.clone(), *o));
+        }
+        for d in &c.dead_letters {
+            self.dead
+                .insert((d.topology.clone(), d.depot.clone(), d.offset), d.clone());
+        }
+    }
+}
+
+/// A store whose non-durable commits a process crash loses.
+pub struct MemStore {
+    pub durable: RefCell<State>,
+    pub current: RefCell<State>,
+    pub faults: SharedFaults,
+}
+
+impl MemStore {
+    /// A process crash: what was not durable is gone.
+    pub fn crash(&self) {
+        *self.current.borrow_mut() = self.durable.borrow().clone();
+    }
+
+    pub fn get(&self, key: &str) -> i64 {
+        match self.current.borrow().entries.get(key.as_bytes()) {
+            Some(Value::Integer(i)) => i128::from(*i) as i64,
+            _ => 0,
+        }
+    }
+}
+
+impl PartitionStore for MemStore {
+    fn progress(&self) -> Result<Progress, StorageError> {
+        let s = self.current.borrow();
+        Ok(Progress {
+            offsets: s.offsets.clone(),
+            outbox: s
+                .outbox
+                .iter()
+                .map(|((t, q), e)| (*t, *q, e.clone()))
+                .collect(),
+            hops_next: s.hops_next.clone(),
+            hops_applied: s.hops_applied.clone(),
+        })
+    }
+
+    fn outbox_from(&self, target: u32, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        Ok(self
+            .current
+            .borrow()
+            .outbox
+            .range((target, from)..=(target, u64::MAX))
+            .map(|((_, s), e)| (*s, e.clone()))
+            .collect())
+    }
+
+    fn commit(&self, c: &Commit, durable: bool) -> Result<(), StorageError> {
+        let fault = self.faults.borrow_mut().hit();
+        if fault == Some(Fault::Before) {
+            return Err(crash());
+        }
+        self.current.borrow_mut().apply(c);
+        if durable {
+            *self.durable.borrow_mut() = self.current.borrow().clone();
+        }
+        if fault == Some(Fault::After) {
+            return Err(crash());
+        }
+        Ok(())
+    }
+
+    fn dead_letters(&self, topology: &str, limit: usize) -> Result<Vec<DeadLetter>, StorageError> {
+        Ok(self
+            .current
+            .borrow()
+            .dead
+            .values()
+            .filter(|d| d.topology == topology)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+}
+
+/// Every partition's queue (one FIFO each, as in the host).
+pub type Inboxes = Rc<RefCell<Vec<VecDeque<Work>>>>;
+
+pub struct MemTransport(pub Inboxes);
+
+impl HopTransport for MemTransport {
+    fn send(&self, target: u32, message: PeerMessage) {
+        self.0.borrow_mut()[target as usize].push_back(Work::Peer(message));
+    }
+}
+
+/// Simulated time, advanced by the scheduler.
+#[derive(Default)]
+pub struct SimClock(pub std::sync::atomic::AtomicU64);
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+pub fn entry_key(key: &str) -> (String, Table, Vec<u8>) {
+    ("sim".to_string(), Table::Main, key.as_bytes().to_vec())
+}
