@@ -4,7 +4,7 @@
 mod bad_input;
 mod cli;
 mod crash;
-
+mod crash_hops;
 mod harness;
 mod hostile;
 mod microbatch;

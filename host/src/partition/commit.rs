@@ -146,7 +146,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
         commit.hops_applied = hops_applied;
         commit.outbox_trim = outbox_trim;
         // Hops are sent only once the commit naming them is durable (the module docs).
-        let durable = self.flush_due();
+        let durable = !commit.outbox_put.is_empty() || self.flush_due();
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
         self.counters.items.fetch_add(n_items, Ordering::Relaxed);
         self.store

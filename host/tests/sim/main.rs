@@ -511,7 +511,6 @@ fn run_seed(seed: u64) {
 }
 
 #[test]
-#[ignore = "fails on the old commit rule (hops sent after a non-durable commit): seed 13"]
 fn partitions_keep_exactly_once_under_crashes() {
     let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
         Ok(s) => vec![s.parse().expect("SIM_SEED is a number")],
