@@ -15,11 +15,13 @@
 //! - [`cli`]: the client subcommands of the `sluice` binary (deploy, append, select, ...).
 //! - [`testing`]: an in-process host for module authors' `cargo test` tests.
 //! - [`value`]: CBOR values and their JSON form.
+//! - [`db_file`]: a redb file that can be reopened in place (after an I/O error).
 
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod db_file;
 pub mod depot;
 pub mod metrics;
 pub mod module;

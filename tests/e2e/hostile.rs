@@ -25,6 +25,15 @@ fn runaway_guests_are_stopped_and_rolled_back() {
 
     let ok = host.append("hostile", "commands", &json!({"key": "k", "do": "ok"}));
     assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+    // A guest that prints more than the host keeps never traps for it (issue 12 item 7).
+    for _ in 0..3 {
+        let p = host.append(
+            "hostile",
+            "commands",
+            &json!({"key": "printer", "do": "print"}),
+        );
+        assert_eq!(p.status, 200, "{}", String::from_utf8_lossy(&p.body));
+    }
 
     let cases = [
         ("loop", "deadline-exceeded"),
@@ -35,7 +44,8 @@ fn runaway_guests_are_stopped_and_rolled_back() {
         ("error", "guest-error"),
         ("wrong-partition", "guest-error"),
         ("bad-type", "guest-error"),
-        ("hop-unknown", "unknown-hop-handler"),
+        // Refused at the `hop` call: the guest sees the error and returns it.
+        ("hop-unknown", "guest-error"),
         ("hop-fail", "trap"),
     ];
     for (action, guest_error) in cases {
@@ -82,6 +92,11 @@ fn runaway_guests_are_stopped_and_rolled_back() {
         msg("bad-type")
     );
     assert!(msg("loop").contains("call_deadline_ms"));
+    assert!(
+        msg("hop-unknown").contains("unknown-hop-handler: hop to handler `nonexistent`"),
+        "{}",
+        msg("hop-unknown")
+    );
 
     let dl = host
         .get("/v1/modules/hostile/topologies/run/dead-letters")
@@ -116,7 +131,7 @@ fn runaway_guests_are_stopped_and_rolled_back() {
     );
     assert_eq!(
         host.depot_records("hostile", "commands"),
-        2 + cases.len() as u64
+        2 + 3 + cases.len() as u64
     );
     assert_eq!(
         host.select("wc", "counts", json!([{"key": "loop"}])),

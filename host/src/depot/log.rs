@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Durability, ReadableTable, TableDefinition};
+
+use crate::db_file::DbFile;
 
 fn table_name(depot: &str) -> String {
     format!("depot/{depot}")
@@ -17,14 +19,23 @@ fn table_name(depot: &str) -> String {
 
 /// One partition's depot log.
 pub struct DepotLog {
-    db: Database,
+    db: DbFile,
 }
 
 impl DepotLog {
     pub fn open(path: &Path) -> Result<Self, redb::Error> {
         Ok(Self {
-            db: Database::create(path)?,
+            db: DbFile::open(path)?,
         })
+    }
+
+    /// Closes and reopens the file (redb needs it after an I/O error).
+    pub fn reopen(&self) -> Result<(), redb::Error> {
+        self.db.reopen()
+    }
+
+    pub fn path(&self) -> &Path {
+        self.db.path()
     }
 
     /// The offset the next record of `depot` will get (the number of records so far).

@@ -33,6 +33,7 @@ use crate::depot::{Depot, RouteError};
 use crate::partition::progress::processed_offset;
 use crate::partition::worker::{PartitionState, PartitionStatus, WorkerSpec};
 use crate::partition::{PartitionConfig, Reply};
+use crate::pstate::claims::WriterClaims;
 use crate::pstate::{self, AccessError, Catalog, Navigator, PStateStore};
 use crate::query::Queries;
 use crate::runtime::{CompileError, GuestError, GuestInstance, Runtime};
@@ -713,14 +714,15 @@ impl Registry {
             (0..manifest.partitions).map(|_| channel()).unzip();
         let peers = Arc::new(senders);
         let open_trees = Arc::new(AtomicUsize::new(0));
-        for (p, rx) in (0..manifest.partitions).zip(receivers) {
-            let pdir = dir.join(format!("p{p}"));
-            let io = |e: String| DeployError::Io(e);
-            let (log, store) = match &files {
-                Some(f) => f[p as usize].clone(),
-                None => {
+        let io = |e: String| DeployError::Io(e);
+        let files = match files {
+            Some(f) => f,
+            None => {
+                let mut opened = Vec::new();
+                for p in 0..manifest.partitions {
+                    let pdir = dir.join(format!("p{p}"));
                     std::fs::create_dir_all(&pdir).map_err(|e| io(e.to_string()))?;
-                    (
+                    opened.push((
                         Arc::new(
                             DepotLog::open(&pdir.join("depot.redb"))
                                 .map_err(|e| io(e.to_string()))?,
@@ -729,9 +731,15 @@ impl Registry {
                             PStateStore::open(&pdir.join("pstate.redb"))
                                 .map_err(|e| io(e.to_string()))?,
                         ),
-                    )
+                    ));
                 }
-            };
+                opened
+            }
+        };
+        let stores: Vec<Arc<PStateStore>> = files.iter().map(|(_, s)| Arc::clone(s)).collect();
+        let claims = WriterClaims::load(&stores).map_err(|e| io(e.to_string()))?;
+        for (p, rx) in (0..manifest.partitions).zip(receivers) {
+            let (log, store) = files[p as usize].clone();
             let status = Arc::new(PartitionStatus::default());
             let queued_appends = Arc::new(AtomicUsize::new(0));
             let spec = WorkerSpec {
@@ -751,6 +759,7 @@ impl Registry {
                 runtime: Arc::clone(&self.runtime),
                 pre: pre.clone(),
                 catalog: Arc::clone(&catalog),
+                claims: Arc::clone(&claims),
                 select_values_max: limits.select_values_max,
                 peers: Arc::clone(&peers),
                 queued_appends: Arc::clone(&queued_appends),

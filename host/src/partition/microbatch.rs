@@ -35,11 +35,14 @@ struct MbState {
     dead: Vec<DeadLetter>,
 }
 
+/// Opens a microbatch's session, writing as the named microbatch topology.
+pub type NewSession = Box<dyn Fn(&str) -> Session + Send>;
+
 /// Microbatches in progress, by topology, and how to open a session for a new one.
 #[derive(Default)]
 pub struct MbStates {
     running: HashMap<String, MbState>,
-    pub new_session: Option<Box<dyn Fn() -> Session + Send>>,
+    pub new_session: Option<NewSession>,
 }
 
 /// The partition as the host runs it.
@@ -65,7 +68,7 @@ impl HostPartition {
                     .mb
                     .new_session
                     .as_ref()
-                    .map(|f| f())
+                    .map(|f| f(topology))
                     .ok_or("this partition cannot run microbatches")?;
                 self.mb.running.insert(
                     topology.to_string(),

@@ -12,6 +12,7 @@
 //! - [`HopTransport::send`] keeps the order of messages from one sender to one target.
 
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use super::work::PeerMessage;
@@ -149,76 +150,56 @@ impl Clock for SystemClock {
     }
 }
 
-impl<T: PartitionLog + ?Sized> PartitionLog for Arc<T> {
-    fn append(
-        &self,
-        records: &[(&str, &[u8])],
-        next: &mut HashMap<String, u64>,
-    ) -> Result<Vec<u64>, StorageError> {
-        (**self).append(records, next)
-    }
+/// The seams through shared pointers (the host shares its files with readers; the simulation
+/// shares its in-memory state with the checker).
+macro_rules! forward_through {
+    ($ptr:ident) => {
+        impl<T: PartitionLog + ?Sized> PartitionLog for $ptr<T> {
+            fn append(
+                &self,
+                records: &[(&str, &[u8])],
+                next: &mut HashMap<String, u64>,
+            ) -> Result<Vec<u64>, StorageError> {
+                (**self).append(records, next)
+            }
 
-    fn read(
-        &self,
-        depot: &str,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
-        (**self).read(depot, from, limit)
-    }
+            fn read(
+                &self,
+                depot: &str,
+                from: u64,
+                limit: usize,
+            ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+                (**self).read(depot, from, limit)
+            }
+        }
+
+        impl<T: PartitionStore + ?Sized> PartitionStore for $ptr<T> {
+            fn progress(&self) -> Result<Progress, StorageError> {
+                (**self).progress()
+            }
+
+            fn outbox_from(
+                &self,
+                target: u32,
+                from: u64,
+            ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+                (**self).outbox_from(target, from)
+            }
+
+            fn commit(&self, commit: &Commit, durable: bool) -> Result<(), StorageError> {
+                (**self).commit(commit, durable)
+            }
+
+            fn dead_letters(
+                &self,
+                topology: &str,
+                limit: usize,
+            ) -> Result<Vec<DeadLetter>, StorageError> {
+                (**self).dead_letters(topology, limit)
+            }
+        }
+    };
 }
 
-impl<T: PartitionStore + ?Sized> PartitionStore for Arc<T> {
-    fn progress(&self) -> Result<Progress, StorageError> {
-        (**self).progress()
-    }
-
-    fn outbox_from(&self, target: u32, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
-        (**self).outbox_from(target, from)
-    }
-
-    fn commit(&self, commit: &Commit, durable: bool) -> Result<(), StorageError> {
-        (**self).commit(commit, durable)
-    }
-
-    fn dead_letters(&self, topology: &str, limit: usize) -> Result<Vec<DeadLetter>, StorageError> {
-        (**self).dead_letters(topology, limit)
-    }
-}
-
-impl<T: PartitionLog + ?Sized> PartitionLog for std::rc::Rc<T> {
-    fn append(
-        &self,
-        records: &[(&str, &[u8])],
-        next: &mut HashMap<String, u64>,
-    ) -> Result<Vec<u64>, StorageError> {
-        (**self).append(records, next)
-    }
-
-    fn read(
-        &self,
-        depot: &str,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
-        (**self).read(depot, from, limit)
-    }
-}
-
-impl<T: PartitionStore + ?Sized> PartitionStore for std::rc::Rc<T> {
-    fn progress(&self) -> Result<Progress, StorageError> {
-        (**self).progress()
-    }
-
-    fn outbox_from(&self, target: u32, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
-        (**self).outbox_from(target, from)
-    }
-
-    fn commit(&self, commit: &Commit, durable: bool) -> Result<(), StorageError> {
-        (**self).commit(commit, durable)
-    }
-
-    fn dead_letters(&self, topology: &str, limit: usize) -> Result<Vec<DeadLetter>, StorageError> {
-        (**self).dead_letters(topology, limit)
-    }
-}
+forward_through!(Arc);
+forward_through!(Rc);

@@ -17,12 +17,13 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::core::{Partition, PartitionConfig};
+use super::core::{Partition, PartitionConfig, PartitionError};
 use super::microbatch::HostPartition;
 use super::seams::{HopTransport, SystemClock};
 use super::work::{BatchReply, PeerMessage, Work};
 use super::Topology;
 use crate::depot::log::DepotLog;
+use crate::pstate::claims::{Writer, WriterClaims};
 use crate::pstate::{Catalog, PStateStore, Session};
 use crate::runtime::{GuestInstance, Pre, Runtime};
 
@@ -107,6 +108,8 @@ pub struct WorkerSpec {
     pub runtime: Arc<Runtime>,
     pub pre: Pre,
     pub catalog: Arc<Catalog>,
+    /// Which topology kind writes each PState (module-wide).
+    pub claims: Arc<WriterClaims>,
     pub select_values_max: usize,
     pub peers: Arc<Vec<Sender<Work>>>,
     /// Appends queued and not yet taken (the queue bound is enforced on it).
@@ -187,19 +190,22 @@ impl WorkerSpec {
             &self.cfg.module,
         )
         .map_err(|e| format!("creating the module instance: {e}"))?;
+        instance.set_hop_handlers(Arc::new(
+            self.topologies
+                .iter()
+                .map(|t| (t.name.clone(), t.hop_handlers.clone()))
+                .collect(),
+        ));
         let (store, catalog) = (Arc::clone(&self.store), Arc::clone(&self.catalog));
         let (p, partitions, max) = (
             self.cfg.partition,
             self.cfg.partitions,
             self.select_values_max,
         );
-        *instance.session_mut() = Some(Session::new(
-            Arc::clone(&store),
-            Arc::clone(&catalog),
-            p,
-            partitions,
-            max,
-        ));
+        *instance.session_mut() = Some(
+            Session::new(Arc::clone(&store), Arc::clone(&catalog), p, partitions, max)
+                .writing_as(Writer::Stream, Arc::clone(&self.claims)),
+        );
         let mut partition = Partition::new(
             self.cfg.clone(),
             Arc::clone(&self.topologies),
@@ -210,8 +216,10 @@ impl WorkerSpec {
             Arc::new(SystemClock::default()),
             Arc::clone(&self.open_trees),
         );
-        partition.mb.new_session = Some(Box::new(move || {
+        let claims = Arc::clone(&self.claims);
+        partition.mb.new_session = Some(Box::new(move |topology: &str| {
             Session::new(Arc::clone(&store), Arc::clone(&catalog), p, partitions, max)
+                .writing_as(Writer::Microbatch(topology.into()), Arc::clone(&claims))
         }));
         Ok(partition)
     }
@@ -224,12 +232,23 @@ impl WorkerSpec {
         restarted: bool,
         failures: &mut u32,
     ) -> Exit {
+        if restarted {
+            // redb refuses all work after an I/O error until the file is opened again.
+            for (what, r) in [
+                (self.log.path(), self.log.reopen()),
+                (self.store.path(), self.store.reopen()),
+            ] {
+                if let Err(e) = r {
+                    return Exit::Failed(format!("reopening {}: {e}", what.display()));
+                }
+            }
+        }
         let mut p = match self.build() {
             Ok(p) => p,
             Err(e) => return Exit::Failed(e),
         };
         if let Err(e) = p.start() {
-            return Exit::Failed(e.to_string());
+            return Exit::Failed(self.describe(&e));
         }
         if restarted {
             // Hops taken by the failed incarnation are gone: ask every source to re-send
@@ -246,7 +265,7 @@ impl WorkerSpec {
                     Ok(w) => work.push(w),
                     Err(RecvTimeoutError::Timeout) => {
                         if let Err(e) = p.tick() {
-                            return Exit::Failed(e.to_string());
+                            return Exit::Failed(self.describe(&e));
                         }
                         self.publish(&p);
                         continue;
@@ -254,7 +273,7 @@ impl WorkerSpec {
                     Err(RecvTimeoutError::Disconnected) => {
                         return match p.make_durable() {
                             Ok(()) => Exit::Stopped,
-                            Err(e) => Exit::Failed(e.to_string()),
+                            Err(e) => Exit::Failed(self.describe(&e)),
                         };
                     }
                 }
@@ -277,7 +296,7 @@ impl WorkerSpec {
             self.queued_appends.fetch_sub(taken, Ordering::AcqRel);
             let stopping = match p.step(work) {
                 Ok(s) => s,
-                Err(e) => return Exit::Failed(e.to_string()),
+                Err(e) => return Exit::Failed(self.describe(&e)),
             };
             if let Err(e) = self.special(&mut p, special) {
                 return Exit::Failed(e);
@@ -286,7 +305,7 @@ impl WorkerSpec {
             if stopping {
                 return match p.make_durable() {
                     Ok(()) => Exit::Stopped,
-                    Err(e) => Exit::Failed(e.to_string()),
+                    Err(e) => Exit::Failed(self.describe(&e)),
                 };
             }
         }
@@ -324,6 +343,15 @@ impl WorkerSpec {
             }
             _ => Ok(()),
         }
+    }
+
+    /// A partition failure, naming the file it concerns.
+    fn describe(&self, e: &PartitionError) -> String {
+        let file = match e {
+            PartitionError::Log(_) => self.log.path(),
+            PartitionError::Store(_) => self.store.path(),
+        };
+        format!("{e} ({})", file.display())
     }
 
     fn publish(&self, p: &HostPartition) {

@@ -5,6 +5,7 @@
 //! reads and writes its partition. Invariants: every stored value was validated against its
 //! PState's schema; a top-level key is only ever written on the partition that owns it.
 
+pub mod claims;
 pub mod engine;
 pub mod key;
 pub mod path;

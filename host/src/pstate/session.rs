@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use redb::ReadTransaction;
 
+use super::claims::{Writer, WriterClaims};
 use super::engine::{Engine, Table, View, ViewMut};
 use super::path::{EncodedRange, Navigator, TransformOp};
 use super::store::{Overlay, PStateStore};
@@ -65,6 +66,9 @@ pub struct Session {
     record: Overlay,
     /// While a transform runs: how to undo its writes to `record` if it fails.
     undo: Vec<Undo>,
+    /// Who this session writes as, and the module's claims ([`super::claims`]); `None`
+    /// (tools, tests) writes unchecked.
+    writer: Option<(Writer, Arc<WriterClaims>)>,
 }
 
 /// The overlay entries of one table inside `prefix`/`range`, in key order.
@@ -101,7 +105,14 @@ impl Session {
             batch: Overlay::new(),
             record: Overlay::new(),
             undo: Vec::new(),
+            writer: None,
         }
+    }
+
+    /// Checks every write against the module's PState writer claims, as `writer`.
+    pub fn writing_as(mut self, writer: Writer, claims: Arc<WriterClaims>) -> Self {
+        self.writer = Some((writer, claims));
+        self
     }
 
     pub fn partition(&self) -> u32 {
@@ -172,6 +183,9 @@ impl Session {
         let schema = catalog.schema(pstate)?;
         super::check_leading_key(schema, pstate, path)?;
         self.check_partition(pstate, path)?;
+        if let Some((writer, claims)) = &self.writer {
+            claims.check(&self.store, pstate, writer)?;
+        }
         let limit = self.select_values_max;
         self.undo.clear();
         let result = Engine {

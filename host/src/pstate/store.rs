@@ -11,12 +11,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, TableDefinition, WriteTransaction,
-};
+use redb::{Durability, ReadTransaction, TableDefinition, WriteTransaction};
 
 use super::engine::Table;
 use super::path::EncodedRange;
+use crate::db_file::DbFile;
 use crate::value::{from_cbor, to_cbor, Value};
 
 pub use crate::partition::dead_letters::DeadLetter;
@@ -49,18 +48,28 @@ pub type Overlay = BTreeMap<(String, Table, Vec<u8>), Option<Value>>;
 
 /// One partition's PState store.
 pub struct PStateStore {
-    db: Database,
+    db: DbFile,
 }
 
 impl PStateStore {
     pub fn open(path: &Path) -> Result<Self, redb::Error> {
-        let db = Database::create(path)?;
-        Ok(Self { db })
+        Ok(Self {
+            db: DbFile::open(path)?,
+        })
+    }
+
+    /// Closes and reopens the file (redb needs it after an I/O error).
+    pub fn reopen(&self) -> Result<(), redb::Error> {
+        self.db.reopen()
+    }
+
+    pub fn path(&self) -> &Path {
+        self.db.path()
     }
 
     /// A snapshot of the last commit; never blocks the writer.
     pub fn begin_read(&self) -> Result<ReadTransaction, redb::Error> {
-        Ok(self.db.begin_read()?)
+        self.db.begin_read()
     }
 
     /// The value under `key` in one table of `pstate`, in `snapshot`.

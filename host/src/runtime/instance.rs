@@ -4,15 +4,16 @@
 //! a fresh epoch deadline; any failed call (trap, deadline, memory cap) discards the store and
 //! instantiates anew, carrying the [`Session`] over, because a trapped instance is poisoned.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::sluice::module::{host, types};
 use super::bindings::{Module, ModulePre};
+use super::output::GuestOutput;
 use super::{Runtime, EPOCH_TICK_MS};
 use crate::depot::Partitioner;
 use crate::metrics::{histogram, Histogram};
@@ -24,7 +25,7 @@ use crate::value::{from_cbor, Value};
 /// A component linked and ready to instantiate.
 pub type Pre = ModulePre<HostState>;
 
-/// Bytes of guest stdout/stderr kept (panic messages end up here).
+/// Bytes of guest stdout/stderr kept per call, newest last (panic messages end up here).
 const GUEST_OUTPUT_BYTES_MAX: usize = 64 << 10;
 /// Tables (funcref etc.) a guest may grow to, in elements.
 const TABLE_ELEMENTS_MAX: usize = 1 << 20;
@@ -82,7 +83,7 @@ pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     cap: MemoryCap,
-    output: MemoryOutputPipe,
+    output: GuestOutput,
     module: Arc<str>,
     /// PState access for the call in progress; `None` (e.g. during `define`) refuses it.
     pub session: Option<Session>,
@@ -93,6 +94,8 @@ pub struct HostState {
     /// The topology (or query) of the call in progress, for log lines.
     running: String,
     path_navigators_max: usize,
+    /// Per topology, the hop handlers it declares: a hop to another name is refused at once.
+    hop_handlers: Arc<BTreeMap<String, Vec<String>>>,
 }
 
 /// Where an emitted hop goes.
@@ -382,6 +385,18 @@ impl host::Host for HostState {
                 )))
             }
         };
+        if let Some(declared) = self.hop_handlers.get(&self.running) {
+            if !declared.contains(&handler) {
+                return Ok(Err(wit_error(
+                    "unknown-hop-handler",
+                    format!(
+                        "hop to handler `{handler}`, which topology `{}` does not declare (it has: {})",
+                        self.running,
+                        declared.join(", ")
+                    ),
+                )));
+            }
+        }
         self.hops.push(EmittedHop {
             dest,
             handler,
@@ -467,6 +482,12 @@ impl GuestInstance {
     /// The session host imports act on.
     pub fn session_mut(&mut self) -> &mut Option<Session> {
         &mut self.store.data_mut().session
+    }
+
+    /// Declares each topology's hop handlers, so a hop to an undeclared one fails at the
+    /// `hop` call (the guest sees the error) instead of after the handler returned.
+    pub fn set_hop_handlers(&mut self, handlers: Arc<BTreeMap<String, Vec<String>>>) {
+        self.store.data_mut().hop_handlers = handlers;
     }
 
     /// Takes the hops the last call emitted.
@@ -570,6 +591,7 @@ impl GuestInstance {
 
     fn arm_for(&mut self, deadline_ms: u64) {
         self.store.data_mut().hops.clear();
+        self.store.data().output.clear();
         let ticks = deadline_ms.div_ceil(EPOCH_TICK_MS).max(1);
         self.store.set_epoch_deadline(ticks);
         self.store.data_mut().cap.hit = false;
@@ -618,6 +640,7 @@ impl GuestInstance {
         match instantiate(&self.runtime, &self.pre, &self.module, None) {
             Ok((mut store, bindings)) => {
                 store.data_mut().session = self.store.data_mut().session.take();
+                store.data_mut().hop_handlers = Arc::clone(&self.store.data().hop_handlers);
                 self.store = store;
                 self.bindings = bindings;
             }
@@ -639,7 +662,7 @@ fn instantiate(
     module: &Arc<str>,
     session: Option<Session>,
 ) -> Result<(Store<HostState>, Module), GuestError> {
-    let output = MemoryOutputPipe::new(GUEST_OUTPUT_BYTES_MAX);
+    let output = GuestOutput::new(GUEST_OUTPUT_BYTES_MAX);
     let wasi = WasiCtx::builder()
         .stdout(output.clone())
         .stderr(output.clone())
@@ -657,6 +680,7 @@ fn instantiate(
         hops: Vec::new(),
         query: None,
         running: String::new(),
+        hop_handlers: Arc::default(),
         path_navigators_max: runtime.limits().path_navigators_max,
     };
     let mut store = Store::new(runtime.engine(), state);

@@ -8,6 +8,7 @@
 
 mod bindings;
 mod instance;
+mod output;
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};

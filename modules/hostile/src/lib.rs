@@ -1,6 +1,6 @@
 //! A misbehaving module for tests. Depot `commands` (hash by `key`) carries records like
 //! `{"key": "k", "do": "ok"}`; the handler first increments `seen[key]`, then does what `do`
-//! says: `ok`, `loop` (forever), `membomb` (allocate without bound), `trap` (wasm `unreachable`),
+//! says: `ok`, `print` (200 KB to stdout/stderr, then ok), `loop` (forever), `membomb` (allocate without bound), `trap` (wasm `unreachable`),
 //! `panic`, `error` (return an error), `stack` (unbounded recursion), `wrong-partition`
 //! (write a key owned by another partition), `bad-type` (write a string into an int PState),
 //! `hop-fail` (hop to every partition into a handler that panics), `hop-unknown` (hop to an
@@ -95,6 +95,14 @@ fn run_command(ctx: &Ctx, cmd: Command) -> Result<()> {
     seen.increment(&Path::key(&cmd.key), 1)?;
     match cmd.action.as_str() {
         "ok" => Ok(()),
+        "print" => {
+            // 200 KB to stdout and stderr: more than the host keeps; it must not trap.
+            for i in 0..1_000 {
+                println!("{i}: {}", "x".repeat(100));
+                eprintln!("{i}: {}", "y".repeat(100));
+            }
+            Ok(())
+        }
         "loop" => {
             let mut x: u64 = 0;
             loop {
