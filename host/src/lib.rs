@@ -3,6 +3,7 @@
 //! Code map (see `ARCHITECTURE.md` for the whole picture):
 //! - [`api`]: HTTP+JSON (hyper); the only module that knows HTTP.
 //! - [`module`]: the module registry, deploy/undeploy, on-disk layout.
+//! - [`imports`]: the host imports: what a handler or a query may do.
 //! - [`runtime`]: wasmtime engine, linker, WIT bindings, sandbox limits; the only module that
 //!   knows wasmtime.
 //! - [`depot`]: partitioners and the per-partition depot log.
@@ -23,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod db_file;
 pub mod depot;
+pub mod imports;
 pub mod metrics;
 pub mod module;
 pub mod partition;

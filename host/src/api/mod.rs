@@ -535,10 +535,13 @@ fn health(state: &AppState, readiness: bool) -> Response<Full<Bytes>> {
                     "partition": p,
                     "state": st.name(),
                     "restarts": h.status.restarts.load(std::sync::atomic::Ordering::Relaxed),
-                    "durable_commits": h.status.durable_commits.load(std::sync::atomic::Ordering::Relaxed),
+                    "durable_position": h.status.durable_position.load(std::sync::atomic::Ordering::Relaxed),
                 });
                 if let PartitionState::Restarting { cause } = st {
                     v["cause"] = cause.into();
+                }
+                if let Some(last) = h.status.last_failure.lock().expect("poisoned").clone() {
+                    v["last_failure"] = last.into();
                 }
                 v
             })

@@ -27,7 +27,7 @@ pub const HELP: &[(&str, &str, &str)] = &[
     ("sluice_partition_queue_depth", "gauge", "Appends queued for a partition worker and not yet taken, by module and partition."),
     ("sluice_partition_serving", "gauge", "1 while a partition serves (recovered, not restarting), else 0, by module and partition."),
     ("sluice_partition_restarts", "gauge", "Times a partition failed and was restarted by its supervisor since the module started, by module and partition."),
-    ("sluice_partition_durable_commits", "gauge", "Durable commits a partition made since it last started: its durable commit position, by module and partition."),
+    ("sluice_partition_durable_position", "gauge", "A partition's durable commit position (its commits are numbered; every one up to this survives a crash), by module and partition."),
     ("sluice_partition_restarts_total", "counter", "Partition failures that made the supervisor restart the partition, by module."),
     ("sluice_guest_call_duration_seconds", "histogram", "Duration of guest calls, by module and kind (define, handle, query)."),
     ("sluice_guest_failures_total", "counter", "Guest calls that failed, by module and code (trap, deadline-exceeded, memory-limit, guest-error)."),

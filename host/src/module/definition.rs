@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::depot::{Depot, Partitioner};
 use crate::pstate::{Catalog, Schema};
+use crate::runtime::wit;
 use crate::topology::{Topology, TopologyKind};
 
 #[derive(Debug, Clone)]
@@ -258,5 +259,54 @@ impl Definition {
                 "name": t.name, "kind": kind, "depots": t.depots, "handler": t.handler, "hop_handlers": t.hop_handlers})).collect::<Vec<_>>(),
             "queries": self.queries,
         })
+    }
+}
+
+fn topology_decl(t: wit::StreamTopologyDef) -> TopologyDecl {
+    TopologyDecl {
+        name: t.name,
+        depots: t.depots,
+        handler: t.handler,
+        hop_handlers: t.hop_handlers,
+    }
+}
+
+impl Definition {
+    /// The declarations a module's `define` returned (not yet validated).
+    pub fn from_wit(def: wit::ModuleDefinition) -> Definition {
+        Definition {
+            depots: def
+                .depots
+                .into_iter()
+                .map(|d| DepotDecl {
+                    name: d.name,
+                    partitioner: match d.partitioner {
+                        wit::Partitioner::Hash(fields) => Partitioner::Hash(fields),
+                        wit::Partitioner::Random => Partitioner::Random,
+                        wit::Partitioner::Direct => Partitioner::Direct,
+                    },
+                })
+                .collect(),
+            pstates: def
+                .pstates
+                .into_iter()
+                .map(|p| PStateDecl {
+                    name: p.name,
+                    schema: p.schema,
+                })
+                .collect(),
+            stream_topologies: def
+                .stream_topologies
+                .into_iter()
+                .map(topology_decl)
+                .collect(),
+            microbatch_topologies: def
+                .microbatch_topologies
+                .into_iter()
+                .map(topology_decl)
+                .collect(),
+            partitions_hint: def.partitions_hint,
+            queries: def.queries,
+        }
     }
 }

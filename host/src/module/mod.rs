@@ -30,6 +30,7 @@ use tokio::sync::oneshot;
 use crate::config::{Config, PARTITIONS_MAX};
 use crate::depot::log::DepotLog;
 use crate::depot::{Depot, RouteError};
+use crate::imports::Imports;
 use crate::partition::progress::processed_offset;
 use crate::partition::worker::{PartitionState, PartitionStatus, WorkerSpec};
 use crate::partition::{PartitionConfig, Reply};
@@ -388,9 +389,9 @@ impl Module {
                 value: h.status.restarts.load(Ordering::Relaxed) as f64,
             });
             out.push(Gauge {
-                name: "sluice_partition_durable_commits",
+                name: "sluice_partition_durable_position",
                 labels,
-                value: h.status.durable_commits.load(Ordering::Relaxed) as f64,
+                value: h.status.durable_position.load(Ordering::Relaxed) as f64,
             });
             let snapshot = h.store.begin_read().ok();
             for t in self.topologies.iter() {
@@ -526,9 +527,7 @@ impl Registry {
     ) -> Result<Arc<Module>, DeployError> {
         let component = self.runtime.compile(wasm)?;
         let pre = self.runtime.prepare(&component)?;
-        let mut instance = GuestInstance::new(Arc::clone(&self.runtime), pre, name)
-            .map_err(DeployError::Define)?;
-        let definition = instance.define().map_err(DeployError::Define)?;
+        let definition = self.define(pre, name)?;
         definition
             .validate()
             .map_err(DeployError::InvalidDefinition)?;
@@ -590,9 +589,7 @@ impl Registry {
         }
         let component = self.runtime.compile(wasm)?;
         let pre = self.runtime.prepare(&component)?;
-        let mut instance = GuestInstance::new(Arc::clone(&self.runtime), pre, &name)
-            .map_err(DeployError::Define)?;
-        let definition = instance.define().map_err(DeployError::Define)?;
+        let definition = self.define(pre, &name)?;
         definition
             .validate()
             .map_err(DeployError::InvalidDefinition)?;
@@ -687,6 +684,16 @@ impl Registry {
         }
     }
 
+    /// Calls a component's `define` in a fresh instance (its declarations, not yet validated).
+    fn define(&self, pre: crate::runtime::Pre, name: &str) -> Result<Definition, DeployError> {
+        let imports = Imports::new(name, self.runtime.limits().path_navigators_max);
+        let mut instance =
+            GuestInstance::new(Arc::clone(&self.runtime), pre, name, Box::new(imports))
+                .map_err(DeployError::Define)?;
+        let def = instance.define().map_err(DeployError::Define)?;
+        Ok(Definition::from_wit(def))
+    }
+
     /// Starts a module's workers; `files` are its partitions' already-open databases (an
     /// update), else they are opened.
     fn start(
@@ -698,10 +705,7 @@ impl Registry {
     ) -> Result<Arc<Module>, DeployError> {
         let component = self.runtime.compile(wasm)?;
         let pre = self.runtime.prepare(&component)?;
-        let mut instance =
-            GuestInstance::new(Arc::clone(&self.runtime), pre.clone(), &manifest.name)
-                .map_err(DeployError::Define)?;
-        let definition = instance.define().map_err(DeployError::Define)?;
+        let definition = self.define(pre.clone(), &manifest.name)?;
         let validated = definition
             .validate()
             .map_err(DeployError::InvalidDefinition)?;

@@ -29,8 +29,9 @@ use super::seams::{Commit, Executor, HopTransport, PartitionLog, PartitionStore}
 use super::tree::Tree;
 use super::work::PeerMessage;
 use super::{Topology, TopologyKind};
+use crate::imports::{EmittedHop, HopDest};
 use crate::pstate::store::DeadLetter;
-use crate::runtime::{EmittedHop, HopDest, RecordCtx};
+use crate::runtime::RecordCtx;
 
 /// Processed offsets that replay must not redo: `(topology, depot)` → first offset not done.
 pub(super) type Done = std::collections::BTreeMap<(String, String), u64>;
@@ -145,6 +146,10 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
         commit.hops_next = hops_next;
         commit.hops_applied = hops_applied;
         commit.outbox_trim = outbox_trim;
+        if !commit.is_empty() {
+            self.position += 1;
+            commit.position = self.position;
+        }
         // Hops are sent only once the commit naming them is durable (the module docs).
         let durable = !commit.outbox_put.is_empty() || self.flush_due();
         self.counters.commits.fetch_add(1, Ordering::Relaxed);

@@ -138,8 +138,9 @@ pub struct Partition<X, L, S, T> {
     /// `full` acks waiting for a microbatch: (topology, depot, offset, tree).
     pub(super) mb_waiting: Vec<(String, Arc<str>, u64, Arc<Tree>)>,
     pub(super) mb: MbStates,
-    /// The highest commit position made durable (for subscriptions and `/health`).
-    pub(super) durable_commits: u64,
+    /// The position of the last commit, and of the last one known durable.
+    pub(super) position: u64,
+    pub(super) durable_position: u64,
 }
 
 /// An append taken from the queue: depot, record (CBOR), ack level, answer.
@@ -178,7 +179,8 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
             hops: HopBook::default(),
             mb_waiting: Vec::new(),
             mb: MbStates::default(),
-            durable_commits: 0,
+            position: 0,
+            durable_position: 0,
         }
     }
 
@@ -188,6 +190,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
     pub fn start(&mut self) -> Result<(), PartitionError> {
         let progress = self.store.progress().map_err(PartitionError::Store)?;
         self.hops = HopBook::restore(progress.hops_next.clone(), progress.hops_applied.clone());
+        self.position = progress.position;
         for (target, seq, entry) in &progress.outbox {
             match decode_outbox(self.cfg.partition, *seq, entry) {
                 Some(hop) => self.transport.send(*target, PeerMessage::Hop(hop)),
@@ -275,9 +278,10 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
         }
     }
 
-    /// How many durable commits this partition made since it started.
-    pub fn durable_commits(&self) -> u64 {
-        self.durable_commits
+    /// The partition's durable commit position: every commit up to it survives any crash.
+    /// It never goes back, across crashes and restarts (a subscription's event id).
+    pub fn durable_position(&self) -> u64 {
+        self.durable_position
     }
 
     pub(super) fn flush_due(&self) -> bool {
@@ -291,7 +295,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
     pub(super) fn after_durable(&mut self) {
         self.flush.dirty = false;
         self.flush.last_durable_ms = self.clock.now_ms();
-        self.durable_commits += 1;
+        self.durable_position = self.position;
         for (source, next) in self.hops.take_confirmations() {
             self.transport.send(
                 source,

@@ -12,8 +12,9 @@ use super::core::Partition;
 use super::seams::{Called, Executor, HopTransport, PartitionLog, PartitionStore};
 use super::work::ACK_VALUE_BYTES_MAX;
 use super::Topology;
+use crate::imports::{EmittedHop, Imports};
 use crate::pstate::store::Overlay;
-use crate::runtime::{EmittedHop, GuestError, GuestInstance, RecordCtx};
+use crate::runtime::{GuestError, GuestInstance, RecordCtx};
 use crate::value::{from_cbor, Value};
 
 /// Whether another attempt of a failed call may succeed.
@@ -134,6 +135,13 @@ fn check_call(topology: &Topology, called: Called) -> Result<Handled, GuestError
     Ok((value, called.hops))
 }
 
+/// The handler imports of a partition's instance (it is always made with them).
+pub(super) fn handler_imports(instance: &mut GuestInstance) -> &mut Imports {
+    instance
+        .imports_mut::<Imports>()
+        .expect("partition instances are made with `Imports`")
+}
+
 impl Executor for GuestInstance {
     fn call(
         &mut self,
@@ -145,18 +153,19 @@ impl Executor for GuestInstance {
         let ack = self.handle(topology, handler, input, ctx)?;
         Ok(Called {
             ack,
-            hops: self.take_hops(),
+            hops: handler_imports(self).take_hops(),
         })
     }
 
     fn end_record(&mut self, keep: bool) {
-        if let Some(s) = self.session_mut().as_mut() {
+        if let Some(s) = handler_imports(self).session_mut().as_mut() {
             s.end_record(keep);
         }
     }
 
     fn take_writes(&mut self) -> Overlay {
-        self.session_mut()
+        handler_imports(self)
+            .session_mut()
             .as_mut()
             .map(|s| s.take_writes())
             .unwrap_or_default()

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use redb::{ReadableTable, TableDefinition};
 
 use super::core::Partition;
+use super::execute::handler_imports;
 use super::progress::write_dead_letters;
 use super::seams::{Commit, PartitionStore};
 use super::work::{BatchHop, BatchStep};
@@ -175,7 +176,9 @@ impl HostPartition {
             .filter(|s| s.id == id)
             .ok_or("hops for a batch this partition is not running")?;
         let session = st.session.take().ok_or("hops after prepare")?;
-        let stream_session = self.exec.session_mut().replace(session);
+        let stream_session = handler_imports(&mut self.exec)
+            .session_mut()
+            .replace(session);
         let mut out = Vec::new();
         for (depot, offset, handler, input) in work {
             let ctx = self.ctx(&depot, offset, Some(id));
@@ -207,7 +210,10 @@ impl HostPartition {
                 }),
             }
         }
-        let session = std::mem::replace(self.exec.session_mut(), stream_session);
+        let session = std::mem::replace(
+            handler_imports(&mut self.exec).session_mut(),
+            stream_session,
+        );
         st.session = session;
         self.mb.running.insert(t.name.clone(), st);
         Ok(out)

@@ -6,7 +6,7 @@
 //! `offsets`: `"<topology>/<depot>"` → next unprocessed offset; `hops-out`: `(target, seq)` →
 //! hop not yet confirmed by its target; `hops-out-next`: target → next seq to assign;
 //! `hops-applied`: source → next seq to apply; `dead-letters`: `(topology, depot, offset)` →
-//! failure. Invariant: every table here changes only inside [`PartitionStore::commit`], so a
+//! failure; `partition-meta`: `commit-position` → the last commit's position. Invariant: every table here changes only inside [`PartitionStore::commit`], so a
 //! committed state always has progress matching its entries. Also the redb implementations of
 //! the [`PartitionLog`] and [`PartitionStore`] seams.
 
@@ -26,6 +26,9 @@ const HOPS_OUT_NEXT: TableDefinition<u32, u64> = TableDefinition::new("hops-out-
 const HOPS_APPLIED: TableDefinition<u32, u64> = TableDefinition::new("hops-applied");
 const DEAD_LETTERS: TableDefinition<(&str, &str, u64), &[u8]> =
     TableDefinition::new("dead-letters");
+/// `commit-position`: the position of the last commit (see [`Commit::position`]).
+const PARTITION_META: TableDefinition<&str, u64> = TableDefinition::new("partition-meta");
+const COMMIT_POSITION: &str = "commit-position";
 
 fn offsets_key(topology: &str, depot: &str) -> String {
     format!("{topology}/{depot}")
@@ -75,6 +78,9 @@ fn read_progress(txn: &ReadTransaction) -> Result<Progress, StorageError> {
             p.outbox.push((target, seq, v.value().to_vec()));
         }
     }
+    if let Some(t) = read_table!(txn, PARTITION_META) {
+        p.position = t.get(COMMIT_POSITION).map_err(e)?.map_or(0, |v| v.value());
+    }
     for (def, into) in [
         (HOPS_OUT_NEXT, &mut p.hops_next),
         (HOPS_APPLIED, &mut p.hops_applied),
@@ -91,6 +97,10 @@ fn read_progress(txn: &ReadTransaction) -> Result<Progress, StorageError> {
 
 /// Writes a commit's progress into an open write transaction.
 pub fn write_progress(txn: &WriteTransaction, c: &Commit) -> Result<(), redb::Error> {
+    if c.position > 0 {
+        txn.open_table(PARTITION_META)?
+            .insert(COMMIT_POSITION, c.position)?;
+    }
     if !c.offsets.is_empty() {
         let mut offsets = txn.open_table(OFFSETS)?;
         for ((topology, depot), offset) in &c.offsets {

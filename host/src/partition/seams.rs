@@ -16,8 +16,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::work::PeerMessage;
+use crate::imports::EmittedHop;
 use crate::pstate::store::{DeadLetter, Overlay};
-use crate::runtime::{EmittedHop, GuestError, RecordCtx};
+use crate::runtime::{GuestError, RecordCtx};
 
 /// A storage failure, with the file or the operation it concerns.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -66,6 +67,9 @@ pub struct Commit {
     pub hops_next: BTreeMap<u32, u64>,
     /// Per source: the next seq to apply (when it moved).
     pub hops_applied: BTreeMap<u32, u64>,
+    /// This commit's position: the partition's commits are numbered 1, 2, 3, … (0: not
+    /// numbered — a commit with nothing else in it).
+    pub position: u64,
 }
 
 impl Commit {
@@ -89,6 +93,8 @@ pub struct Progress {
     pub outbox: Vec<(u32, u64, Vec<u8>)>,
     pub hops_next: BTreeMap<u32, u64>,
     pub hops_applied: BTreeMap<u32, u64>,
+    /// The position of the last commit.
+    pub position: u64,
 }
 
 /// One partition's state: PState entries plus progress, committed together.

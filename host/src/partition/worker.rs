@@ -23,6 +23,7 @@ use super::seams::{HopTransport, SystemClock};
 use super::work::{BatchReply, PeerMessage, Work};
 use super::Topology;
 use crate::depot::log::DepotLog;
+use crate::imports::Imports;
 use crate::pstate::claims::{Writer, WriterClaims};
 use crate::pstate::{Catalog, PStateStore, Session};
 use crate::runtime::{GuestInstance, Pre, Runtime};
@@ -68,8 +69,10 @@ pub struct PartitionStatus {
     /// Set while the partition serves: its PStates reflect everything acked.
     ready: AtomicBool,
     pub restarts: AtomicU64,
-    /// Durable commits made (the partition's durable commit position).
-    pub durable_commits: AtomicU64,
+    /// The partition's durable commit position (see [`Partition::durable_position`]).
+    pub durable_position: AtomicU64,
+    /// Why the partition last failed, if it ever did.
+    pub last_failure: Mutex<Option<String>>,
 }
 
 impl Default for PartitionStatus {
@@ -78,7 +81,8 @@ impl Default for PartitionStatus {
             state: Mutex::new(PartitionState::Recovering),
             ready: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
-            durable_commits: AtomicU64::new(0),
+            durable_position: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
         }
     }
 }
@@ -124,9 +128,64 @@ const RESTART_BACKOFF_MS_MAX: u64 = 5_000;
 const RESTART_BACKOFF_MS_MIN: u64 = 20;
 
 /// How one incarnation ended.
-enum Exit {
+pub(super) enum Exit {
     Stopped,
     Failed(String),
+}
+
+/// The supervision loop: runs `incarnation(queue, work kept from before, restarted)` until
+/// one ends with `Stopped`; after a failure (an `Exit::Failed` or a panic) records the cause,
+/// pauses with backoff (reset once an incarnation reached `Serving`) keeping what arrives, and
+/// starts the next. A `Stop` during a pause ends it.
+pub(super) fn supervise(
+    module: &str,
+    status: &PartitionStatus,
+    rx: &Receiver<Work>,
+    mut incarnation: impl FnMut(&Receiver<Work>, &mut Vec<Work>, bool) -> Exit,
+) {
+    let mut carry: Vec<Work> = Vec::new();
+    let mut failures: u32 = 0;
+    loop {
+        status.set(PartitionState::Recovering);
+        let restarted = status.restarts.load(Ordering::Acquire) > 0;
+        let exit =
+            std::panic::catch_unwind(AssertUnwindSafe(|| incarnation(rx, &mut carry, restarted)))
+                .unwrap_or_else(|panic| Exit::Failed(panic_message(&panic)));
+        let cause = match exit {
+            Exit::Stopped => break,
+            Exit::Failed(cause) => cause,
+        };
+        if status.state() == PartitionState::Serving {
+            failures = 0;
+        }
+        failures += 1;
+        status.restarts.fetch_add(1, Ordering::AcqRel);
+        tracing::error!(failures, "partition failed, restarting: {cause}");
+        *status.last_failure.lock().expect("poisoned") = Some(cause.clone());
+        status.set(PartitionState::Restarting { cause });
+        crate::metrics::inc("sluice_partition_restarts_total", &[("module", module)]);
+        let pause = (RESTART_BACKOFF_MS_MIN << failures.min(10)).min(RESTART_BACKOFF_MS_MAX);
+        if wait(rx, &mut carry, Duration::from_millis(pause)) {
+            break;
+        }
+    }
+    status.set(PartitionState::Stopped);
+}
+
+/// Waits out a restart pause, keeping what arrives; true if a `Stop` arrived.
+fn wait(rx: &Receiver<Work>, carry: &mut Vec<Work>, pause: Duration) -> bool {
+    let until = std::time::Instant::now() + pause;
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match rx.recv_timeout(left) {
+            Ok(Work::Stop) | Err(RecvTimeoutError::Disconnected) => return true,
+            Ok(w) => carry.push(w),
+            Err(RecvTimeoutError::Timeout) => return false,
+        }
+    }
 }
 
 impl WorkerSpec {
@@ -138,74 +197,42 @@ impl WorkerSpec {
             partition = self.cfg.partition
         );
         let _entered = span.enter();
-        let mut carry: Vec<Work> = Vec::new();
-        let mut failures: u32 = 0;
-        loop {
-            self.status.set(PartitionState::Recovering);
-            let restarted = self.status.restarts.load(Ordering::Acquire) > 0;
-            let exit = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.run_once(&rx, &mut carry, restarted, &mut failures)
-            }))
-            .unwrap_or_else(|panic| Exit::Failed(panic_message(&panic)));
-            let cause = match exit {
-                Exit::Stopped => break,
-                Exit::Failed(cause) => cause,
-            };
-            failures += 1;
-            self.status.restarts.fetch_add(1, Ordering::AcqRel);
-            tracing::error!(failures, "partition failed, restarting: {cause}");
-            self.status.set(PartitionState::Restarting { cause });
-            crate::metrics::inc(
-                "sluice_partition_restarts_total",
-                &[("module", &self.cfg.module)],
-            );
-            let pause = (RESTART_BACKOFF_MS_MIN << failures.min(10)).min(RESTART_BACKOFF_MS_MAX);
-            if self.wait(&rx, &mut carry, Duration::from_millis(pause)) {
-                break;
-            }
-        }
-        self.status.set(PartitionState::Stopped);
-    }
-
-    /// Waits out a restart pause, keeping what arrives; true if a `Stop` arrived.
-    fn wait(&self, rx: &Receiver<Work>, carry: &mut Vec<Work>, pause: Duration) -> bool {
-        let until = std::time::Instant::now() + pause;
-        loop {
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            match rx.recv_timeout(left) {
-                Ok(Work::Stop) | Err(RecvTimeoutError::Disconnected) => return true,
-                Ok(w) => carry.push(w),
-                Err(RecvTimeoutError::Timeout) => return false,
-            }
-        }
+        supervise(
+            &self.cfg.module,
+            &self.status,
+            &rx,
+            |rx, carry, restarted| self.run_once(rx, carry, restarted),
+        );
     }
 
     fn build(&self) -> Result<HostPartition, String> {
-        let mut instance = GuestInstance::new(
-            Arc::clone(&self.runtime),
-            self.pre.clone(),
-            &self.cfg.module,
-        )
-        .map_err(|e| format!("creating the module instance: {e}"))?;
-        instance.set_hop_handlers(Arc::new(
-            self.topologies
-                .iter()
-                .map(|t| (t.name.clone(), t.hop_handlers.clone()))
-                .collect(),
-        ));
         let (store, catalog) = (Arc::clone(&self.store), Arc::clone(&self.catalog));
         let (p, partitions, max) = (
             self.cfg.partition,
             self.cfg.partitions,
             self.select_values_max,
         );
-        *instance.session_mut() = Some(
-            Session::new(Arc::clone(&store), Arc::clone(&catalog), p, partitions, max)
-                .writing_as(Writer::Stream, Arc::clone(&self.claims)),
+        let session = Session::new(Arc::clone(&store), Arc::clone(&catalog), p, partitions, max)
+            .writing_as(Writer::Stream, Arc::clone(&self.claims));
+        let hop_handlers = Arc::new(
+            self.topologies
+                .iter()
+                .map(|t| (t.name.clone(), t.hop_handlers.clone()))
+                .collect(),
         );
+        let imports = Imports::for_handlers(
+            &self.cfg.module,
+            self.runtime.limits().path_navigators_max,
+            session,
+            hop_handlers,
+        );
+        let instance = GuestInstance::new(
+            Arc::clone(&self.runtime),
+            self.pre.clone(),
+            &self.cfg.module,
+            Box::new(imports),
+        )
+        .map_err(|e| format!("creating the module instance: {e}"))?;
         let mut partition = Partition::new(
             self.cfg.clone(),
             Arc::clone(&self.topologies),
@@ -225,13 +252,7 @@ impl WorkerSpec {
     }
 
     /// One incarnation: build, recover, serve until stopped or failed.
-    fn run_once(
-        &self,
-        rx: &Receiver<Work>,
-        carry: &mut Vec<Work>,
-        restarted: bool,
-        failures: &mut u32,
-    ) -> Exit {
+    fn run_once(&self, rx: &Receiver<Work>, carry: &mut Vec<Work>, restarted: bool) -> Exit {
         if restarted {
             // redb refuses all work after an I/O error until the file is opened again.
             for (what, r) in [
@@ -255,7 +276,6 @@ impl WorkerSpec {
             // from what is applied here.
             p.ask_rewind();
         }
-        *failures = 0;
         self.status.set(PartitionState::Serving);
         let tick = Duration::from_millis(p.cfg.flush_interval_ms.max(1));
         loop {
@@ -356,8 +376,8 @@ impl WorkerSpec {
 
     fn publish(&self, p: &HostPartition) {
         self.status
-            .durable_commits
-            .store(p.durable_commits(), Ordering::Release);
+            .durable_position
+            .store(p.durable_position(), Ordering::Release);
     }
 }
 
@@ -372,4 +392,99 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into());
     format!("panicked: {what}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::channel;
+
+    use super::*;
+
+    fn confirmed(n: u32) -> Work {
+        Work::Peer(PeerMessage::Confirmed { target: n, next: 0 })
+    }
+
+    /// A panic in recovery and a failed start are survived: the partition is restarted with
+    /// backoff, keeps the work queued meanwhile, reports why, and serves.
+    #[test]
+    fn a_failing_partition_restarts_keeping_its_queue() {
+        let status = Arc::new(PartitionStatus::default());
+        let (tx, rx) = channel();
+        for n in 0..3 {
+            tx.send(confirmed(n)).unwrap();
+        }
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let supervisor = {
+            let (status, got) = (Arc::clone(&status), Arc::clone(&got));
+            std::thread::spawn(move || {
+                let mut calls = 0;
+                supervise("m", &status, &rx, |rx, carry, restarted| {
+                    calls += 1;
+                    match calls {
+                        1 => {
+                            assert!(!restarted);
+                            panic!("boom in recovery")
+                        }
+                        2 => {
+                            assert!(restarted);
+                            Exit::Failed("disk full".into())
+                        }
+                        _ => {
+                            status.set(PartitionState::Serving);
+                            let mut work = std::mem::take(carry);
+                            loop {
+                                for w in work.drain(..) {
+                                    match w {
+                                        Work::Stop => return Exit::Stopped,
+                                        Work::Peer(PeerMessage::Confirmed { target, .. }) => {
+                                            got.lock().unwrap().push(target)
+                                        }
+                                        _ => {}
+                                    }
+                                }
+                                work.push(rx.recv().unwrap());
+                            }
+                        }
+                    }
+                })
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !status.is_ready() {
+            assert!(std::time::Instant::now() < deadline, "never served");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(status.restarts.load(Ordering::Acquire), 2);
+        assert_eq!(
+            status.last_failure.lock().unwrap().as_deref(),
+            Some("disk full")
+        );
+        tx.send(confirmed(3)).unwrap();
+        tx.send(Work::Stop).unwrap();
+        supervisor.join().unwrap();
+        assert_eq!(
+            *got.lock().unwrap(),
+            vec![0, 1, 2, 3],
+            "nothing queued was lost"
+        );
+        assert_eq!(status.state(), PartitionState::Stopped);
+    }
+
+    #[test]
+    fn a_stop_during_the_restart_pause_ends_the_partition() {
+        let status = PartitionStatus::default();
+        let (tx, rx) = channel();
+        tx.send(Work::Stop).unwrap();
+        let mut calls = 0;
+        supervise("m", &status, &rx, |_, _, _| {
+            calls += 1;
+            Exit::Failed("instance creation failed".into())
+        });
+        assert_eq!(calls, 1);
+        assert_eq!(status.state(), PartitionState::Stopped);
+        assert_eq!(
+            status.last_failure.lock().unwrap().as_deref(),
+            Some("instance creation failed")
+        );
+    }
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use redb::ReadTransaction;
 
+use crate::imports::Imports;
 use crate::pstate::engine::Engine;
 use crate::pstate::session::SnapshotView;
 use crate::pstate::{AccessError, Catalog, Navigator, PStateStore};
@@ -190,8 +191,16 @@ impl Queries {
         let pooled = self.idle.lock().expect("poisoned").pop();
         let mut instance = match pooled {
             Some(i) => i,
-            None => GuestInstance::new(Arc::clone(&self.runtime), self.pre.clone(), &self.module)
-                .map_err(|error| QueryError::Guest {
+            None => GuestInstance::new(
+                Arc::clone(&self.runtime),
+                self.pre.clone(),
+                &self.module,
+                Box::new(Imports::new(
+                    &self.module,
+                    self.runtime.limits().path_navigators_max,
+                )),
+            )
+            .map_err(|error| QueryError::Guest {
                 query: name.to_string(),
                 error,
             })?,
@@ -204,7 +213,14 @@ impl Queries {
         )
         .map_err(|e| QueryError::Storage(e.to_string()))?;
         let partitions = self.stores.len() as u32;
-        let result = instance.query(name, &to_cbor(args), partitions, reads);
+        let imports = instance
+            .imports_mut::<Imports>()
+            .expect("query instances are made with `Imports`");
+        imports.set_query(Some(reads));
+        let result = instance.query(name, &to_cbor(args), partitions);
+        if let Some(imports) = instance.imports_mut::<Imports>() {
+            imports.set_query(None);
+        }
         // A failed call already replaced the instance's store; either way it is reusable.
         let mut idle = self.idle.lock().expect("poisoned");
         if idle.len() < IDLE_INSTANCES_MAX {

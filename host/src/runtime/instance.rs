@@ -4,23 +4,18 @@
 //! a fresh epoch deadline; any failed call (trap, deadline, memory cap) discards the store and
 //! instantiates anew, carrying the [`Session`] over, because a trapped instance is poisoned.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::sluice::module::{host, types};
+use super::bindings::sluice::module::types;
 use super::bindings::{Module, ModulePre};
 use super::output::GuestOutput;
+use super::wit;
 use super::{Runtime, EPOCH_TICK_MS};
-use crate::depot::Partitioner;
 use crate::metrics::{histogram, Histogram};
-use crate::module::definition::{Definition, DepotDecl, PStateDecl, TopologyDecl};
-use crate::pstate::{Cmp, Navigator, Range, Session, TransformOp};
-use crate::query::QueryReads;
-use crate::value::{from_cbor, Value};
 
 /// A component linked and ready to instantiate.
 pub type Pre = ModulePre<HostState>;
@@ -84,40 +79,112 @@ pub struct HostState {
     table: ResourceTable,
     cap: MemoryCap,
     output: GuestOutput,
-    module: Arc<str>,
-    /// PState access for the call in progress; `None` (e.g. during `define`) refuses it.
-    pub session: Option<Session>,
-    /// Hops the call in progress asked for, in order.
-    pub hops: Vec<EmittedHop>,
-    /// Reads of the query in progress (then `session` is `None` and nothing can be written).
-    pub query: Option<QueryReads>,
-    /// The topology (or query) of the call in progress, for log lines.
-    running: String,
-    path_navigators_max: usize,
-    /// Per topology, the hop handlers it declares: a hop to another name is refused at once.
-    hop_handlers: Arc<BTreeMap<String, Vec<String>>>,
+    /// What the guest's calls may do: the host imports (`crate::imports` in the host).
+    imports: Box<dyn HostImports>,
 }
 
-/// Where an emitted hop goes.
-#[derive(Debug, Clone, PartialEq)]
-pub enum HopDest {
-    /// The partition owning this key.
-    Key(Value),
-    All,
-    Partition(u32),
+/// The host imports a guest calls, implemented outside this module (which knows wasmtime, not
+/// PStates or queries): the generated `host` interface plus what a call needs around it.
+pub trait HostImports: wit::Host + Send + 'static {
+    /// A call of `running` (a topology or query name) begins: forget the last call's state.
+    fn begin_call(&mut self, running: &str);
+    /// For the owner to reach its own type behind the box.
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
-/// A hop a handler asked for; sent only if the handler succeeds.
-#[derive(Debug, Clone)]
-pub struct EmittedHop {
-    pub dest: HopDest,
-    pub handler: String,
-    /// CBOR.
-    pub payload: Vec<u8>,
+/// Imports that refuse everything, standing in while the real ones move between instances.
+struct NoImports;
+
+impl wit::Host for NoImports {
+    fn select(
+        &mut self,
+        _: String,
+        _: Vec<wit::Navigator>,
+    ) -> wasmtime::Result<Result<Vec<Vec<u8>>, wit::Error>> {
+        Ok(Err(no_imports()))
+    }
+    fn select_from(
+        &mut self,
+        _: String,
+        _: wit::Target,
+        _: Vec<wit::Navigator>,
+    ) -> wasmtime::Result<Result<Vec<Vec<Vec<u8>>>, wit::Error>> {
+        Ok(Err(no_imports()))
+    }
+    fn transform(
+        &mut self,
+        _: String,
+        _: Vec<wit::Navigator>,
+        _: wit::TransformOp,
+    ) -> wasmtime::Result<Result<(), wit::Error>> {
+        Ok(Err(no_imports()))
+    }
+    fn hop(
+        &mut self,
+        _: wit::Target,
+        _: String,
+        _: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), wit::Error>> {
+        Ok(Err(no_imports()))
+    }
+    fn log(&mut self, _: wit::LogLevel, _: String) -> wasmtime::Result<()> {
+        Ok(())
+    }
 }
 
-/// Hops one guest call may emit.
-pub const HOPS_PER_CALL_MAX: usize = 100_000;
+impl HostImports for NoImports {
+    fn begin_call(&mut self, _: &str) {}
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+fn no_imports() -> wit::Error {
+    wit::Error {
+        code: "no-pstate-access".into(),
+        message: "PStates are not available in this call".into(),
+    }
+}
+
+impl types::Host for HostState {}
+
+/// The generated interface, delegated to the imports.
+impl wit::Host for HostState {
+    fn select(
+        &mut self,
+        pstate: String,
+        path: Vec<wit::Navigator>,
+    ) -> wasmtime::Result<Result<Vec<Vec<u8>>, wit::Error>> {
+        self.imports.select(pstate, path)
+    }
+    fn select_from(
+        &mut self,
+        pstate: String,
+        target: wit::Target,
+        path: Vec<wit::Navigator>,
+    ) -> wasmtime::Result<Result<Vec<Vec<Vec<u8>>>, wit::Error>> {
+        self.imports.select_from(pstate, target, path)
+    }
+    fn transform(
+        &mut self,
+        pstate: String,
+        path: Vec<wit::Navigator>,
+        op: wit::TransformOp,
+    ) -> wasmtime::Result<Result<(), wit::Error>> {
+        self.imports.transform(pstate, path, op)
+    }
+    fn hop(
+        &mut self,
+        target: wit::Target,
+        handler: String,
+        payload: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), wit::Error>> {
+        self.imports.hop(target, handler, payload)
+    }
+    fn log(&mut self, level: wit::LogLevel, message: String) -> wasmtime::Result<()> {
+        self.imports.log(level, message)
+    }
+}
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -125,306 +192,6 @@ impl WasiView for HostState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
-    }
-}
-
-fn wit_error(code: &str, message: impl Into<String>) -> types::Error {
-    types::Error {
-        code: code.to_string(),
-        message: message.into(),
-    }
-}
-
-fn cbor(bytes: &[u8], what: &str) -> Result<Value, types::Error> {
-    from_cbor(bytes).map_err(|e| wit_error("invalid-value", format!("{what}: {e}")))
-}
-
-fn navigators(path: Vec<types::Navigator>, max: usize) -> Result<Vec<Navigator>, types::Error> {
-    use types::Navigator as N;
-    if path.len() > max {
-        return Err(wit_error(
-            "path-too-long",
-            format!(
-                "the path has {} navigators, over the path_navigators_max limit of {max}",
-                path.len()
-            ),
-        ));
-    }
-    path.into_iter()
-        .map(|n| {
-            Ok(match n {
-                N::Key(k) => Navigator::Key(cbor(&k, "navigator key")?),
-                N::Must(k) => Navigator::Must(cbor(&k, "navigator must")?),
-                N::All => Navigator::All,
-                N::MapKeys => Navigator::MapKeys,
-                N::MapVals => Navigator::MapVals,
-                N::First => Navigator::First,
-                N::Last => Navigator::Last,
-                N::Nth(i) => Navigator::Nth(i),
-                N::Count => Navigator::Count,
-                N::SortedRange(r) => Navigator::SortedRange(Range {
-                    start: r
-                        .start
-                        .map(|s| cbor(&s, "sorted-range start"))
-                        .transpose()?,
-                    end: r.end.map(|e| cbor(&e, "sorted-range end")).transpose()?,
-                    start_inclusive: r.start_inclusive,
-                    end_inclusive: r.end_inclusive,
-                    limit: r.limit,
-                    reverse: r.reverse,
-                }),
-                N::NullToVal(v) => Navigator::NullToVal(cbor(&v, "null-to-val")?),
-                N::Filter((c, v)) => Navigator::Filter(
-                    match c {
-                        types::Comparison::Eq => Cmp::Eq,
-                        types::Comparison::Ne => Cmp::Ne,
-                        types::Comparison::Lt => Cmp::Lt,
-                        types::Comparison::Le => Cmp::Le,
-                        types::Comparison::Gt => Cmp::Gt,
-                        types::Comparison::Ge => Cmp::Ge,
-                    },
-                    cbor(&v, "filter operand")?,
-                ),
-            })
-        })
-        .collect()
-}
-
-impl types::Host for HostState {}
-
-impl host::Host for HostState {
-    fn select(
-        &mut self,
-        pstate: String,
-        path: Vec<types::Navigator>,
-    ) -> wasmtime::Result<Result<Vec<Vec<u8>>, types::Error>> {
-        let path = match navigators(path, self.path_navigators_max) {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
-        if let Some(reads) = self.query.as_ref() {
-            let partition = match crate::pstate::leading_partition(&path, reads.partitions()) {
-                Ok(Some(p)) => p,
-                Ok(None) => {
-                    return Ok(Err(wit_error(
-                        "partition-required",
-                        "in a query, `select` goes to the partition of the path's leading key; this path has none: use `select-from` with a partition or `all`",
-                    )))
-                }
-                Err(e) => return Ok(Err(wit_error(e.code, e.message))),
-            };
-            return Ok(reads
-                .select(&pstate, &path, &[partition])
-                .map(|mut lists| {
-                    lists
-                        .pop()
-                        .unwrap_or_default()
-                        .iter()
-                        .map(crate::value::to_cbor)
-                        .collect()
-                })
-                .map_err(|e| wit_error(e.code, e.message)));
-        }
-        let Some(session) = self.session.as_mut() else {
-            return Ok(Err(wit_error(
-                "no-pstate-access",
-                "PStates are not available in this call",
-            )));
-        };
-        Ok(session
-            .select(&pstate, &path)
-            .map(|vs| vs.iter().map(crate::value::to_cbor).collect())
-            .map_err(|e| wit_error(e.code, e.message)))
-    }
-
-    fn select_from(
-        &mut self,
-        pstate: String,
-        target: types::Target,
-        path: Vec<types::Navigator>,
-    ) -> wasmtime::Result<Result<Vec<Vec<Vec<u8>>>, types::Error>> {
-        let path = match navigators(path, self.path_navigators_max) {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
-        let (own, partitions) = match (&self.query, &self.session) {
-            (Some(q), _) => (None, q.partitions()),
-            (None, Some(s)) => (Some(s.partition()), s.partitions()),
-            (None, None) => {
-                return Ok(Err(wit_error(
-                    "no-pstate-access",
-                    "PStates are not available in this call",
-                )))
-            }
-        };
-        let targets: Vec<u32> = match target {
-            types::Target::Key(k) => match cbor(&k, "target key").and_then(|v| {
-                crate::pstate::partition_of_key(&v, partitions)
-                    .map_err(|e| wit_error("invalid-key", e.to_string()))
-            }) {
-                Ok(p) => vec![p],
-                Err(e) => return Ok(Err(e)),
-            },
-            types::Target::All => (0..partitions).collect(),
-            types::Target::Partition(p) if p < partitions => vec![p],
-            types::Target::Partition(p) => {
-                return Ok(Err(wit_error(
-                    "partition-out-of-range",
-                    format!(
-                        "partition {p} is out of range: this module has partitions 0..{partitions}"
-                    ),
-                )))
-            }
-        };
-        let to_cbor_lists = |lists: Vec<Vec<Value>>| -> Vec<Vec<Vec<u8>>> {
-            lists
-                .iter()
-                .map(|vs| vs.iter().map(crate::value::to_cbor).collect())
-                .collect()
-        };
-        if let Some(reads) = self.query.as_ref() {
-            return Ok(reads
-                .select(&pstate, &path, &targets)
-                .map(to_cbor_lists)
-                .map_err(|e| wit_error(e.code, e.message)));
-        }
-        if targets != [own.expect("a handler has a partition")] {
-            return Ok(Err(wit_error(
-                "partition-not-local",
-                "a topology handler reads only its own partition: hop to the others, or read them from a query",
-            )));
-        }
-        let session = self.session.as_mut().expect("checked above");
-        Ok(session
-            .select(&pstate, &path)
-            .map(|vs| to_cbor_lists(vec![vs]))
-            .map_err(|e| wit_error(e.code, e.message)))
-    }
-
-    fn transform(
-        &mut self,
-        pstate: String,
-        path: Vec<types::Navigator>,
-        op: types::TransformOp,
-    ) -> wasmtime::Result<Result<(), types::Error>> {
-        if self.query.is_some() {
-            return Ok(Err(wit_error(
-                "read-only",
-                format!("queries are read-only: a transform of PState `{pstate}` is refused"),
-            )));
-        }
-        let Some(session) = self.session.as_mut() else {
-            return Ok(Err(wit_error(
-                "no-pstate-access",
-                "PStates are not available in this call",
-            )));
-        };
-        let path = match navigators(path, self.path_navigators_max) {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
-        use types::TransformOp as T;
-        let op = match op {
-            T::Set(b) => cbor(&b, "set").map(TransformOp::Set),
-            T::Increment(by) => Ok(TransformOp::Increment(by)),
-            T::Remove => Ok(TransformOp::Remove),
-            T::Insert(b) => cbor(&b, "insert").map(TransformOp::Insert),
-            T::Push(b) => cbor(&b, "push").map(TransformOp::Push),
-            T::Merge(b) => cbor(&b, "merge").map(TransformOp::Merge),
-        };
-        let op = match op {
-            Ok(op) => op,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(session
-            .transform(&pstate, &path, &op)
-            .map_err(|e| wit_error(e.code, e.message)))
-    }
-
-    fn hop(
-        &mut self,
-        target: types::Target,
-        handler: String,
-        payload: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), types::Error>> {
-        let Some(session) = self.session.as_ref() else {
-            return Ok(Err(wit_error(
-                "no-hops",
-                "hops are only possible from a topology handler (queries are read-only)",
-            )));
-        };
-        if self.hops.len() >= HOPS_PER_CALL_MAX {
-            return Ok(Err(wit_error(
-                "too-many-hops",
-                format!("one handler call may emit at most {HOPS_PER_CALL_MAX} hops"),
-            )));
-        }
-        if let Err(e) = cbor(&payload, "hop payload") {
-            return Ok(Err(e));
-        }
-        let dest = match target {
-            types::Target::Key(k) => match cbor(&k, "hop key") {
-                Ok(v) if crate::pstate::key::encode(&v).is_ok() => HopDest::Key(v),
-                Ok(v) => {
-                    return Ok(Err(wit_error(
-                        "invalid-key",
-                        format!("a {} cannot be a hop key", crate::value::type_name(&v)),
-                    )))
-                }
-                Err(e) => return Ok(Err(e)),
-            },
-            types::Target::All => HopDest::All,
-            types::Target::Partition(p) if p < session.partitions() => HopDest::Partition(p),
-            types::Target::Partition(p) => {
-                return Ok(Err(wit_error(
-                    "partition-out-of-range",
-                    format!(
-                        "partition {p} is out of range: this module has partitions 0..{}",
-                        session.partitions()
-                    ),
-                )))
-            }
-        };
-        if let Some(declared) = self.hop_handlers.get(&self.running) {
-            if !declared.contains(&handler) {
-                return Ok(Err(wit_error(
-                    "unknown-hop-handler",
-                    format!(
-                        "hop to handler `{handler}`, which topology `{}` does not declare (it has: {})",
-                        self.running,
-                        declared.join(", ")
-                    ),
-                )));
-            }
-        }
-        self.hops.push(EmittedHop {
-            dest,
-            handler,
-            payload,
-        });
-        Ok(Ok(()))
-    }
-
-    fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
-        const LOG_LINE_BYTES_MAX: usize = 4096;
-        let mut message = message;
-        if message.len() > LOG_LINE_BYTES_MAX {
-            let mut cut = LOG_LINE_BYTES_MAX;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
-        let module = &*self.module;
-        let topology = self.running.as_str();
-        match level {
-            types::LogLevel::Trace => tracing::trace!(module, topology, guest = true, "{message}"),
-            types::LogLevel::Debug => tracing::debug!(module, topology, guest = true, "{message}"),
-            types::LogLevel::Info => tracing::info!(module, topology, guest = true, "{message}"),
-            types::LogLevel::Warn => tracing::warn!(module, topology, guest = true, "{message}"),
-            types::LogLevel::Error => tracing::error!(module, topology, guest = true, "{message}"),
-        }
-        Ok(())
     }
 }
 
@@ -459,9 +226,14 @@ pub struct GuestInstance {
 }
 
 impl GuestInstance {
-    pub fn new(runtime: Arc<Runtime>, pre: Pre, module: &str) -> Result<Self, GuestError> {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        pre: Pre,
+        module: &str,
+        imports: Box<dyn HostImports>,
+    ) -> Result<Self, GuestError> {
         let module: Arc<str> = module.into();
-        let (store, bindings) = instantiate(&runtime, &pre, &module, None)?;
+        let (store, bindings) = instantiate(&runtime, &pre, imports)?;
         let hist = |kind| {
             histogram(
                 "sluice_guest_call_duration_seconds",
@@ -479,24 +251,17 @@ impl GuestInstance {
         })
     }
 
-    /// The session host imports act on.
-    pub fn session_mut(&mut self) -> &mut Option<Session> {
-        &mut self.store.data_mut().session
+    /// The imports, as the type they were created with (`None` if they are another).
+    pub fn imports_mut<T: 'static>(&mut self) -> Option<&mut T> {
+        self.store
+            .data_mut()
+            .imports
+            .as_any_mut()
+            .downcast_mut::<T>()
     }
 
-    /// Declares each topology's hop handlers, so a hop to an undeclared one fails at the
-    /// `hop` call (the guest sees the error) instead of after the handler returned.
-    pub fn set_hop_handlers(&mut self, handlers: Arc<BTreeMap<String, Vec<String>>>) {
-        self.store.data_mut().hop_handlers = handlers;
-    }
-
-    /// Takes the hops the last call emitted.
-    pub fn take_hops(&mut self) -> Vec<EmittedHop> {
-        std::mem::take(&mut self.store.data_mut().hops)
-    }
-
-    /// Calls `define` and converts the declarations (not yet validated).
-    pub fn define(&mut self) -> Result<Definition, GuestError> {
+    /// Calls `define`: the module's declarations as the contract states them.
+    pub fn define(&mut self) -> Result<wit::ModuleDefinition, GuestError> {
         self.arm();
         let started = std::time::Instant::now();
         let result = self
@@ -504,8 +269,7 @@ impl GuestInstance {
             .sluice_module_guest()
             .call_define(&mut self.store);
         self.durations[0].observe(started.elapsed());
-        let def = self.settle(result)?;
-        convert_definition(def)
+        self.settle(result)
     }
 
     /// Runs one handler on one record; returns the handler's ack-return value (CBOR).
@@ -524,9 +288,7 @@ impl GuestInstance {
             partitions: ctx.partitions,
             batch_id: ctx.batch_id,
         };
-        let running = &mut self.store.data_mut().running;
-        running.clear();
-        running.push_str(topology);
+        self.store.data_mut().imports.begin_call(topology);
         let started = std::time::Instant::now();
         let result = self.bindings.sluice_module_guest().call_handle(
             &mut self.store,
@@ -555,22 +317,17 @@ impl GuestInstance {
         }
     }
 
-    /// Runs query `name` on `args` (CBOR) reading through `reads`; the inner error is the
-    /// guest's own (code, message).
+    /// Runs query `name` on `args` (CBOR), reading through whatever the imports were given;
+    /// the inner error is the guest's own (code, message).
     #[allow(clippy::type_complexity)]
     pub fn query(
         &mut self,
         name: &str,
         args: &[u8],
         partitions: u32,
-        reads: QueryReads,
     ) -> Result<Result<Vec<u8>, (String, String)>, GuestError> {
         self.arm_for(self.runtime.limits().query_deadline_ms);
-        let session = self.store.data_mut().session.take();
-        self.store.data_mut().query = Some(reads);
-        let running = &mut self.store.data_mut().running;
-        running.clear();
-        running.push_str(name);
+        self.store.data_mut().imports.begin_call(name);
         let started = std::time::Instant::now();
         let result = self.bindings.sluice_module_guest().call_query(
             &mut self.store,
@@ -580,8 +337,6 @@ impl GuestInstance {
         );
         self.durations[2].observe(started.elapsed());
         let result = self.settle(result);
-        self.store.data_mut().query = None;
-        self.store.data_mut().session = session;
         Ok(result?.map_err(|e| (clip(&e.code, 64), clip(&e.message, GUEST_ERROR_CHARS_MAX))))
     }
 
@@ -590,7 +345,6 @@ impl GuestInstance {
     }
 
     fn arm_for(&mut self, deadline_ms: u64) {
-        self.store.data_mut().hops.clear();
         self.store.data().output.clear();
         let ticks = deadline_ms.div_ceil(EPOCH_TICK_MS).max(1);
         self.store.set_epoch_deadline(ticks);
@@ -635,12 +389,15 @@ impl GuestInstance {
             "sluice_guest_failures_total",
             &[("module", &self.module), ("code", code)],
         );
-        // The session moves to the new instance only once it exists: if instantiation
-        // fails, it stays with the poisoned one, whose next call fails and tries again.
-        match instantiate(&self.runtime, &self.pre, &self.module, None) {
+        // The imports (and the session in them) move to the new instance only once it
+        // exists: if instantiation fails, they stay with the poisoned one, whose next call
+        // fails and tries again.
+        match instantiate(&self.runtime, &self.pre, Box::new(NoImports)) {
             Ok((mut store, bindings)) => {
-                store.data_mut().session = self.store.data_mut().session.take();
-                store.data_mut().hop_handlers = Arc::clone(&self.store.data().hop_handlers);
+                std::mem::swap(
+                    &mut store.data_mut().imports,
+                    &mut self.store.data_mut().imports,
+                );
                 self.store = store;
                 self.bindings = bindings;
             }
@@ -659,8 +416,7 @@ impl GuestInstance {
 fn instantiate(
     runtime: &Runtime,
     pre: &Pre,
-    module: &Arc<str>,
-    session: Option<Session>,
+    imports: Box<dyn HostImports>,
 ) -> Result<(Store<HostState>, Module), GuestError> {
     let output = GuestOutput::new(GUEST_OUTPUT_BYTES_MAX);
     let wasi = WasiCtx::builder()
@@ -675,13 +431,7 @@ fn instantiate(
             hit: false,
         },
         output,
-        module: Arc::clone(module),
-        session,
-        hops: Vec::new(),
-        query: None,
-        running: String::new(),
-        hop_handlers: Arc::default(),
-        path_navigators_max: runtime.limits().path_navigators_max,
+        imports,
     };
     let mut store = Store::new(runtime.engine(), state);
     store.limiter(|s| &mut s.cap);
@@ -697,50 +447,4 @@ fn instantiate(
         message: format!("{e:#}"),
     })?;
     Ok((store, bindings))
-}
-
-fn topology_decl(t: types::StreamTopologyDef) -> TopologyDecl {
-    TopologyDecl {
-        name: t.name,
-        depots: t.depots,
-        handler: t.handler,
-        hop_handlers: t.hop_handlers,
-    }
-}
-
-fn convert_definition(def: types::ModuleDefinition) -> Result<Definition, GuestError> {
-    Ok(Definition {
-        depots: def
-            .depots
-            .into_iter()
-            .map(|d| DepotDecl {
-                name: d.name,
-                partitioner: match d.partitioner {
-                    types::Partitioner::Hash(fields) => Partitioner::Hash(fields),
-                    types::Partitioner::Random => Partitioner::Random,
-                    types::Partitioner::Direct => Partitioner::Direct,
-                },
-            })
-            .collect(),
-        pstates: def
-            .pstates
-            .into_iter()
-            .map(|p| PStateDecl {
-                name: p.name,
-                schema: p.schema,
-            })
-            .collect(),
-        stream_topologies: def
-            .stream_topologies
-            .into_iter()
-            .map(topology_decl)
-            .collect(),
-        microbatch_topologies: def
-            .microbatch_topologies
-            .into_iter()
-            .map(topology_decl)
-            .collect(),
-        partitions_hint: def.partitions_hint,
-        queries: def.queries,
-    })
 }

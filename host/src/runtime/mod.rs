@@ -20,7 +20,14 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
 pub use bindings::CONTRACT_VERSION;
-pub use instance::{EmittedHop, GuestError, GuestInstance, HopDest, HostState, Pre, RecordCtx};
+pub use instance::{GuestError, GuestInstance, HostImports, HostState, Pre, RecordCtx};
+
+/// The contract's generated types and `host` interface, for the code that implements the host
+/// imports ([`crate::imports`]) and reads a module's definition ([`crate::module`]).
+pub mod wit {
+    pub use super::bindings::sluice::module::host::Host;
+    pub use super::bindings::sluice::module::types::*;
+}
 
 use crate::config::Limits;
 

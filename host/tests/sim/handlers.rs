@@ -12,10 +12,11 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use sluice::imports::{EmittedHop, HopDest};
 use sluice::partition::seams::{Called, Executor};
 use sluice::partition::{Topology, TopologyKind};
 use sluice::pstate::store::Overlay;
-use sluice::runtime::{EmittedHop, GuestError, HopDest, RecordCtx};
+use sluice::runtime::{GuestError, RecordCtx};
 use sluice::value::{as_i64, from_cbor, to_cbor, Value};
 
 use super::mem::{entry_key, MemStore};

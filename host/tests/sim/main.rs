@@ -9,7 +9,8 @@
 //!   nothing else is (no effect of a failed attempt, none of a record never stored);
 //! - hops of each (source, target) pair are applied in emission order, none lost or repeated;
 //! - a `full` ack is answered only when its whole tree's effects are visible, and no request
-//!   is left hanging.
+//!   is left hanging;
+//! - commit positions are dense, and a partition's durable position never goes back.
 //!
 //! `SIM_SEEDS=N` runs seeds 0..N (default 300, what `make test` runs); `SIM_SEED=S` runs one
 //! seed; a failure names its seed. `make sim SEEDS=N` runs many.
@@ -157,6 +158,12 @@ impl Sim {
             );
             match part.start() {
                 Ok(()) => {
+                    let durable = self.stores[p as usize].durable.borrow().position;
+                    assert!(
+                        part.durable_position() >= durable,
+                        "{}: partition {p} restarted behind its durable position",
+                        self.context()
+                    );
                     if alone {
                         part.ask_rewind();
                     }

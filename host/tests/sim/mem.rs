@@ -114,6 +114,7 @@ pub struct State {
     pub hops_next: BTreeMap<u32, u64>,
     pub hops_applied: BTreeMap<u32, u64>,
     pub dead: BTreeMap<(String, String, u64), DeadLetter>,
+    pub position: u64,
 }
 
 impl State {
@@ -132,6 +133,10 @@ impl State {
         }
         for (t, below) in &c.outbox_trim {
             self.outbox.retain(|(tt, s), _| tt != t || s >= below);
+        }
+        if c.position > 0 {
+            assert_eq!(c.position, self.position + 1, "commit positions are dense");
+            self.position = c.position;
         }
         self.hops_next.extend(&c.hops_next);
         self.hops_applied.extend(&c.hops_applied);
@@ -178,6 +183,7 @@ impl PartitionStore for MemStore {
                 .collect(),
             hops_next: s.hops_next.clone(),
             hops_applied: s.hops_applied.clone(),
+            position: s.position,
         })
     }
 
