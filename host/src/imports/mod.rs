@@ -177,7 +177,7 @@ impl wit::Host for Imports {
         &mut self,
         pstate: String,
         path: Vec<wit::Navigator>,
-    ) -> wasmtime::Result<Result<Vec<Vec<u8>>, wit::Error>> {
+    ) -> wit::HostResult<Result<Vec<Vec<u8>>, wit::Error>> {
         let path = match navigators(path, self.path_navigators_max) {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
@@ -222,7 +222,7 @@ impl wit::Host for Imports {
         pstate: String,
         target: wit::Target,
         path: Vec<wit::Navigator>,
-    ) -> wasmtime::Result<Result<Vec<Vec<Vec<u8>>>, wit::Error>> {
+    ) -> wit::HostResult<Result<Vec<Vec<Vec<u8>>>, wit::Error>> {
         let path = match navigators(path, self.path_navigators_max) {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
@@ -286,7 +286,7 @@ impl wit::Host for Imports {
         pstate: String,
         path: Vec<wit::Navigator>,
         op: wit::TransformOp,
-    ) -> wasmtime::Result<Result<(), wit::Error>> {
+    ) -> wit::HostResult<Result<(), wit::Error>> {
         if self.query.is_some() {
             return Ok(Err(wit_error(
                 "read-only",
@@ -326,7 +326,7 @@ impl wit::Host for Imports {
         target: wit::Target,
         handler: String,
         payload: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), wit::Error>> {
+    ) -> wit::HostResult<Result<(), wit::Error>> {
         let Some(session) = self.session.as_ref() else {
             return Ok(Err(wit_error(
                 "no-hops",
@@ -385,7 +385,7 @@ impl wit::Host for Imports {
         Ok(Ok(()))
     }
 
-    fn log(&mut self, level: wit::LogLevel, message: String) -> wasmtime::Result<()> {
+    fn log(&mut self, level: wit::LogLevel, message: String) -> wit::HostResult<()> {
         const LOG_LINE_BYTES_MAX: usize = 4096;
         let mut message = message;
         if message.len() > LOG_LINE_BYTES_MAX {

@@ -27,6 +27,9 @@ pub use instance::{GuestError, GuestInstance, HostImports, HostState, Pre, Recor
 pub mod wit {
     pub use super::bindings::sluice::module::host::Host;
     pub use super::bindings::sluice::module::types::*;
+    /// What a host import returns: `Err` traps the guest (a host bug); the inner `Result` is
+    /// the guest's own error, returned to it.
+    pub type HostResult<T> = wasmtime::Result<T>;
 }
 
 use crate::config::Limits;
