@@ -321,9 +321,9 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
         Ok(())
     }
 
-    /// Appends records to the depot log (one durable commit) and answers `append` acks; a
-    /// failure answers every append with a storage error (nothing of it was stored... or
-    /// maybe it was: the outcome of a failed commit is unknown, so the partition restarts).
+    /// Appends records to the depot log (one durable commit) and answers `append` acks. A
+    /// failed commit answers every append with a storage error and fails the partition (it
+    /// restarts from its files).
     fn append_to_log(&mut self, appends: Vec<PendingAppend>) -> Result<Vec<Item>, PartitionError> {
         if appends.is_empty() {
             return Ok(Vec::new());

@@ -69,6 +69,9 @@ pub struct Session {
     /// Who this session writes as, and the module's claims ([`super::claims`]); `None`
     /// (tools, tests) writes unchecked.
     writer: Option<(Writer, Arc<WriterClaims>)>,
+    /// PStates this session's writer already holds the claim of (claims never change, so the
+    /// module-wide lock is taken once per PState, not once per transform).
+    allowed: std::collections::BTreeSet<String>,
 }
 
 /// The overlay entries of one table inside `prefix`/`range`, in key order.
@@ -106,6 +109,7 @@ impl Session {
             record: Overlay::new(),
             undo: Vec::new(),
             writer: None,
+            allowed: std::collections::BTreeSet::new(),
         }
     }
 
@@ -184,7 +188,10 @@ impl Session {
         super::check_leading_key(schema, pstate, path)?;
         self.check_partition(pstate, path)?;
         if let Some((writer, claims)) = &self.writer {
-            claims.check(&self.store, pstate, writer)?;
+            if !self.allowed.contains(pstate) {
+                claims.check(&self.store, pstate, writer)?;
+                self.allowed.insert(pstate.to_string());
+            }
         }
         let limit = self.select_values_max;
         self.undo.clear();
