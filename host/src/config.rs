@@ -38,6 +38,9 @@ pub struct Limits {
     pub select_values_max: usize,
     /// Records one depot read may return.
     pub depot_read_max: usize,
+    /// The largest answer a depot read or a select gives (JSON bytes of its items); past it
+    /// the answer is cut with a continuation (`next`), after at least one item.
+    pub answer_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -58,6 +61,7 @@ impl Default for Limits {
             ndjson_lines_max: 10_000,
             path_navigators_max: 64,
             depot_read_max: 1_000,
+            answer_bytes_max: 8 << 20,
         }
     }
 }
@@ -69,7 +73,14 @@ pub struct Config {
     pub limits: Limits,
     /// Partitions of a module deployed without `?partitions=`.
     pub default_partitions: u32,
+    /// redb's page cache for the whole host, split evenly over the open partition files.
+    pub cache_budget_bytes: usize,
+    /// Verify every page checksum of every partition file when the host opens it.
+    pub verify_on_open: bool,
 }
+
+/// The default of [`Config::cache_budget_bytes`].
+pub const CACHE_BUDGET_BYTES_DEFAULT: usize = 256 << 20;
 
 /// The most partitions a module may have.
 pub const PARTITIONS_MAX: u32 = 1024;

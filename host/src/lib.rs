@@ -16,13 +16,13 @@
 //! - [`cli`]: the client subcommands of the `sluice` binary (deploy, append, select, ...).
 //! - [`testing`]: an in-process host for module authors' `cargo test` tests.
 //! - [`value`]: CBOR values and their JSON form.
-//! - [`db_file`]: a redb file that can be reopened in place (after an I/O error).
+//! - [`storage`]: redb files: headers (format, identity), seals (checksums), reopening,
+//!   offline checks.
 
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod db_file;
 pub mod depot;
 pub mod imports;
 pub mod metrics;
@@ -31,6 +31,7 @@ pub mod partition;
 pub mod pstate;
 pub mod query;
 pub mod runtime;
+pub mod storage;
 pub mod testing;
 pub mod topology;
 pub mod value;

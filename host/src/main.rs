@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use sluice::api::conn::ConnLimits;
 use sluice::api::{serve, AppState};
 use sluice::config::{Config, Limits};
 use sluice::module::Registry;
@@ -48,9 +49,42 @@ struct ServeArgs {
     /// A file of ROLE=TOKEN lines.
     #[arg(long)]
     tokens_file: Option<PathBuf>,
-    /// Open connections beyond this are answered 503 and closed.
-    #[arg(long, default_value_t = 1024)]
+    /// Open connections beyond this are answered 503 (after their request head) and closed.
+    #[arg(long, default_value_t = ConnLimits::default().connections_max)]
     connections_max: usize,
+    /// Open connections one client address may hold; beyond it, 503.
+    #[arg(long, default_value_t = ConnLimits::default().connections_per_address_max)]
+    connections_per_address_max: usize,
+    /// How long the host waits for a request head, on a new connection or an idle keep-alive
+    /// one, before closing it.
+    #[arg(long, default_value_t = ConnLimits::default().header_read_timeout.as_millis() as u64)]
+    header_read_timeout_ms: u64,
+    /// How long a request body may take to arrive (408 after).
+    #[arg(long, default_value_t = ConnLimits::default().body_read_timeout.as_millis() as u64)]
+    body_read_timeout_ms: u64,
+    /// Blocking reads (selects, depot reads, dead letters, metrics) running at once; more wait
+    /// up to 5 s, then 503 `too-busy`.
+    #[arg(long, default_value_t = sluice::api::pools::READS_CONCURRENT_MAX)]
+    reads_concurrent_max: usize,
+    /// Query calls running at once; more wait up to 5 s, then 503 `too-busy`.
+    #[arg(long, default_value_t = sluice::api::pools::QUERIES_CONCURRENT_MAX)]
+    queries_concurrent_max: usize,
+    /// How long an answer may make no progress (a client not reading it) before the
+    /// connection is closed.
+    #[arg(long, default_value_t = ConnLimits::default().write_stall_timeout.as_millis() as u64)]
+    write_stall_timeout_ms: u64,
+    /// redb's page cache for the whole host in MiB, split evenly over the open partition
+    /// files (each gets at least 1 MiB).
+    #[arg(long, default_value_t = sluice::config::CACHE_BUDGET_BYTES_DEFAULT >> 20)]
+    cache_mb: usize,
+    /// Verify every page checksum of every partition file when the host opens it (reads every
+    /// file whole at start); `false` starts faster and finds damage only when it is read.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    verify_on_open: bool,
+    /// The largest depot-read or select answer in bytes; past it the answer is cut and
+    /// carries `next` (a select without `limit` is refused with 413 instead).
+    #[arg(long, default_value_t = Limits::default().answer_bytes_max)]
+    answer_bytes_max: usize,
     /// Lines one NDJSON append may carry.
     #[arg(long, default_value_t = Limits::default().ndjson_lines_max)]
     ndjson_lines_max: usize,
@@ -145,12 +179,15 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         microbatch_interval_ms: args.microbatch_interval_ms.max(1),
         ndjson_lines_max: args.ndjson_lines_max.max(1),
         path_navigators_max: args.path_navigators_max.max(1),
+        answer_bytes_max: args.answer_bytes_max.max(1),
         ..Limits::default()
     };
     let config = Config {
         data_dir: args.data_dir.clone(),
         limits,
         default_partitions: args.partitions,
+        cache_budget_bytes: args.cache_mb << 20,
+        verify_on_open: args.verify_on_open,
     };
     let registry = Registry::open(config)
         .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
@@ -168,7 +205,17 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         let state = Arc::new(AppState {
             registry: Arc::clone(&registry),
             tokens,
-            connections_max: args.connections_max.max(1),
+            conn: ConnLimits {
+                connections_max: args.connections_max.max(1),
+                connections_per_address_max: args.connections_per_address_max.max(1),
+                header_read_timeout: ms(args.header_read_timeout_ms),
+                body_read_timeout: ms(args.body_read_timeout_ms),
+                write_stall_timeout: ms(args.write_stall_timeout_ms),
+            },
+            pools: sluice::api::pools::Pools::new(
+                args.reads_concurrent_max,
+                args.queries_concurrent_max,
+            ),
         });
         serve(listener, state, shutdown_signal()).await;
         anyhow::Ok(())
@@ -176,6 +223,10 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down: draining partitions");
     registry.shutdown();
     Ok(())
+}
+
+fn ms(ms: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(ms.max(1))
 }
 
 async fn shutdown_signal() {

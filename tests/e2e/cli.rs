@@ -110,7 +110,7 @@ fn deploy_describe_append_select_query() {
     let list = sluice(&host, &["modules", "--json"]).json();
     assert_eq!(
         list["modules"],
-        json!([{"name": "wordcount", "version": 1, "partitions": 4}])
+        json!([{"name": "wordcount", "version": 1, "partitions": 4, "state": "running"}])
     );
 
     let described = sluice(&host, &["describe", "wordcount"]);

@@ -142,6 +142,25 @@ impl Host {
         Self::spawn(&dir, args)
     }
 
+    /// SIGTERM (graceful) and wait for the exit; answers the data dir and arguments, for a
+    /// later [`Host::start`] (after a test changed the files).
+    pub fn stop(mut self) -> (PathBuf, Vec<String>) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait");
+        assert!(exit.success(), "graceful shutdown exited with {exit}");
+        (self.data_dir.clone(), std::mem::take(&mut self.args))
+    }
+
+    /// Starts again on `stopped` (what [`Host::stop`] answered).
+    pub fn restart(stopped: (PathBuf, Vec<String>)) -> Host {
+        Self::spawn(&stopped.0, stopped.1)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

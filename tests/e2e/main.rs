@@ -3,8 +3,10 @@
 
 mod bad_input;
 mod cli;
+mod conformance;
 mod crash;
 mod crash_hops;
+mod damage;
 mod disk_full;
 mod harness;
 mod hostile;
@@ -15,6 +17,7 @@ mod pstates;
 mod queries;
 mod security;
 mod skeleton;
+mod slow_clients;
 mod social;
 mod topologies;
 mod update;

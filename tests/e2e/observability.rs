@@ -23,7 +23,7 @@ fn metrics_count_appends_processing_failures_and_queries() {
     let host = Host::start(&dir.path().join("data"), &["--handler-attempts-max", "3"]);
     assert_eq!(
         host.get("/health").json(),
-        json!({"status": "ok", "modules": {}})
+        json!({"status": "ok", "modules": {}, "failed_modules": {}})
     );
     for (name, wasm) in [
         ("wordcount", "wordcount"),

@@ -221,7 +221,7 @@ fn every_documented_operation_is_routed_and_answers_as_documented() {
     let list = host.get("/v1/modules").json();
     assert_eq!(
         list["modules"],
-        json!([{"name": "wordcount", "version": 1, "partitions": 8}])
+        json!([{"name": "wordcount", "version": 1, "partitions": 8, "state": "running"}])
     );
 }
 

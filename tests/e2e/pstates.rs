@@ -302,3 +302,97 @@ fn direct_partitioner_and_record_size_limit() {
         "the oversize record was not stored"
     );
 }
+
+/// Issue 13: navigators a read-only client could make walk a whole partition. `count` of the
+/// top level reads one stored size (kept exact through inserts and removals), `nth` past the
+/// end answers at once, and `after` cannot skip more than 100,000 values.
+#[test]
+fn bounded_navigators() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("data"), &[]);
+    host.deploy_ok("wc", "wordcount", "?partitions=2");
+    let words: Vec<String> = (0..30).map(|i| format!("w{i}")).collect();
+    for w in &words {
+        assert_eq!(host.append("wc", "words", &json!({"word": w})).status, 200);
+    }
+    let counts = |host: &Host| -> u64 {
+        let r = host.post_json(
+            "/v1/modules/wc/pstates/counts/select",
+            &json!({"path": ["count"], "partition": "all"}),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(counts(&host), 30);
+    // Appending a word again adds no key; the count stays exact across a restart.
+    assert_eq!(
+        host.append("wc", "words", &json!({"word": "w0"})).status,
+        200
+    );
+    assert_eq!(counts(&host), 30);
+    let host = host.terminate_and_restart();
+    assert_eq!(counts(&host), 30);
+    let r = host.post_json(
+        "/v1/modules/wc/pstates/counts/select",
+        &json!({"path": [{"nth": 1_000_000_000u64}], "partition": 0}),
+    );
+    assert_eq!((r.status, r.json()["values"].clone()), (200, json!([])));
+    let r = host.post_json(
+        "/v1/modules/wc/pstates/counts/select",
+        &json!({"path": ["all"], "partition": 0, "limit": 1, "after": {"partition": 0, "skip": 100_001}}),
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "invalid-request")
+    );
+}
+
+/// Issue 13: answers are bounded in bytes (`--answer-bytes-max`), cut with a continuation:
+/// before, one depot read answered 90 MB.
+#[test]
+fn answers_are_cut_at_answer_bytes_max_and_page_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("data"), &["--answer-bytes-max", "600"]);
+    host.deploy_ok("wc", "wordcount", "?partitions=1");
+    let words: Vec<String> = (0..40).map(|i| format!("word-{i:03}-{}", "x".repeat(20))).collect();
+    let lines: Vec<_> = words.iter().map(|w| json!({"word": w})).collect();
+    host.append_all("wc", "words", "", &lines);
+    // The depot read: at most ~600 bytes a page, every record reached by following `next`.
+    let (mut from, mut seen, mut pages) = (0u64, Vec::new(), 0);
+    loop {
+        let page = host
+            .get(&format!("/v1/modules/wc/depots/words/partitions/0?from={from}&limit=1000"))
+            .json();
+        let records = page["records"].as_array().unwrap().clone();
+        if records.is_empty() {
+            break;
+        }
+        assert!(page.to_string().len() < 600 + 200, "page of {} bytes", page.to_string().len());
+        pages += 1;
+        seen.extend(records.iter().map(|r| r["record"]["word"].as_str().unwrap().to_string()));
+        from = page["next"].as_u64().unwrap();
+    }
+    assert_eq!(seen, words);
+    assert!(pages >= 4, "{pages} pages");
+    // A select with `limit`: cut by bytes, with `next`; without `limit`: 413 naming the limit.
+    let r = host.post_json(
+        "/v1/modules/wc/pstates/counts/select",
+        &json!({"path": ["all"], "partition": 0, "limit": 1000}),
+    );
+    let j = r.json();
+    assert_eq!((r.status, j["truncated"].clone()), (200, json!(true)), "{j}");
+    let n = j["values"].as_array().unwrap().len();
+    assert!(n > 0 && n < 40, "{n}");
+    assert_eq!(j["next"], json!({"partition": 0, "skip": n}));
+    let r = host.post_json(
+        "/v1/modules/wc/pstates/counts/select",
+        &json!({"path": ["all"], "partition": 0}),
+    );
+    assert_eq!((r.status, r.error_code().as_str()), (413, "result-too-large"));
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("answer_bytes_max"));
+}

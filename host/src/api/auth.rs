@@ -90,11 +90,16 @@ impl Tokens {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let Some(role) = token.and_then(|t| self.0.get(t.trim())) else {
-            return Err(ApiError::new(
+            let mut e = ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "a valid `Authorization: Bearer <token>` header is required",
+            );
+            e.headers.push((
+                hyper::header::WWW_AUTHENTICATE,
+                "Bearer realm=\"sluice\"".into(),
             ));
+            return Err(e);
         };
         if *role < need {
             return Err(ApiError::new(

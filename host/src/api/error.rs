@@ -19,6 +19,8 @@ pub struct ApiError {
     pub message: String,
     pub retry_after_s: Option<u32>,
     pub details: serde_json::Map<String, serde_json::Value>,
+    /// Headers the answer carries besides `Retry-After` (`Allow`, `WWW-Authenticate`).
+    pub headers: Vec<(hyper::header::HeaderName, String)>,
 }
 
 impl ApiError {
@@ -29,6 +31,7 @@ impl ApiError {
             message: message.into(),
             retry_after_s: None,
             details: serde_json::Map::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -57,6 +60,11 @@ impl ApiError {
 
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let mut r = super::json_response(self.status, &self.to_json());
+        for (name, value) in self.headers {
+            if let Ok(v) = value.parse() {
+                r.headers_mut().insert(name, v);
+            }
+        }
         if let Some(s) = self.retry_after_s {
             r.headers_mut().insert(
                 hyper::header::RETRY_AFTER,
@@ -67,11 +75,21 @@ impl ApiError {
     }
 }
 
+/// A storage failure reading committed data: `damaged` (a checksum or structure check
+/// failed; the message names module, partition, file and key) or `storage` (an I/O error).
+pub fn storage(e: redb::Error) -> ApiError {
+    let code = match e {
+        redb::Error::Corrupted(_) => "damaged",
+        _ => "storage",
+    };
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, e.to_string())
+}
+
 impl From<AccessError> for ApiError {
     fn from(e: AccessError) -> Self {
         let status = match e.code {
             "unknown-pstate" => StatusCode::NOT_FOUND,
-            "storage" => StatusCode::INTERNAL_SERVER_ERROR,
+            "storage" | "damaged" => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, e.code, e.message)
@@ -106,6 +124,9 @@ impl From<AppendError> for ApiError {
                     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "module-updating", message);
                 e.retry_after_s = Some(1);
                 e
+            }
+            AppendError::Failed { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "partition-failed", message)
             }
             AppendError::Restarting { .. } => {
                 let mut e = ApiError::new(
@@ -149,6 +170,20 @@ impl From<ProcessingError> for ApiError {
             .detail("guest_error", error.code),
             ProcessingError::Storage { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
+            }
+            ProcessingError::AppendUnknown {
+                partition, offset, ..
+            } => {
+                let mut e =
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "outcome-unknown", message)
+                        .detail("partition", partition)
+                        .detail("durable", "unknown")
+                        .detail("outcome", "unknown");
+                if let Some(o) = offset {
+                    e = e.detail("offset", o);
+                }
+                e.retry_after_s = Some(1);
+                e
             }
             ProcessingError::OutcomeUnknown {
                 partition, offset, ..
@@ -234,6 +269,9 @@ impl From<DeployError> for ApiError {
             ),
             DeployError::Io(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
+            }
+            DeployError::Failed { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "module-failed", message)
             }
         }
     }

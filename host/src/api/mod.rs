@@ -7,10 +7,12 @@
 //! nothing; no request body is read past its limit.
 
 pub mod auth;
+pub mod conn;
 mod error;
 pub mod json;
 #[cfg(test)]
 mod openapi_tests;
+pub mod pools;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -65,8 +67,10 @@ pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub tokens: auth::Tokens,
-    /// Open connections beyond this get a 503 and are closed.
-    pub connections_max: usize,
+    /// Connection limits and timeouts ([`conn`]).
+    pub conn: conn::ConnLimits,
+    /// Where blocking reads and query calls run ([`pools`]).
+    pub pools: pools::Pools,
 }
 
 pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
@@ -77,39 +81,51 @@ pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Res
         .expect("valid response")
 }
 
-/// Accepts connections until `shutdown` resolves.
+/// Accepts connections until `shutdown` resolves (admission and timeouts: [`conn`]).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let slots = Arc::new(tokio::sync::Semaphore::new(state.connections_max));
+    let admission = conn::Admission::new(state.conn.clone());
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
+                    // Out of file descriptors, most likely: let connections close.
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                     continue;
                 }
             },
             () = &mut shutdown => return,
         };
         let _ = stream.set_nodelay(true);
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tokio::spawn(refuse_connection(stream, state.connections_max));
-            continue;
+        let ticket = match admission.admit(peer.ip()) {
+            Ok(t) => t,
+            Err(refusal) => {
+                let limits = state.conn.clone();
+                tokio::spawn(async move { conn::refuse(stream, refusal, &limits).await });
+                continue;
+            }
         };
         let state = Arc::clone(&state);
         tokio::spawn(async move {
-            let _slot = slot;
+            let _ticket = ticket;
+            let limits = state.conn.clone();
             let service = hyper::service::service_fn(move |req| {
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(handle(&state, req).await) }
             });
-            let io = hyper_util::rt::TokioIo::new(stream);
+            let io = hyper_util::rt::TokioIo::new(conn::Watched::new(
+                stream,
+                limits.write_stall_timeout,
+            ));
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
                 .serve_connection(io, service)
                 .await
             {
@@ -117,25 +133,6 @@ pub async fn serve(
             }
         });
     }
-}
-
-/// Answers a connection over `connections_max` with a 503 and closes it.
-async fn refuse_connection(mut stream: tokio::net::TcpStream, max: usize) {
-    use tokio::io::AsyncWriteExt;
-    let body = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "too-many-connections",
-        format!("the host already has the connections_max limit of {max} open connections"),
-    )
-    .to_json()
-    .to_string();
-    let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body.as_bytes()).await;
-    let _ = stream.shutdown().await;
 }
 
 /// Answers one request.
@@ -152,13 +149,18 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<B
 }
 
 /// `GET /metrics`: every series, and gauges of every module's current state.
-fn metrics(state: &AppState) -> Response<Full<Bytes>> {
-    let gauges: Vec<_> = state
-        .registry
-        .list()
-        .iter()
-        .flat_map(|m| m.gauges())
-        .collect();
+fn metrics(registry: &Registry) -> Response<Full<Bytes>> {
+    let mut gauges: Vec<_> = registry.list().iter().flat_map(|m| m.gauges()).collect();
+    gauges.extend(
+        registry
+            .failed()
+            .into_iter()
+            .map(|f| crate::metrics::Gauge {
+                name: "sluice_module_failed",
+                labels: vec![("module", f.name)],
+                value: 1.0,
+            }),
+    );
     Response::builder()
         .status(StatusCode::OK)
         .header(
@@ -235,11 +237,24 @@ fn query_params(req: &Request<Incoming>) -> HashMap<String, String> {
 }
 
 async fn read_body(
+    state: &AppState,
     req: Request<Incoming>,
     limit: usize,
     limit_name: &str,
 ) -> Result<Bytes, ApiError> {
-    match Limited::new(req.into_body(), limit).collect().await {
+    let timeout = state.conn.body_read_timeout;
+    let read = tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect());
+    let Ok(read) = read.await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            format!(
+                "the request body did not arrive within the body_read_timeout of {} ms",
+                timeout.as_millis()
+            ),
+        ));
+    };
+    match read {
         Ok(c) => Ok(c.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -259,10 +274,21 @@ async fn read_body(
 }
 
 fn module(state: &AppState, name: &str) -> Result<Arc<Module>, ApiError> {
-    state
-        .registry
-        .get(name)
-        .ok_or_else(|| ApiError::not_found("unknown-module", format!("no module named `{name}`")))
+    if let Some(m) = state.registry.get(name) {
+        return Ok(m);
+    }
+    match state.registry.failed_module(name) {
+        Some(f) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "module-failed",
+            format!("module `{name}` failed to load: {}", f.reason),
+        )
+        .detail("reason", f.reason)),
+        None => Err(ApiError::not_found(
+            "unknown-module",
+            format!("no module named `{name}`"),
+        )),
+    }
 }
 
 fn parse_u64(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
@@ -298,24 +324,36 @@ async fn route(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    let method = req.method().clone();
+    // HEAD is GET without the body (hyper sends the head only).
+    let method = match req.method() {
+        &Method::HEAD => Method::GET,
+        m => m.clone(),
+    };
     let limits = state.registry.runtime().limits().clone();
     state.tokens.check(&method, &segments, req.headers())?;
     let not_allowed = || {
-        ApiError::new(
+        let allow = allowed_methods(&segments);
+        let mut e = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
-            format!("{method} is not allowed on {path}"),
-        )
+            format!(
+                "{} is not allowed on {path}; allowed: {allow}",
+                req.method()
+            ),
+        );
+        e.headers.push((hyper::header::ALLOW, allow));
+        e
     };
     match segments.as_slice() {
+        ["health"] | ["health", "ready"] if method != Method::GET => Err(not_allowed()),
         ["health"] => Ok(health(state, false)),
         ["health", "ready"] => Ok(health(state, true)),
         ["metrics"] => {
             if method != Method::GET {
                 return Err(not_allowed());
             }
-            Ok(metrics(state))
+            let registry = Arc::clone(&state.registry);
+            state.pools.read(move || Ok(metrics(&registry))).await
         }
         ["v1", "openapi.json"] => {
             if method != Method::GET {
@@ -327,25 +365,33 @@ async fn route(
                 .body(Full::new(Bytes::from_static(OPENAPI_JSON.as_bytes())))
                 .expect("valid response"))
         }
-        ["v1", "modules"] => match method {
-            Method::GET => {
-                let list: Vec<_> = state
+        ["v1", "modules"] => {
+            match method {
+                Method::GET => {
+                    let mut list: Vec<_> = state
                     .registry
                     .list()
                     .iter()
-                    .map(|m| json!({"name": m.name, "version": m.version, "partitions": m.partitions}))
+                    .map(|m| json!({"name": m.name, "version": m.version, "partitions": m.partitions, "state": "running"}))
                     .collect();
-                Ok(json_response(StatusCode::OK, &json!({ "modules": list })))
+                    list.extend(
+                        state.registry.failed().into_iter().map(
+                            |f| json!({"name": f.name, "state": "failed", "reason": f.reason}),
+                        ),
+                    );
+                    Ok(json_response(StatusCode::OK, &json!({ "modules": list })))
+                }
+                _ => Err(not_allowed()),
             }
-            _ => Err(not_allowed()),
-        },
+        }
         ["v1", "modules", name] => match method {
             Method::PUT => {
                 let name = name.to_string();
                 let params = query_params(&req);
                 let partitions =
                     parse_u64(&params, "partitions")?.map(|p| u32::try_from(p).unwrap_or(u32::MAX));
-                let wasm = read_body(req, limits.module_size_bytes, "module_size_bytes").await?;
+                let wasm =
+                    read_body(state, req, limits.module_size_bytes, "module_size_bytes").await?;
                 let registry = Arc::clone(&state.registry);
                 let (module, created) = tokio::task::spawn_blocking(move || {
                     registry.deploy_or_update(&name, &wasm, partitions)
@@ -361,10 +407,17 @@ async fn route(
                 };
                 Ok(json_response(status, &module.describe()))
             }
-            Method::GET => Ok(json_response(
-                StatusCode::OK,
-                &module(state, name)?.describe(),
-            )),
+            Method::GET => match state.registry.failed_module(name) {
+                Some(f) => Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"name": f.name, "state": "failed", "reason": f.reason}),
+                )),
+                None => {
+                    let mut d = module(state, name)?.describe();
+                    d["state"] = "running".into();
+                    Ok(json_response(StatusCode::OK, &d))
+                }
+            },
             Method::DELETE => {
                 let name = name.to_string();
                 let registry = Arc::clone(&state.registry);
@@ -399,7 +452,8 @@ async fn route(
                 return Err(not_allowed());
             }
             let module = module(state, m)?;
-            depot_info(&module, d)
+            let d = d.to_string();
+            state.pools.read(move || depot_info(&module, &d)).await
         }
         ["v1", "modules", m, "depots", d, "partitions", k] => {
             if method != Method::GET {
@@ -407,23 +461,30 @@ async fn route(
             }
             let module = module(state, m)?;
             let params = query_params(&req);
-            depot_read(&module, d, k, &params, limits.depot_read_max)
+            let (d, k) = (d.to_string(), k.to_string());
+            let (max, bytes) = (limits.depot_read_max, limits.answer_bytes_max);
+            state
+                .pools
+                .read(move || depot_read(&module, &d, &k, &params, max, bytes))
+                .await
         }
         ["v1", "modules", m, "pstates", p, "select"] => {
             if method != Method::POST {
                 return Err(not_allowed());
             }
             let module = module(state, m)?;
-            let body = read_body(req, limits.request_body_bytes, "request_body_bytes").await?;
-            select(&module, p, &body, &limits).await
+            let body =
+                read_body(state, req, limits.request_body_bytes, "request_body_bytes").await?;
+            select(state, module, p, &body, &limits).await
         }
         ["v1", "modules", m, "queries", q] => {
             if method != Method::POST {
                 return Err(not_allowed());
             }
             let module = module(state, m)?;
-            let body = read_body(req, limits.request_body_bytes, "request_body_bytes").await?;
-            query(module, q, &body).await
+            let body =
+                read_body(state, req, limits.request_body_bytes, "request_body_bytes").await?;
+            query(state, module, q, &body).await
         }
         ["v1", "modules", m, "topologies", t, "dead-letters", "replay"] => {
             if method != Method::POST {
@@ -461,13 +522,27 @@ async fn route(
                 return Err(not_allowed());
             }
             let module = module(state, m)?;
-            dead_letters(&module, t)
+            let t = t.to_string();
+            state.pools.read(move || dead_letters(&module, &t)).await
         }
         _ => Err(ApiError::not_found(
             "not-found",
             format!("no route for {path}"),
         )),
     }
+}
+
+/// The `Allow` header of a route (405 answers carry it).
+fn allowed_methods(segments: &[&str]) -> String {
+    let methods = match segments {
+        ["v1", "modules", _] => "GET, HEAD, PUT, DELETE",
+        ["v1", "modules", _, "depots", _, "append"]
+        | ["v1", "modules", _, "pstates", _, "select"]
+        | ["v1", "modules", _, "queries", _]
+        | ["v1", "modules", _, "topologies", _, "dead-letters", "replay"] => "POST",
+        _ => "GET, HEAD",
+    };
+    methods.to_string()
 }
 
 fn outcome_json(o: &AppendOutcome) -> serde_json::Value {
@@ -537,7 +612,7 @@ fn health(state: &AppState, readiness: bool) -> Response<Full<Bytes>> {
                     "restarts": h.status.restarts.load(std::sync::atomic::Ordering::Relaxed),
                     "durable_position": h.status.durable_position.load(std::sync::atomic::Ordering::Relaxed),
                 });
-                if let PartitionState::Restarting { cause } = st {
+                if let PartitionState::Restarting { cause } | PartitionState::Failed { cause } = st {
                     v["cause"] = cause.into();
                 }
                 if let Some(last) = h.status.last_failure.lock().expect("poisoned").clone() {
@@ -548,13 +623,21 @@ fn health(state: &AppState, readiness: bool) -> Response<Full<Bytes>> {
             .collect();
         modules.insert(m.name.clone(), parts.into());
     }
+    let mut failed = serde_json::Map::new();
+    for f in state.registry.failed() {
+        all_serving = false;
+        failed.insert(f.name, f.reason.into());
+    }
     let status = if all_serving { "ok" } else { "degraded" };
     let code = if readiness && !all_serving {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
     };
-    json_response(code, &json!({"status": status, "modules": modules}))
+    json_response(
+        code,
+        &json!({"status": status, "modules": modules, "failed_modules": failed}),
+    )
 }
 
 async fn append(
@@ -604,7 +687,7 @@ async fn append(
             format!("module `{}` has no depot `{depot}`", module.name),
         ));
     }
-    let body = read_body(req, limits.request_body_bytes, "request_body_bytes").await?;
+    let body = read_body(state, req, limits.request_body_bytes, "request_body_bytes").await?;
     let acks = AckMetrics::new(&module.name, depot, ack);
     if !ndjson {
         let record = json::parse_record(&body)?;
@@ -695,9 +778,7 @@ fn depot_info(module: &Module, depot: &str) -> Result<Response<Full<Bytes>>, Api
     check_depot(module, depot)?;
     let mut parts = Vec::new();
     for (k, h) in module.handles.iter().enumerate() {
-        let end = h.log.end_offset(depot).map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
-        })?;
+        let end = h.log.end_offset(depot).map_err(error::storage)?;
         parts.push(json!({"partition": k, "start": 0, "end": end}));
     }
     Ok(json_response(
@@ -712,6 +793,7 @@ fn depot_read(
     k: &str,
     params: &HashMap<String, String>,
     read_max: usize,
+    answer_bytes_max: usize,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     check_depot(module, depot)?;
     let p: usize = k
@@ -731,26 +813,66 @@ fn depot_read(
     let limit = parse_u64(params, "limit")?
         .map_or(100, |l| l as usize)
         .min(read_max);
-    let records = module.handles[p]
-        .log
-        .read(depot, from, limit)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()))?;
+    let log = &module.handles[p].log;
+    let records = log.read(depot, from, limit).map_err(error::storage)?;
     let next = records.last().map_or(from, |(o, _)| o + 1);
-    let records: Vec<_> = records
+    let mut records = records
         .iter()
-        .map(|(o, bytes)| json!({"offset": o, "record": from_cbor(bytes).map(|v| to_json(&v)).unwrap_or(serde_json::Value::Null)}))
-        .collect();
+        .map(|(o, bytes)| {
+            let record = decode_record(log, depot, *o, bytes)?;
+            Ok(json!({"offset": o, "record": record}))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let mut next = next;
+    let truncated = match cut_at_bytes(&records, answer_bytes_max) {
+        Some(cut) => {
+            records.truncate(cut);
+            next = records.last().map_or(from, |r| r["offset"].as_u64().unwrap_or(from) + 1);
+            true
+        }
+        None => false,
+    };
     Ok(json_response(
         StatusCode::OK,
-        &json!({"partition": p, "records": records, "next": next}),
+        &json!({"partition": p, "records": records, "next": next, "truncated": truncated}),
     ))
+}
+
+/// Where to cut a list of answer items so the answer stays within `max` bytes (always after
+/// at least one item, so paging progresses); `None` if all of it fits.
+fn cut_at_bytes(items: &[serde_json::Value], max: usize) -> Option<usize> {
+    let mut total = 0usize;
+    for (i, v) in items.iter().enumerate() {
+        total += serde_json::to_vec(v).map_or(0, |b| b.len()) + 1;
+        if total > max && i > 0 {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// A stored record as JSON; a record that does not decode is damage, never `null`.
+fn decode_record(
+    log: &crate::depot::log::DepotLog,
+    depot: &str,
+    offset: u64,
+    bytes: &[u8],
+) -> Result<serde_json::Value, ApiError> {
+    from_cbor(bytes).map(|v| to_json(&v)).map_err(|e| {
+        error::storage(log.file().damaged(
+            &format!("depot/{depot}"),
+            &format!("offset {offset}"),
+            format!("undecodable record: {e}"),
+        ))
+    })
 }
 
 /// How long a select waits for a partition still replaying its log after a restart.
 const RECOVERY_WAIT_MS_MAX: u64 = 10_000;
 
 async fn select(
-    module: &Module,
+    state: &AppState,
+    module: Arc<Module>,
     pstate: &str,
     body: &[u8],
     limits: &crate::config::Limits,
@@ -776,6 +898,8 @@ async fn select(
         ));
     }
     let mut values = Vec::new();
+    // Where each value came from: (partition, its index there), for a continuation.
+    let mut positions: Vec<(u32, usize)> = Vec::new();
     let mut next = None;
     let mut rest = partitions
         .iter()
@@ -783,18 +907,28 @@ async fn select(
         .filter(|p| *p >= start)
         .peekable();
     while let Some(p) = rest.next() {
-        wait_ready(module, p).await?;
+        wait_ready(&module, p).await?;
         let remaining = limit - values.len();
-        let got: Vec<_> = module
-            .select(pstate, &request.path, Some(p), skip + remaining + 1)?
+        let (m, ps, path) = (
+            Arc::clone(&module),
+            pstate.to_string(),
+            request.path.clone(),
+        );
+        let got: Vec<_> = state
+            .pools
+            .read(move || Ok(m.select(&ps, &path, Some(p), skip + remaining + 1)?))
+            .await?
             .into_iter()
             .skip(skip)
             .collect();
+        let first = skip;
         if got.len() > remaining {
+            positions.extend((0..remaining).map(|i| (p, first + i)));
             values.extend(got.into_iter().take(remaining));
             next = Some((p, skip + remaining));
             break;
         }
+        positions.extend((0..got.len()).map(|i| (p, first + i)));
         values.extend(got);
         skip = 0;
         if values.len() == limit {
@@ -809,7 +943,18 @@ async fn select(
             format!("the select returned more than the select_values_max limit of {values_max} values; pass `limit` (and page with `after`) or narrow the path"),
         ));
     }
-    let values: Vec<_> = values.iter().map(to_json).collect();
+    let mut values: Vec<_> = values.iter().map(to_json).collect();
+    if let Some(cut) = cut_at_bytes(&values, limits.answer_bytes_max) {
+        if request.limit.is_none() {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "result-too-large",
+                format!("the answer would be over the answer_bytes_max limit of {} bytes; pass `limit` (and page with `after`) or narrow the path", limits.answer_bytes_max),
+            ));
+        }
+        values.truncate(cut);
+        next = Some(positions[cut]);
+    }
     let next = next.map(|(p, s)| json!({"partition": p, "skip": s}));
     Ok(json_response(
         StatusCode::OK,
@@ -820,6 +965,7 @@ async fn select(
 /// Runs a query topology: the body is its JSON arguments (empty means `{}`); answers
 /// `{"result": ...}`.
 async fn query(
+    state: &AppState,
     module: Arc<Module>,
     name: &str,
     body: &[u8],
@@ -841,9 +987,10 @@ async fn query(
     let (module_name, query_name) = (module.name.clone(), name.to_string());
     let name = name.to_string();
     let started = std::time::Instant::now();
-    let result = tokio::task::spawn_blocking(move || module.queries.run(&name, &args))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let result = state
+        .pools
+        .query(move || Ok(module.queries.run(&name, &args)))
+        .await?;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(crate::query::QueryError::Failed { .. }) => "guest-error",
@@ -870,21 +1017,30 @@ async fn query(
 }
 
 /// How many values a continuation may skip (deeper paging goes by key with `sorted-range`).
-const SELECT_SKIP_MAX: usize = 1_000_000;
+const SELECT_SKIP_MAX: usize = 100_000;
 
 async fn wait_ready(module: &Module, p: u32) -> Result<(), ApiError> {
     let started = std::time::Instant::now();
+    use crate::partition::worker::PartitionState;
     while !module.is_ready(p) {
-        if let crate::partition::worker::PartitionState::Restarting { cause } =
-            module.partition_state(p)
-        {
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "partition-restarting",
-                format!("partition {p} failed and is restarting: {cause}"),
-            );
-            e.retry_after_s = Some(1);
-            return Err(e);
+        match module.partition_state(p) {
+            PartitionState::Restarting { cause } => {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "partition-restarting",
+                    format!("partition {p} failed and is restarting: {cause}"),
+                );
+                e.retry_after_s = Some(1);
+                return Err(e);
+            }
+            PartitionState::Failed { cause } => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "partition-failed",
+                    format!("partition {p} has failed and serves nothing: {cause}"),
+                ))
+            }
+            _ => {}
         }
         if started.elapsed().as_millis() as u64 > RECOVERY_WAIT_MS_MAX {
             let mut e = ApiError::new(
@@ -915,15 +1071,21 @@ fn dead_letters(module: &Module, topology: &str) -> Result<Response<Full<Bytes>>
             topology,
             DEAD_LETTERS_PAGE_MAX,
         )
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()))?;
+        .map_err(|e| {
+            let code = if e.damaged { "damaged" } else { "storage" };
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, e.message)
+        })?;
         for d in dls {
-            let record = h
+            let record = match h
                 .log
                 .read(&d.depot, d.offset, 1)
-                .ok()
-                .and_then(|r| r.into_iter().next())
-                .and_then(|(_, b)| from_cbor(&b).ok())
-                .map_or(serde_json::Value::Null, |v| to_json(&v));
+                .map_err(error::storage)?
+                .into_iter()
+                .next()
+            {
+                Some((o, b)) if o == d.offset => decode_record(&h.log, &d.depot, o, &b)?,
+                _ => serde_json::Value::Null,
+            };
             out.push(
                 json!({"partition": k, "depot": d.depot, "offset": d.offset, "code": d.error_code,
                             "error": d.error, "attempts": d.attempts, "record": record}),

@@ -168,6 +168,12 @@ pub enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Verify a stopped host's data directory (headers, checksums of every record and entry,
+    /// log against store); exits 1 on any damage, naming each file.
+    Check {
+        /// The host's data directory.
+        data_dir: std::path::PathBuf,
+    },
 }
 
 /// Why a client command failed; printed as `error: {self}`.
@@ -281,6 +287,7 @@ pub fn run(command: Command) -> i32 {
             topology,
             conn,
         } => commands::dead_letters(&conn, &module, &topology, &mut out),
+        Command::Check { data_dir } => check(&data_dir, &mut out),
     };
     // A closed stdout (`sluice modules | head -1`) is not an error worth reporting.
     let mut stdout = std::io::stdout().lock();
@@ -291,6 +298,34 @@ pub fn run(command: Command) -> i32 {
             eprintln!("error: {}", one_line(&e.to_string()));
             1
         }
+    }
+}
+
+/// `sluice check`: the report on stdout, an error if anything is damaged.
+fn check(data_dir: &std::path::Path, out: &mut Vec<u8>) -> Result<(), CliError> {
+    let report = crate::storage::check::check_data_dir(data_dir);
+    for p in &report.problems {
+        let _ = writeln!(out, "damaged: {p}");
+    }
+    let _ = writeln!(
+        out,
+        "checked {} files, {} records and entries: {}",
+        report.files,
+        report.entries,
+        if report.is_clean() {
+            "ok".to_string()
+        } else {
+            format!("{} problems", report.problems.len())
+        }
+    );
+    if report.is_clean() {
+        Ok(())
+    } else {
+        Err(CliError::Input(format!(
+            "{} is damaged ({} problems)",
+            data_dir.display(),
+            report.problems.len()
+        )))
     }
 }
 

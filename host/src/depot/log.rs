@@ -1,7 +1,8 @@
 //! The depot log: one redb file per (module, partition) holding that partition's records of
 //! every depot of the module.
 //!
-//! Table `depot/<name>` maps a dense offset (0, 1, 2, …) to the record as CBOR. Invariants:
+//! Table `depot/<name>` maps a dense offset (0, 1, 2, …) to the record as CBOR, sealed
+//! ([`crate::storage::seal`]; the key sealed is the offset, big-endian). Invariants:
 //! offsets of a depot partition are dense and never reused; only the partition's worker appends;
 //! an append is acknowledged only after the commit holding it returned with fsync
 //! (`Durability::Immediate`).
@@ -11,7 +12,8 @@ use std::path::Path;
 
 use redb::{Durability, ReadableTable, TableDefinition};
 
-use crate::db_file::DbFile;
+use crate::storage::seal::{seal, show_key, unseal};
+use crate::storage::{DbFile, FileError, FileKind};
 
 fn table_name(depot: &str) -> String {
     format!("depot/{depot}")
@@ -23,10 +25,18 @@ pub struct DepotLog {
 }
 
 impl DepotLog {
-    pub fn open(path: &Path) -> Result<Self, redb::Error> {
-        Ok(Self {
-            db: DbFile::open(path)?,
-        })
+    /// Opens or creates a log outside a module's layout (tests, tools).
+    pub fn open(path: &Path) -> Result<Self, FileError> {
+        Ok(Self::from_file(DbFile::open(path, FileKind::DepotLog)?))
+    }
+
+    /// A log over an opened file (see [`crate::storage`]).
+    pub fn from_file(db: DbFile) -> Self {
+        Self { db }
+    }
+
+    pub fn file(&self) -> &DbFile {
+        &self.db
     }
 
     /// Closes and reopens the file (redb needs it after an I/O error).
@@ -75,10 +85,11 @@ impl DepotLog {
                     None => self.end_offset(depot)?,
                 };
                 let offset = advanced.get(depot).copied().unwrap_or(start);
+                let sealed = seal(&table_name(depot), &offset.to_be_bytes(), bytes);
                 tables
                     .get_mut(depot)
                     .expect("inserted above")
-                    .insert(offset, *bytes)?;
+                    .insert(offset, sealed.as_slice())?;
                 advanced.insert(depot, offset + 1);
                 offsets.push(offset);
             }
@@ -90,7 +101,8 @@ impl DepotLog {
         Ok(offsets)
     }
 
-    /// Up to `limit` records of `depot` from offset `from`, in order.
+    /// Up to `limit` records of `depot` from offset `from`, in order; a damaged record is an
+    /// error naming it.
     pub fn read(
         &self,
         depot: &str,
@@ -107,7 +119,15 @@ impl DepotLog {
         let mut out = Vec::new();
         for item in table.range(from..)?.take(limit) {
             let (k, v) = item?;
-            out.push((k.value(), v.value().to_vec()));
+            let offset = k.value();
+            let payload = unseal(&name, &offset.to_be_bytes(), v.value()).map_err(|e| {
+                self.db.damaged(
+                    &name,
+                    &format!("offset {offset} ({})", show_key(&offset.to_be_bytes())),
+                    e,
+                )
+            })?;
+            out.push((offset, payload.to_vec()));
         }
         Ok(out)
     }
@@ -136,5 +156,26 @@ mod tests {
         let recs = log.read("a", 1, 10).unwrap();
         assert_eq!(recs, vec![(1, b"2".to_vec()), (2, b"3".to_vec())]);
         assert_eq!(log.read("missing", 0, 10).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_damaged_record_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = DepotLog::open(&dir.path().join("depot.redb")).unwrap();
+        log.append(&[("a", b"fine"), ("a", b"soon bad")], &mut HashMap::new())
+            .unwrap();
+        let txn = log.db.begin_write().unwrap();
+        txn.open_table(TableDefinition::<u64, &[u8]>::new("depot/a"))
+            .unwrap()
+            .insert(1, b"\0\0\0\0soon bad".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        assert_eq!(log.read("a", 0, 1).unwrap(), vec![(0, b"fine".to_vec())]);
+        let e = log.read("a", 0, 10).unwrap_err().to_string();
+        assert!(e.contains("table `depot/a`, key offset 1"), "{e}");
+        assert!(
+            e.contains("depot.redb") && e.contains("checksum mismatch"),
+            "{e}"
+        );
     }
 }

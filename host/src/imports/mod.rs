@@ -51,6 +51,23 @@ pub struct Imports {
     path_navigators_max: usize,
     /// Per topology, the hop handlers it declares: a hop to another name is refused at once.
     hop_handlers: Arc<BTreeMap<String, Vec<String>>>,
+    /// A storage failure (damage or I/O) a read hit during the call in progress, whatever the
+    /// guest did with the error it got: the partition fails on it instead of dead-lettering.
+    storage_fault: Option<crate::partition::seams::StorageError>,
+}
+
+/// The guest's view of an access error; a storage failure is also recorded in `fault`.
+fn access(
+    fault: &mut Option<crate::partition::seams::StorageError>,
+    e: crate::pstate::AccessError,
+) -> wit::Error {
+    if matches!(e.code, "storage" | "damaged") && fault.is_none() {
+        *fault = Some(crate::partition::seams::StorageError {
+            message: e.message.clone(),
+            damaged: e.code == "damaged",
+        });
+    }
+    wit_error(e.code, e.message)
 }
 
 impl Imports {
@@ -64,6 +81,7 @@ impl Imports {
             running: String::new(),
             path_navigators_max,
             hop_handlers: Arc::default(),
+            storage_fault: None,
         }
     }
 
@@ -85,6 +103,11 @@ impl Imports {
     /// The session handler calls act on.
     pub fn session_mut(&mut self) -> &mut Option<Session> {
         &mut self.session
+    }
+
+    /// Takes the storage failure a read of the last calls hit, if any.
+    pub fn take_storage_fault(&mut self) -> Option<crate::partition::seams::StorageError> {
+        self.storage_fault.take()
     }
 
     /// Takes the hops the last call emitted.
@@ -203,7 +226,7 @@ impl wit::Host for Imports {
                         .map(crate::value::to_cbor)
                         .collect()
                 })
-                .map_err(|e| wit_error(e.code, e.message)));
+                .map_err(|e| access(&mut self.storage_fault, e)));
         }
         let Some(session) = self.session.as_mut() else {
             return Ok(Err(wit_error(
@@ -214,7 +237,7 @@ impl wit::Host for Imports {
         Ok(session
             .select(&pstate, &path)
             .map(|vs| vs.iter().map(crate::value::to_cbor).collect())
-            .map_err(|e| wit_error(e.code, e.message)))
+            .map_err(|e| access(&mut self.storage_fault, e)))
     }
 
     fn select_from(
@@ -266,7 +289,7 @@ impl wit::Host for Imports {
             return Ok(reads
                 .select(&pstate, &path, &targets)
                 .map(to_cbor_lists)
-                .map_err(|e| wit_error(e.code, e.message)));
+                .map_err(|e| access(&mut self.storage_fault, e)));
         }
         if targets != [own.expect("a handler has a partition")] {
             return Ok(Err(wit_error(
@@ -278,7 +301,7 @@ impl wit::Host for Imports {
         Ok(session
             .select(&pstate, &path)
             .map(|vs| to_cbor_lists(vec![vs]))
-            .map_err(|e| wit_error(e.code, e.message)))
+            .map_err(|e| access(&mut self.storage_fault, e)))
     }
 
     fn transform(
@@ -318,7 +341,7 @@ impl wit::Host for Imports {
         };
         Ok(session
             .transform(&pstate, &path, &op)
-            .map_err(|e| wit_error(e.code, e.message)))
+            .map_err(|e| access(&mut self.storage_fault, e)))
     }
 
     fn hop(

@@ -18,6 +18,7 @@
 pub mod definition;
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,12 +33,14 @@ use crate::depot::log::DepotLog;
 use crate::depot::{Depot, RouteError};
 use crate::imports::Imports;
 use crate::partition::progress::processed_offset;
+use crate::partition::worker::panic_message;
 use crate::partition::worker::{PartitionState, PartitionStatus, WorkerSpec};
 use crate::partition::{PartitionConfig, Reply};
 use crate::pstate::claims::WriterClaims;
 use crate::pstate::{self, AccessError, Catalog, Navigator, PStateStore};
 use crate::query::Queries;
 use crate::runtime::{CompileError, GuestError, GuestInstance, Runtime};
+use crate::storage::StorageOptions;
 use crate::topology::microbatch::Coordinator;
 use crate::topology::{AckLevel, AppendOutcome, ProcessingError, Topology, TopologyKind, Work};
 use crate::value::{to_cbor, Value};
@@ -66,6 +69,9 @@ pub enum DeployError {
     InvalidDefinition(String),
     #[error("storage: {0}")]
     Io(String),
+    /// The module could not be loaded at start; it must be repaired or undeployed first.
+    #[error("module `{name}` failed to load: {reason}; undeploy it (DELETE, which deletes its files) or repair its files and restart the host")]
+    Failed { name: String, reason: String },
 }
 
 /// Why an append was refused.
@@ -81,6 +87,9 @@ pub enum AppendError {
     QueueFull(u32),
     #[error("partition {0} is not running")]
     Unavailable(u32),
+    /// The partition failed for good (damaged files, lost data); see its cause.
+    #[error("partition {partition} has failed and serves nothing: {cause}")]
+    Failed { partition: u32, cause: String },
     /// The partition failed and is restarting; appends wait for it in no queue.
     #[error("partition {partition} is restarting after a failure: {cause}")]
     Restarting { partition: u32, cause: String },
@@ -217,11 +226,20 @@ impl Module {
             reply,
         };
         let handle = &self.handles[p as usize];
-        if let PartitionState::Restarting { cause } = handle.status.state() {
-            return Err(AppendError::Restarting {
-                partition: p,
-                cause,
-            });
+        match handle.status.state() {
+            PartitionState::Restarting { cause } => {
+                return Err(AppendError::Restarting {
+                    partition: p,
+                    cause,
+                })
+            }
+            PartitionState::Failed { cause } => {
+                return Err(AppendError::Failed {
+                    partition: p,
+                    cause,
+                })
+            }
+            _ => {}
         }
         let tx = handle.tx.read().expect("poisoned");
         // Checked under the read lock: `retire` takes every write lock after setting the
@@ -430,17 +448,30 @@ impl Module {
     }
 }
 
+/// A module found in the data directory that could not be loaded: it is kept out of service
+/// (its files untouched) and reported, and the other modules serve.
+#[derive(Debug, Clone)]
+pub struct FailedModule {
+    pub name: String,
+    /// What is wrong, naming the file.
+    pub reason: String,
+}
+
 /// All modules of a host.
 pub struct Registry {
     config: Config,
     runtime: Arc<Runtime>,
     modules: RwLock<BTreeMap<String, Arc<Module>>>,
+    /// Modules that failed to load at start.
+    failed: RwLock<BTreeMap<String, FailedModule>>,
     /// Serialises deploys and undeploys.
     deploy_lock: Mutex<()>,
 }
 
 impl Registry {
-    /// Opens the data directory and starts every module found in it.
+    /// Opens the data directory and starts every module found in it. A module that cannot
+    /// be loaded (a damaged or missing file, a stray directory) is recorded as failed with the
+    /// reason and the others start; only an unusable data directory is an error.
     pub fn open(config: Config) -> anyhow::Result<Arc<Self>> {
         let modules_dir = config.data_dir.join("modules");
         std::fs::create_dir_all(&modules_dir)?;
@@ -449,33 +480,90 @@ impl Registry {
             config,
             runtime,
             modules: RwLock::new(BTreeMap::new()),
+            failed: RwLock::new(BTreeMap::new()),
             deploy_lock: Mutex::new(()),
         });
+        let mut found = Vec::new();
         for entry in std::fs::read_dir(&modules_dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.contains(".tmp") {
-                std::fs::remove_dir_all(entry.path())?;
+                // An interrupted deploy: never visible, never acked anything.
+                if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                    tracing::warn!("removing {}: {e}", entry.path().display());
+                }
                 continue;
             }
-            let manifest: Manifest =
-                serde_json::from_slice(&std::fs::read(entry.path().join("module.json"))?)?;
-            let wasm = std::fs::read(entry.path().join(&manifest.wasm))?;
-            let module = registry
-                .start(&entry.path(), &manifest, &wasm, None)
-                .map_err(|e| anyhow::anyhow!("loading module `{name}`: {e}"))?;
-            tracing::info!(
-                module = name,
-                partitions = manifest.partitions,
-                "module loaded"
-            );
-            registry
-                .modules
-                .write()
-                .expect("poisoned")
-                .insert(name, module);
+            found.push((name, entry.path()));
+        }
+        let manifests: Vec<_> = found.iter().map(|(_, dir)| read_manifest(dir)).collect();
+        let files: usize = manifests
+            .iter()
+            .filter_map(|m| m.as_ref().ok())
+            .map(|m| 2 * m.partitions as usize)
+            .sum();
+        let opts = registry.storage_options(files, 0);
+        for ((name, dir), manifest) in found.into_iter().zip(manifests) {
+            let loaded = manifest.and_then(|m| {
+                let wasm = std::fs::read(dir.join(&m.wasm))
+                    .map_err(|e| format!("{}: {e}", dir.join(&m.wasm).display()))?;
+                std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    registry.start(&dir, &m, &wasm, Files::Open(&opts))
+                }))
+                .map_err(|p| format!("panicked: {}", panic_message(&p)))?
+                .map_err(|e| e.to_string())
+                .map(|module| (module, m))
+            });
+            match loaded {
+                Ok((module, m)) => {
+                    tracing::info!(module = name, partitions = m.partitions, "module loaded");
+                    registry
+                        .modules
+                        .write()
+                        .expect("poisoned")
+                        .insert(name, module);
+                }
+                Err(reason) => {
+                    tracing::error!(module = name, "module failed to load: {reason}");
+                    crate::metrics::inc("sluice_module_load_failures_total", &[("module", &name)]);
+                    registry
+                        .failed
+                        .write()
+                        .expect("poisoned")
+                        .insert(name.clone(), FailedModule { name, reason });
+                }
+            }
         }
         Ok(registry)
+    }
+
+    /// How this host opens a module's files: redb's cache budget split evenly over every
+    /// partition file open (`files` already counted, `new` about to be opened).
+    fn storage_options(&self, files: usize, new: usize) -> StorageOptions {
+        let files = (files + new).max(1);
+        StorageOptions {
+            cache_bytes: (self.config.cache_budget_bytes / files).max(CACHE_SHARE_BYTES_MIN),
+            verify_on_open: self.config.verify_on_open,
+        }
+    }
+
+    /// Partition files of the running modules.
+    fn files_open(&self) -> usize {
+        self.list().iter().map(|m| 2 * m.partitions as usize).sum()
+    }
+
+    /// Modules that failed to load at start.
+    pub fn failed(&self) -> Vec<FailedModule> {
+        self.failed
+            .read()
+            .expect("poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn failed_module(&self, name: &str) -> Option<FailedModule> {
+        self.failed.read().expect("poisoned").get(name).cloned()
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {
@@ -512,6 +600,12 @@ impl Registry {
         }
         // Deploys are rare; one at a time keeps the swap logic simple.
         let _guard = self.deploy_lock.lock().expect("poisoned");
+        if let Some(f) = self.failed_module(name) {
+            return Err(DeployError::Failed {
+                name: f.name,
+                reason: f.reason,
+            });
+        }
         match self.get(name) {
             Some(old) => self.update(old, wasm, partitions).map(|m| (m, false)),
             None => self.deploy_new(name, wasm, partitions).map(|m| (m, true)),
@@ -548,12 +642,17 @@ impl Registry {
         let io = |e: std::io::Error| DeployError::Io(e.to_string());
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(io)?;
+        let opts = self.storage_options(self.files_open(), 2 * partitions as usize);
+        for p in 0..partitions {
+            crate::storage::create_partition(&tmp.join(format!("p{p}")), name, p, &opts)
+                .map_err(|e| DeployError::Io(e.to_string()))?;
+        }
         write_synced(&tmp.join("module.wasm"), wasm).map_err(io)?;
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
         write_synced(&tmp.join("module.json"), &json).map_err(io)?;
         std::fs::rename(&tmp, &dir).map_err(io)?;
         sync_dir(dir.parent().expect("has a parent")).map_err(io)?;
-        let module = self.start(&dir, &manifest, wasm, None)?;
+        let module = self.start(&dir, &manifest, wasm, Files::Open(&opts))?;
         self.modules
             .write()
             .expect("poisoned")
@@ -574,6 +673,11 @@ impl Registry {
             name: name.clone(),
             why,
         };
+        let dir = self.module_dir(&name);
+        let same_build =
+            std::fs::read(dir.join(&old.wasm_file)).is_ok_and(|deployed| deployed == wasm);
+        // What is not a component at all is a 400 before any conflict (409) with the deployed one.
+        let component = self.runtime.compile(wasm)?;
         if let Some(p) = partitions {
             if p != old.partitions {
                 return Err(incompatible(format!(
@@ -582,12 +686,10 @@ impl Registry {
                 )));
             }
         }
-        let dir = self.module_dir(&name);
-        if std::fs::read(dir.join(&old.wasm_file)).is_ok_and(|deployed| deployed == wasm) {
+        if same_build {
             // The build already running: a PUT is idempotent.
             return Ok(old);
         }
-        let component = self.runtime.compile(wasm)?;
         let pre = self.runtime.prepare(&component)?;
         let definition = self.define(pre, &name)?;
         definition
@@ -629,7 +731,7 @@ impl Registry {
             wasm: old.wasm_file.clone(),
         };
         write_manifest(&dir, &manifest).map_err(io)?;
-        let module = match self.start(&dir, &manifest, wasm, Some(files.clone())) {
+        let module = match self.start(&dir, &manifest, wasm, Files::Reuse(files.clone())) {
             Ok(m) => m,
             Err(e) => {
                 // Back to the old build, which ran a moment ago.
@@ -639,7 +741,7 @@ impl Registry {
                 );
                 write_manifest(&dir, &old_manifest).map_err(io)?;
                 let old_wasm = std::fs::read(dir.join(&old_manifest.wasm)).map_err(io)?;
-                let restored = self.start(&dir, &old_manifest, &old_wasm, Some(files))?;
+                let restored = self.start(&dir, &old_manifest, &old_wasm, Files::Reuse(files))?;
                 self.modules
                     .write()
                     .expect("poisoned")
@@ -666,6 +768,17 @@ impl Registry {
     /// Stops a module and deletes it with all its data. Returns whether it existed.
     pub fn undeploy(&self, name: &str) -> Result<bool, DeployError> {
         let _guard = self.deploy_lock.lock().expect("poisoned");
+        if self
+            .failed
+            .write()
+            .expect("poisoned")
+            .remove(name)
+            .is_some()
+        {
+            std::fs::remove_dir_all(self.module_dir(name))
+                .map_err(|e| DeployError::Io(e.to_string()))?;
+            return Ok(true);
+        }
         let Some(module) = self.modules.write().expect("poisoned").remove(name) else {
             return Ok(false);
         };
@@ -694,14 +807,14 @@ impl Registry {
         Ok(Definition::from_wit(def))
     }
 
-    /// Starts a module's workers; `files` are its partitions' already-open databases (an
-    /// update), else they are opened.
+    /// Starts a module's workers on its partitions' files: already open (an update), or
+    /// opened and checked here.
     fn start(
         &self,
         dir: &Path,
         manifest: &Manifest,
         wasm: &[u8],
-        files: Option<Vec<(Arc<DepotLog>, Arc<PStateStore>)>>,
+        files: Files,
     ) -> Result<Arc<Module>, DeployError> {
         let component = self.runtime.compile(wasm)?;
         let pre = self.runtime.prepare(&component)?;
@@ -720,22 +833,15 @@ impl Registry {
         let open_trees = Arc::new(AtomicUsize::new(0));
         let io = |e: String| DeployError::Io(e);
         let files = match files {
-            Some(f) => f,
-            None => {
+            Files::Reuse(f) => f,
+            Files::Open(opts) => {
                 let mut opened = Vec::new();
                 for p in 0..manifest.partitions {
                     let pdir = dir.join(format!("p{p}"));
-                    std::fs::create_dir_all(&pdir).map_err(|e| io(e.to_string()))?;
-                    opened.push((
-                        Arc::new(
-                            DepotLog::open(&pdir.join("depot.redb"))
-                                .map_err(|e| io(e.to_string()))?,
-                        ),
-                        Arc::new(
-                            PStateStore::open(&pdir.join("pstate.redb"))
-                                .map_err(|e| io(e.to_string()))?,
-                        ),
-                    ));
+                    let (log, store) =
+                        crate::storage::open_partition(&pdir, &manifest.name, p, opts)
+                            .map_err(|e| io(e.to_string()))?;
+                    opened.push((Arc::new(log), Arc::new(store)));
                 }
                 opened
             }
@@ -854,6 +960,42 @@ impl Registry {
             queue_depth: limits.partition_queue_depth,
         }))
     }
+}
+
+/// The partition files a module starts on.
+enum Files<'a> {
+    /// Open them (checking their headers) with these options.
+    Open(&'a StorageOptions),
+    /// The files of the version being updated, already open.
+    Reuse(Vec<(Arc<DepotLog>, Arc<PStateStore>)>),
+}
+
+/// The smallest redb cache a partition file gets, whatever the budget.
+const CACHE_SHARE_BYTES_MIN: usize = 1 << 20;
+
+/// A module directory's manifest; the error names the file.
+fn read_manifest(dir: &Path) -> Result<Manifest, String> {
+    let file = dir.join("module.json");
+    let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let m: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    if name.as_deref() != Some(m.name.as_str()) {
+        return Err(format!(
+            "{}: names module `{}`, but it is in directory {}",
+            file.display(),
+            m.name,
+            dir.display()
+        ));
+    }
+    if !m.partitions.is_power_of_two() || m.partitions > PARTITIONS_MAX {
+        return Err(format!(
+            "{}: invalid partitions {}",
+            file.display(),
+            m.partitions
+        ));
+    }
+    Ok(m)
 }
 
 /// Backoff before a handler's retry n is this `<< n` milliseconds.

@@ -136,6 +136,11 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
             };
             settle.push((tree, out));
         }
+        if let Some(e) = self.exec.take_storage_fault() {
+            // Nothing of the batch commits; its trees answer "outcome unknown" when dropped.
+            self.exec.take_writes();
+            return Err(PartitionError::Store(e));
+        }
         commit.writes = self.exec.take_writes();
         for o in settle.iter().flat_map(|(_, out)| out) {
             commit

@@ -43,6 +43,33 @@ pub enum PartitionError {
     Log(StorageError),
     #[error("PState store: {0}")]
     Store(StorageError),
+    /// The files disagree: acked data is missing. The partition must not serve.
+    #[error("acked data is lost: {0}")]
+    Lost(String),
+}
+
+impl PartitionError {
+    /// Whether starting again cannot help: stored data is damaged or lost.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            PartitionError::Log(e) | PartitionError::Store(e) => e.damaged,
+            PartitionError::Lost(_) => true,
+        }
+    }
+}
+
+/// Refuses progress whose outbox holds a hop at or past its pair's next seq: the counter and
+/// the outbox are committed together, so such a store lost commits.
+fn check_outbox(progress: &super::seams::Progress) -> Result<(), PartitionError> {
+    for (target, seq, _) in &progress.outbox {
+        let next = progress.hops_next.get(target).copied().unwrap_or(0);
+        if *seq >= next {
+            return Err(PartitionError::Lost(format!(
+                "the hop outbox holds seq {seq} to partition {target}, but the next seq to it is {next}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// One unit of work in a batch, with where it came from.
@@ -189,6 +216,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
     /// makes the result durable. After it the partition reflects everything in its log.
     pub fn start(&mut self) -> Result<(), PartitionError> {
         let progress = self.store.progress().map_err(PartitionError::Store)?;
+        check_outbox(&progress)?;
         self.hops = HopBook::restore(progress.hops_next.clone(), progress.hops_applied.clone());
         self.position = progress.position;
         for (target, seq, entry) in &progress.outbox {
@@ -322,8 +350,8 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
     }
 
     /// Appends records to the depot log (one durable commit) and answers `append` acks. A
-    /// failed commit answers every append with a storage error and fails the partition (it
-    /// restarts from its files).
+    /// failed commit answers every append "outcome unknown" (the record may be stored) and
+    /// fails the partition (it restarts from its files).
     fn append_to_log(&mut self, appends: Vec<PendingAppend>) -> Result<Vec<Item>, PartitionError> {
         if appends.is_empty() {
             return Ok(Vec::new());
@@ -340,13 +368,20 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
                     partition = self.cfg.partition,
                     "depot append failed: {e}"
                 );
-                let err = ProcessingError::Storage {
-                    partition: self.cfg.partition,
-                    message: e.to_string(),
-                };
-                for (_, _, _, reply) in appends {
+                // The commit may have reached the disk before it failed (an fsync error, a
+                // full disk after the write): the outcome is unknown, never "not stored".
+                let mut next = self.next_offsets.clone();
+                for (depot, _, _, reply) in appends {
+                    let offset = next.get_mut(&*depot).map(|n| {
+                        *n += 1;
+                        *n - 1
+                    });
                     if let Some(r) = reply {
-                        let _ = r.send(Err(err.clone()));
+                        let _ = r.send(Err(ProcessingError::AppendUnknown {
+                            partition: self.cfg.partition,
+                            offset,
+                            reason: e.to_string(),
+                        }));
                     }
                 }
                 return Err(PartitionError::Log(e));

@@ -170,6 +170,10 @@ impl Executor for GuestInstance {
             .map(|s| s.take_writes())
             .unwrap_or_default()
     }
+
+    fn take_storage_fault(&mut self) -> Option<super::seams::StorageError> {
+        handler_imports(self).take_storage_fault()
+    }
 }
 
 #[cfg(test)]

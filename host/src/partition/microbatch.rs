@@ -214,6 +214,9 @@ impl HostPartition {
             handler_imports(&mut self.exec).session_mut(),
             stream_session,
         );
+        if let Some(e) = handler_imports(&mut self.exec).take_storage_fault() {
+            return Err(format!("batch {id}: a read failed: {e}"));
+        }
         st.session = session;
         self.mb.running.insert(t.name.clone(), st);
         Ok(out)

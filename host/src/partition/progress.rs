@@ -59,7 +59,8 @@ pub fn processed_offset(
         .map_or(0, |v| v.value()))
 }
 
-fn read_progress(txn: &ReadTransaction) -> Result<Progress, StorageError> {
+/// A partition's stored progress, from a snapshot.
+pub fn read_progress(txn: &ReadTransaction) -> Result<Progress, StorageError> {
     let e = |e: redb::StorageError| StorageError::from(redb::Error::from(e));
     let mut p = Progress::default();
     if let Some(t) = read_table!(txn, OFFSETS) {
@@ -253,6 +254,10 @@ impl PartitionLog for DepotLog {
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
         Ok(DepotLog::read(self, depot, from, limit)?)
+    }
+
+    fn end(&self, depot: &str) -> Result<u64, StorageError> {
+        Ok(DepotLog::end_offset(self, depot)?)
     }
 }
 

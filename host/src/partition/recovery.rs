@@ -16,8 +16,23 @@ use super::seams::{Executor, HopTransport, PartitionLog, PartitionStore};
 use super::TopologyKind;
 
 impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition<X, L, S, T> {
+    /// Refuses a store that is ahead of its log: a processed offset past the log's end means
+    /// acked records are gone (the log was truncated, replaced or rolled back).
+    pub(super) fn check_log(&self, offsets: &Done) -> Result<(), PartitionError> {
+        for ((topology, depot), processed) in offsets {
+            let end = self.log.end(depot).map_err(PartitionError::Log)?;
+            if *processed > end {
+                return Err(PartitionError::Lost(format!(
+                    "topology `{topology}` has processed depot `{depot}` up to offset {processed}, but the depot log ends at offset {end}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Replays the records the store does not reflect; `offsets` is the stored progress.
     pub(super) fn recover(&mut self, offsets: &Done) -> Result<(), PartitionError> {
+        self.check_log(offsets)?;
         let mut done = Done::new();
         let mut depots: BTreeMap<String, u64> = BTreeMap::new();
         for t in self

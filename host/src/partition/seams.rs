@@ -20,14 +20,31 @@ use crate::imports::EmittedHop;
 use crate::pstate::store::{DeadLetter, Overlay};
 use crate::runtime::{GuestError, RecordCtx};
 
-/// A storage failure, with the file or the operation it concerns.
+/// A storage failure, with the file or the operation it concerns. `damaged`: stored data
+/// failed a check (a seal or redb's structure); retrying cannot help.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
-#[error("{0}")]
-pub struct StorageError(pub String);
+#[error("{message}")]
+pub struct StorageError {
+    pub message: String,
+    pub damaged: bool,
+}
+
+impl StorageError {
+    /// A failure that is not damage (an I/O error, a crash in a simulation).
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            damaged: false,
+        }
+    }
+}
 
 impl From<redb::Error> for StorageError {
     fn from(e: redb::Error) -> Self {
-        StorageError(e.to_string())
+        StorageError {
+            damaged: matches!(e, redb::Error::Corrupted(_)),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -47,6 +64,8 @@ pub trait PartitionLog {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StorageError>;
+    /// The offset the next record of `depot` will get.
+    fn end(&self, depot: &str) -> Result<u64, StorageError>;
 }
 
 /// Everything one partition commit writes at once: PState entries and the partition's
@@ -134,6 +153,11 @@ pub trait Executor {
     fn end_record(&mut self, keep: bool);
     /// The batch's kept writes, to be committed.
     fn take_writes(&mut self) -> Overlay;
+    /// A storage failure a handler's read hit since the last call of this (the batch must
+    /// not commit: its handlers saw an error that was not theirs).
+    fn take_storage_fault(&mut self) -> Option<StorageError> {
+        None
+    }
 }
 
 /// Milliseconds on a monotonic clock (injectable, so tests need not sleep).
@@ -176,6 +200,10 @@ macro_rules! forward_through {
                 limit: usize,
             ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
                 (**self).read(depot, from, limit)
+            }
+
+            fn end(&self, depot: &str) -> Result<u64, StorageError> {
+                (**self).end(depot)
             }
         }
 

@@ -63,6 +63,16 @@ pub enum ProcessingError {
     /// Storage failed before the record was stored; it was not acknowledged.
     #[error("storage failure on partition {partition}: {message}")]
     Storage { partition: u32, message: String },
+    /// The depot-log commit holding the record failed in a way that does not say whether it
+    /// reached the disk (ENOSPC or EIO on write or fsync): it may be stored at `offset` (when
+    /// known), and then it will be processed. Read the depot at that offset, or retry with the
+    /// same `Idempotency-Key`, to learn which.
+    #[error("the record may or may not be stored on partition {partition}{}: {reason}", offset.map(|o| format!(" at offset {o}")).unwrap_or_default())]
+    AppendUnknown {
+        partition: u32,
+        offset: Option<u64>,
+        reason: String,
+    },
     /// The record is durable at (partition, offset), but a partition working on its event
     /// tree restarted before the tree finished: its effects will be applied (exactly once)
     /// when the work resumes, and nobody can say when. Do not append it again.

@@ -49,6 +49,11 @@ pub enum PartitionState {
     Restarting {
         cause: String,
     },
+    /// Failed for good: its files are damaged or lost acked data (`cause` says which file
+    /// and how). It serves nothing until the module is updated or the host restarted.
+    Failed {
+        cause: String,
+    },
     Stopped,
 }
 
@@ -58,6 +63,7 @@ impl PartitionState {
             PartitionState::Recovering => "recovering",
             PartitionState::Serving => "serving",
             PartitionState::Restarting { .. } => "restarting",
+            PartitionState::Failed { .. } => "failed",
             PartitionState::Stopped => "stopped",
         }
     }
@@ -131,6 +137,8 @@ const RESTART_BACKOFF_MS_MIN: u64 = 20;
 pub(super) enum Exit {
     Stopped,
     Failed(String),
+    /// Starting again cannot help (see [`PartitionError::is_fatal`]).
+    Fatal(String),
 }
 
 /// The supervision loop: runs `incarnation(queue, work kept from before, restarted)` until
@@ -154,6 +162,16 @@ pub(super) fn supervise(
         let cause = match exit {
             Exit::Stopped => break,
             Exit::Failed(cause) => cause,
+            Exit::Fatal(cause) => {
+                tracing::error!("partition failed for good: {cause}");
+                *status.last_failure.lock().expect("poisoned") = Some(cause.clone());
+                status.set(PartitionState::Failed {
+                    cause: cause.clone(),
+                });
+                crate::metrics::inc("sluice_partition_failures_total", &[("module", module)]);
+                refuse_until_stopped(rx, std::mem::take(&mut carry), &cause);
+                break;
+            }
         };
         if status.state() == PartitionState::Serving {
             failures = 0;
@@ -170,6 +188,34 @@ pub(super) fn supervise(
         }
     }
     status.set(PartitionState::Stopped);
+}
+
+/// A failed partition's queue: appends are answered "not stored" (the log was not written),
+/// everything else is dropped, until a `Stop`.
+fn refuse_until_stopped(rx: &Receiver<Work>, carry: Vec<Work>, cause: &str) {
+    let refuse = |w: Work| match w {
+        Work::Stop => true,
+        Work::Append {
+            reply: Some(reply), ..
+        } => {
+            let _ = reply.send(Err(super::work::ProcessingError::Storage {
+                partition: u32::MAX,
+                message: format!("the partition has failed: {cause}"),
+            }));
+            false
+        }
+        _ => false,
+    };
+    for w in carry {
+        if refuse(w) {
+            return;
+        }
+    }
+    while let Ok(w) = rx.recv() {
+        if refuse(w) {
+            return;
+        }
+    }
 }
 
 /// Waits out a restart pause, keeping what arrives; true if a `Stop` arrived.
@@ -269,7 +315,7 @@ impl WorkerSpec {
             Err(e) => return Exit::Failed(e),
         };
         if let Err(e) = p.start() {
-            return Exit::Failed(self.describe(&e));
+            return self.exit(&e);
         }
         if restarted {
             // Hops taken by the failed incarnation are gone: ask every source to re-send
@@ -285,7 +331,7 @@ impl WorkerSpec {
                     Ok(w) => work.push(w),
                     Err(RecvTimeoutError::Timeout) => {
                         if let Err(e) = p.tick() {
-                            return Exit::Failed(self.describe(&e));
+                            return self.exit(&e);
                         }
                         self.publish(&p);
                         continue;
@@ -293,7 +339,7 @@ impl WorkerSpec {
                     Err(RecvTimeoutError::Disconnected) => {
                         return match p.make_durable() {
                             Ok(()) => Exit::Stopped,
-                            Err(e) => Exit::Failed(self.describe(&e)),
+                            Err(e) => self.exit(&e),
                         };
                     }
                 }
@@ -316,7 +362,7 @@ impl WorkerSpec {
             self.queued_appends.fetch_sub(taken, Ordering::AcqRel);
             let stopping = match p.step(work) {
                 Ok(s) => s,
-                Err(e) => return Exit::Failed(self.describe(&e)),
+                Err(e) => return self.exit(&e),
             };
             if let Err(e) = self.special(&mut p, special) {
                 return Exit::Failed(e);
@@ -325,7 +371,7 @@ impl WorkerSpec {
             if stopping {
                 return match p.make_durable() {
                     Ok(()) => Exit::Stopped,
-                    Err(e) => Exit::Failed(self.describe(&e)),
+                    Err(e) => self.exit(&e),
                 };
             }
         }
@@ -369,9 +415,18 @@ impl WorkerSpec {
     fn describe(&self, e: &PartitionError) -> String {
         let file = match e {
             PartitionError::Log(_) => self.log.path(),
-            PartitionError::Store(_) => self.store.path(),
+            PartitionError::Store(_) | PartitionError::Lost(_) => self.store.path(),
         };
         format!("{e} ({})", file.display())
+    }
+
+    /// How an incarnation ends on `e`.
+    fn exit(&self, e: &PartitionError) -> Exit {
+        if e.is_fatal() {
+            Exit::Fatal(self.describe(e))
+        } else {
+            Exit::Failed(self.describe(e))
+        }
     }
 
     fn publish(&self, p: &HostPartition) {
@@ -385,7 +440,7 @@ fn ends_drain(w: Option<&Work>) -> bool {
     matches!(w, Some(Work::Batch { .. } | Work::ReplayDeadLetters { .. }))
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     let what = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

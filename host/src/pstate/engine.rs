@@ -32,6 +32,8 @@ pub enum Table {
 const SCAN_CHUNK: usize = 256;
 /// Elements one transform may touch through `all`/`sorted-range`/… on a stored collection.
 pub const TRANSFORM_TARGETS_MAX: usize = 100_000;
+/// The furthest `nth` walks into a map or set (see `nth_walk`).
+pub const NTH_WALK_MAX: u64 = 100_000;
 
 /// A callback over stored elements: `(engine, key suffix, stored value) -> go on?`.
 type ElemFn<'f, E> = dyn FnMut(&mut E, &[u8], Value) -> Result<bool, AccessError> + 'f;
@@ -226,27 +228,29 @@ impl<V: View> Engine<'_, V> {
         }
     }
 
+    /// The number of elements of `coll`: its entry in the size table (the top level's is
+    /// under the empty key), so counting is O(1) at every level.
     fn size(&mut self, coll: Coll<'_>) -> Result<u64, AccessError> {
-        if coll.table == Table::Main {
-            // The top level keeps no size entry: count its keys.
-            let n = self
-                .view
-                .scan(
-                    self.pstate,
-                    Table::Main,
-                    &[],
-                    &full_range(),
-                    false,
-                    usize::MAX,
-                )?
-                .len();
-            return Ok(n as u64);
-        }
         Ok(self
             .view
             .get(self.pstate, Table::Size, coll.prefix)?
             .and_then(|v| crate::value::as_i64(&v))
             .unwrap_or(0) as u64)
+    }
+
+    /// Refuses an `nth` that would walk further than [`NTH_WALK_MAX`] elements of a map or
+    /// set (lists are indexed directly); an index past the end selects nothing, at once.
+    fn nth_walk(&mut self, coll: Coll<'_>, n: u64) -> Result<Option<usize>, AccessError> {
+        if n >= self.size(coll)? {
+            return Ok(None);
+        }
+        if n > NTH_WALK_MAX {
+            return Err(AccessError::new(
+                "invalid-path",
+                format!("`nth` {n} on a map or set walks over more than {NTH_WALK_MAX} elements; page with `sorted-range` instead"),
+            ));
+        }
+        Ok(Some(n as usize))
     }
 
     /// Calls `f(suffix, stored)` for the elements of `coll` in `range` (in order or reversed)
@@ -347,7 +351,10 @@ impl<V: View> Engine<'_, V> {
                 let (reverse, skip) = match nav {
                     Navigator::First => (false, 0),
                     Navigator::Last => (true, 0),
-                    Navigator::Nth(n) => (false, *n as usize),
+                    Navigator::Nth(n) => match self.nth_walk(coll, *n)? {
+                        Some(n) => (false, n),
+                        None => return Ok(()),
+                    },
                     _ => unreachable!(),
                 };
                 let mut found = None;
@@ -675,7 +682,10 @@ impl<V: ViewMut> Engine<'_, V> {
                 let (range, reverse, skip, take) = match nav {
                     Navigator::First => (full_range(), false, 0, 1),
                     Navigator::Last => (full_range(), true, 0, 1),
-                    Navigator::Nth(n) => (full_range(), false, *n as usize, 1),
+                    Navigator::Nth(n) => match self.nth_walk(coll, *n)? {
+                        Some(n) => (full_range(), false, n, 1),
+                        None => return Ok(()),
+                    },
                     Navigator::SortedRange(r) => (
                         EncodedRange::new(r).map_err(AccessError::from)?,
                         r.reverse,
@@ -768,7 +778,7 @@ impl<V: ViewMut> Engine<'_, V> {
             match (&old, new) {
                 (_, Some(v)) => {
                     self.view.put(self.pstate, coll.table, full, Some(v));
-                    if old.is_none() && coll.table != Table::Main {
+                    if old.is_none() {
                         let n = self.size(coll)?;
                         self.put_size(coll.prefix, n + 1);
                     }
@@ -781,10 +791,8 @@ impl<V: ViewMut> Engine<'_, V> {
                         ));
                     }
                     self.view.put(self.pstate, coll.table, full, None);
-                    if coll.table != Table::Main {
-                        let n = self.size(coll)?;
-                        self.put_size(coll.prefix, n.saturating_sub(1));
-                    }
+                    let n = self.size(coll)?;
+                    self.put_size(coll.prefix, n.saturating_sub(1));
                 }
                 (None, None) => {}
             }

@@ -56,7 +56,11 @@ impl From<path::PathError> for AccessError {
 
 impl From<redb::Error> for AccessError {
     fn from(e: redb::Error) -> Self {
-        AccessError::new("storage", e.to_string())
+        let code = match e {
+            redb::Error::Corrupted(_) => "damaged",
+            _ => "storage",
+        };
+        AccessError::new(code, e.to_string())
     }
 }
 
@@ -114,6 +118,7 @@ pub fn select_committed(
     check_leading_key(schema, pstate, path)?;
     let snapshot = store.begin_read()?;
     let mut view = session::SnapshotView {
+        store,
         snapshot: &snapshot,
     };
     engine::Engine {

@@ -22,12 +22,13 @@ use crate::value::Value;
 
 /// Reads of the committed state only.
 pub struct SnapshotView<'a> {
+    pub store: &'a PStateStore,
     pub snapshot: &'a ReadTransaction,
 }
 
 impl View for SnapshotView<'_> {
     fn get(&mut self, pstate: &str, t: Table, key: &[u8]) -> Result<Option<Value>, AccessError> {
-        Ok(PStateStore::get(self.snapshot, pstate, t, key)?)
+        Ok(self.store.get(self.snapshot, pstate, t, key)?)
     }
 
     fn scan(
@@ -39,15 +40,9 @@ impl View for SnapshotView<'_> {
         reverse: bool,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Value)>, AccessError> {
-        Ok(PStateStore::scan(
-            self.snapshot,
-            pstate,
-            t,
-            prefix,
-            range,
-            reverse,
-            limit,
-        )?)
+        Ok(self
+            .store
+            .scan(self.snapshot, pstate, t, prefix, range, reverse, limit)?)
     }
 }
 
@@ -229,8 +224,9 @@ impl View for Session {
         if let Some(v) = self.record.get(&k).or_else(|| self.batch.get(&k)) {
             return Ok(v.clone());
         }
-        let snapshot = self.snapshot()?;
-        Ok(PStateStore::get(snapshot, pstate, t, key)?)
+        self.snapshot()?;
+        let snapshot = self.snapshot.as_ref().expect("opened above");
+        Ok(self.store.get(snapshot, pstate, t, key)?)
     }
 
     fn scan(
@@ -254,8 +250,11 @@ impl View for Session {
         }
         // Each overlay entry hides at most one stored entry: read that many more.
         let want = limit.saturating_add(overlay.len());
-        let snapshot = self.snapshot()?;
-        let stored = PStateStore::scan(snapshot, pstate, t, prefix, range, reverse, want)?;
+        self.snapshot()?;
+        let snapshot = self.snapshot.as_ref().expect("opened above");
+        let stored = self
+            .store
+            .scan(snapshot, pstate, t, prefix, range, reverse, want)?;
         let mut merged: std::collections::BTreeMap<Vec<u8>, Value> = stored
             .into_iter()
             .map(|(suffix, v)| ([prefix, &suffix].concat(), v))

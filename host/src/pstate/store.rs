@@ -3,7 +3,8 @@
 //!
 //! Tables: `pstate/<name>`, `pstate/<name>/sub` and `pstate/<name>/size` hold the PState's
 //! entries, subindexed elements and collection sizes as laid out in [`super::engine`] (keys in
-//! the order-preserving encoding, values as CBOR). The same file holds the partition's
+//! the order-preserving encoding, values as CBOR sealed by [`crate::storage::seal`] over the
+//! table name and the key). The same file holds the partition's
 //! progress (processed offsets, hop outbox and watermarks, dead letters), owned by
 //! [`crate::partition::progress`]: [`PStateStore::write`] lets it commit both in one
 //! transaction. Invariant: only the partition's worker writes; readers use snapshots.
@@ -15,7 +16,8 @@ use redb::{Durability, ReadTransaction, TableDefinition, WriteTransaction};
 
 use super::engine::Table;
 use super::path::EncodedRange;
-use crate::db_file::DbFile;
+use crate::storage::seal::{seal, show_key, unseal};
+use crate::storage::{DbFile, FileError, FileKind};
 use crate::value::{from_cbor, to_cbor, Value};
 
 pub use crate::partition::dead_letters::DeadLetter;
@@ -52,9 +54,27 @@ pub struct PStateStore {
 }
 
 impl PStateStore {
-    pub fn open(path: &Path) -> Result<Self, redb::Error> {
-        Ok(Self {
-            db: DbFile::open(path)?,
+    /// Opens or creates a store outside a module's layout (tests, tools).
+    pub fn open(path: &Path) -> Result<Self, FileError> {
+        Ok(Self::from_file(DbFile::open(path, FileKind::PStateStore)?))
+    }
+
+    /// A store over an opened file (see [`crate::storage`]).
+    pub fn from_file(db: DbFile) -> Self {
+        Self { db }
+    }
+
+    pub fn file(&self) -> &DbFile {
+        &self.db
+    }
+
+    /// The payload of a stored value, checked and decoded.
+    fn decode(&self, table: &str, key: &[u8], stored: &[u8]) -> Result<Value, redb::Error> {
+        let payload =
+            unseal(table, key, stored).map_err(|e| self.db.damaged(table, &show_key(key), e))?;
+        from_cbor(payload).map_err(|e| {
+            self.db
+                .damaged(table, &show_key(key), format!("undecodable value: {e}"))
         })
     }
 
@@ -74,6 +94,7 @@ impl PStateStore {
 
     /// The value under `key` in one table of `pstate`, in `snapshot`.
     pub fn get(
+        &self,
         snapshot: &ReadTransaction,
         pstate: &str,
         t: Table,
@@ -87,16 +108,16 @@ impl PStateStore {
             Err(e) => return Err(e.into()),
         };
         match table.get(key)? {
-            Some(v) => Ok(Some(from_cbor(v.value()).map_err(|e| {
-                redb::Error::Corrupted(format!("PState {pstate} holds an undecodable value: {e}"))
-            })?)),
+            Some(v) => Ok(Some(self.decode(&name, key, v.value())?)),
             None => Ok(None),
         }
     }
 
     /// Entries of one table whose key is `prefix ‖ suffix` with `suffix` in `range`, in key
     /// order (or reversed), at most `limit`, as `(suffix, value)`.
+    #[allow(clippy::too_many_arguments)]
     pub fn scan(
+        &self,
         snapshot: &ReadTransaction,
         pstate: &str,
         t: Table,
@@ -138,9 +159,7 @@ impl PStateStore {
             if !k.starts_with(prefix) || !range.contains(&k[prefix.len()..]) {
                 return Ok(true);
             }
-            let v = from_cbor(v.value()).map_err(|e| {
-                redb::Error::Corrupted(format!("PState {pstate} holds an undecodable value: {e}"))
-            })?;
+            let v = self.decode(&name, k, v.value())?;
             out.push((k[prefix.len()..].to_vec(), v));
             Ok(out.len() < limit)
         };
@@ -188,20 +207,21 @@ impl PStateStore {
 
 /// Writes PState entries into an open write transaction (`None` removes the entry).
 pub fn write_entries(txn: &WriteTransaction, entries: &Overlay) -> Result<(), redb::Error> {
-    let mut current: Option<((String, Table), EntryTable)> = None;
+    let mut current: Option<((String, Table), String, EntryTable)> = None;
     for ((pstate, t, key), value) in entries {
         if current
             .as_ref()
-            .is_none_or(|((n, tt), _)| n != pstate || tt != t)
+            .is_none_or(|((n, tt), _, _)| n != pstate || tt != t)
         {
             let name = table_name(pstate, *t);
             let table = txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name))?;
-            current = Some(((pstate.clone(), *t), table));
+            current = Some(((pstate.clone(), *t), name, table));
         }
-        let (_, table) = current.as_mut().expect("opened above");
+        let (_, name, table) = current.as_mut().expect("opened above");
         match value {
             Some(v) => {
-                table.insert(key.as_slice(), to_cbor(v).as_slice())?;
+                let sealed = seal(name, key, &to_cbor(v));
+                table.insert(key.as_slice(), sealed.as_slice())?;
             }
             None => {
                 table.remove(key.as_slice())?;

@@ -24,6 +24,7 @@ use crate::value::{from_cbor, to_cbor, Value};
 /// A query's reads: one snapshot per partition, all opened at one moment.
 pub struct QueryReads {
     catalog: Arc<Catalog>,
+    stores: Vec<Arc<PStateStore>>,
     snapshots: Vec<ReadTransaction>,
     select_values_max: usize,
 }
@@ -45,6 +46,7 @@ impl QueryReads {
             .collect::<Result<_, _>>()?;
         Ok(Self {
             catalog,
+            stores: stores.to_vec(),
             snapshots,
             select_values_max,
         })
@@ -65,11 +67,14 @@ impl QueryReads {
         let catalog = Arc::clone(&self.catalog);
         let schema = catalog.schema(pstate)?;
         crate::pstate::check_leading_key(schema, pstate, path)?;
-        let snapshots = &self.snapshots;
+        let (snapshots, stores) = (&self.snapshots, &self.stores);
         let limit = self.select_values_max;
         let one = |p: u32| -> Result<Vec<Value>, AccessError> {
             let snapshot = &snapshots[p as usize];
-            let mut view = SnapshotView { snapshot };
+            let mut view = SnapshotView {
+                store: &stores[p as usize],
+                snapshot,
+            };
             Engine {
                 view: &mut view,
                 pstate,
@@ -218,15 +223,20 @@ impl Queries {
             .expect("query instances are made with `Imports`");
         imports.set_query(Some(reads));
         let result = instance.query(name, &to_cbor(args), partitions);
-        if let Some(imports) = instance.imports_mut::<Imports>() {
+        let fault = instance.imports_mut::<Imports>().and_then(|imports| {
             imports.set_query(None);
-        }
+            imports.take_storage_fault()
+        });
         // A failed call already replaced the instance's store; either way it is reusable.
         let mut idle = self.idle.lock().expect("poisoned");
         if idle.len() < IDLE_INSTANCES_MAX {
             idle.push(instance);
         }
         drop(idle);
+        if let Some(e) = fault {
+            // A read failed on the host's side: a server fault, whatever the guest answered.
+            return Err(QueryError::Storage(e.message));
+        }
         match result {
             Ok(Ok(bytes)) => from_cbor(&bytes).map_err(|e| QueryError::BadAnswer(e.to_string())),
             Ok(Err((code, message))) => Err(QueryError::Failed {

@@ -120,34 +120,54 @@ impl Runtime {
             .precompile_compatibility_hash()
             .hash(&mut compat);
         let digest = Sha256::digest(wasm);
-        let name: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let name = hex(&digest);
         let path = self
             .cache_dir
             .join(format!("{name}-{:016x}.cwasm", compat.finish()));
-        let component = if path.exists() {
-            // SAFETY: the cache directory holds only files this host wrote with
-            // `precompile_component` under a name that includes the engine's compatibility hash.
-            unsafe { Component::deserialize_file(&self.engine, &path) }
-                .map_err(|e| CompileError::Invalid(e.to_string()))?
-        } else {
-            if wasmparser_is_core_module(wasm) {
-                return Err(CompileError::Invalid(
-                    "this is a core WebAssembly module, not a component; build for wasm32-wasip2 (or wrap it with `wasm-tools component new`)".into(),
-                ));
+        let component = match self.load_cached(&path) {
+            Some(c) => c,
+            None => {
+                if wasmparser_is_core_module(wasm) {
+                    return Err(CompileError::Invalid(
+                        "this is a core WebAssembly module, not a component; build for wasm32-wasip2 (or wrap it with `wasm-tools component new`)".into(),
+                    ));
+                }
+                let compiled = self
+                    .engine
+                    .precompile_component(wasm)
+                    .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
+                store_cached(&path, &compiled)?;
+                // SAFETY: produced just above by this engine.
+                unsafe { Component::deserialize(&self.engine, &compiled) }
+                    .map_err(|e| CompileError::Invalid(e.to_string()))?
             }
-            let compiled = self
-                .engine
-                .precompile_component(wasm)
-                .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, &compiled)?;
-            std::fs::rename(&tmp, &path)?;
-            // SAFETY: produced just above by this engine.
-            unsafe { Component::deserialize(&self.engine, &compiled) }
-                .map_err(|e| CompileError::Invalid(e.to_string()))?
         };
         self.check_imports_and_exports(&component)?;
         Ok(component)
+    }
+
+    /// A cached compiled component, if its file matches the digest recorded beside it and
+    /// loads; a bad entry is removed (and then recompiled by the caller).
+    fn load_cached(&self, path: &Path) -> Option<Component> {
+        let bytes = std::fs::read(path).ok()?;
+        let recorded = std::fs::read_to_string(digest_path(path)).unwrap_or_default();
+        let component = if recorded.trim() == hex(&Sha256::digest(&bytes)) {
+            // SAFETY: the bytes are exactly what this host wrote with `precompile_component`
+            // (their SHA-256 matches the digest recorded when they were written), under a name
+            // that includes the engine's compatibility hash.
+            unsafe { Component::deserialize(&self.engine, &bytes) }.ok()
+        } else {
+            None
+        };
+        if component.is_none() {
+            tracing::warn!(
+                "compiled-module cache entry {} is damaged or incomplete; recompiling",
+                path.display()
+            );
+            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(digest_path(path));
+        }
+        component
     }
 
     fn check_imports_and_exports(&self, component: &Component) -> Result<(), CompileError> {
@@ -202,4 +222,35 @@ impl Runtime {
 /// Core modules start with the same magic as components but a different version/layer field.
 fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The file holding a cache entry's SHA-256.
+fn digest_path(path: &Path) -> std::path::PathBuf {
+    path.with_extension("cwasm.sha256")
+}
+
+/// Writes a cache entry atomically: the bytes and their digest are synced under temporary
+/// names, then renamed (digest first) and the directory synced, so an entry is either whole
+/// with its digest or absent.
+fn store_cached(path: &Path, compiled: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let write = |p: &Path, bytes: &[u8]| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(p)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    let tmp = path.with_extension("tmp");
+    let tmp_digest = path.with_extension("sha256.tmp");
+    write(&tmp, compiled)?;
+    write(&tmp_digest, hex(&Sha256::digest(compiled)).as_bytes())?;
+    std::fs::rename(&tmp_digest, digest_path(path))?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }

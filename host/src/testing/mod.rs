@@ -132,6 +132,8 @@ impl TestHost {
             data_dir: dir.clone(),
             limits: options.limits,
             default_partitions: options.partitions,
+            cache_budget_bytes: crate::config::CACHE_BUDGET_BYTES_DEFAULT,
+            verify_on_open: true,
         })
         .expect("opening the test host's data directory");
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -147,7 +149,8 @@ impl TestHost {
         let state = Arc::new(AppState {
             registry: Arc::clone(&registry),
             tokens: Default::default(),
-            connections_max: 256,
+            conn: crate::api::conn::ConnLimits::default(),
+            pools: crate::api::pools::Pools::default(),
         });
         runtime.spawn(serve(listener, state, async {
             let _ = stopped.await;

@@ -52,7 +52,7 @@ impl Faults {
 pub type SharedFaults = Rc<RefCell<Faults>>;
 
 fn crash() -> StorageError {
-    StorageError("simulated crash".into())
+    StorageError::new("simulated crash")
 }
 
 /// A depot log: durable as soon as an append returns (or, for a crash after it, anyway).
@@ -102,6 +102,14 @@ impl PartitionLog for MemLog {
             .take(limit)
             .map(|(o, r)| (o as u64, r.clone()))
             .collect())
+    }
+
+    fn end(&self, depot: &str) -> Result<u64, StorageError> {
+        Ok(self
+            .depots
+            .borrow()
+            .get(depot)
+            .map_or(0, |l| l.len() as u64))
     }
 }
 
