@@ -359,22 +359,34 @@ fn answers_are_cut_at_answer_bytes_max_and_page_on() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(&dir.path().join("data"), &["--answer-bytes-max", "600"]);
     host.deploy_ok("wc", "wordcount", "?partitions=1");
-    let words: Vec<String> = (0..40).map(|i| format!("word-{i:03}-{}", "x".repeat(20))).collect();
+    let words: Vec<String> = (0..40)
+        .map(|i| format!("word-{i:03}-{}", "x".repeat(20)))
+        .collect();
     let lines: Vec<_> = words.iter().map(|w| json!({"word": w})).collect();
     host.append_all("wc", "words", "", &lines);
     // The depot read: at most ~600 bytes a page, every record reached by following `next`.
     let (mut from, mut seen, mut pages) = (0u64, Vec::new(), 0);
     loop {
         let page = host
-            .get(&format!("/v1/modules/wc/depots/words/partitions/0?from={from}&limit=1000"))
+            .get(&format!(
+                "/v1/modules/wc/depots/words/partitions/0?from={from}&limit=1000"
+            ))
             .json();
         let records = page["records"].as_array().unwrap().clone();
         if records.is_empty() {
             break;
         }
-        assert!(page.to_string().len() < 600 + 200, "page of {} bytes", page.to_string().len());
+        assert!(
+            page.to_string().len() < 600 + 200,
+            "page of {} bytes",
+            page.to_string().len()
+        );
         pages += 1;
-        seen.extend(records.iter().map(|r| r["record"]["word"].as_str().unwrap().to_string()));
+        seen.extend(
+            records
+                .iter()
+                .map(|r| r["record"]["word"].as_str().unwrap().to_string()),
+        );
         from = page["next"].as_u64().unwrap();
     }
     assert_eq!(seen, words);
@@ -385,7 +397,11 @@ fn answers_are_cut_at_answer_bytes_max_and_page_on() {
         &json!({"path": ["all"], "partition": 0, "limit": 1000}),
     );
     let j = r.json();
-    assert_eq!((r.status, j["truncated"].clone()), (200, json!(true)), "{j}");
+    assert_eq!(
+        (r.status, j["truncated"].clone()),
+        (200, json!(true)),
+        "{j}"
+    );
     let n = j["values"].as_array().unwrap().len();
     assert!(n > 0 && n < 40, "{n}");
     assert_eq!(j["next"], json!({"partition": 0, "skip": n}));
@@ -393,6 +409,12 @@ fn answers_are_cut_at_answer_bytes_max_and_page_on() {
         "/v1/modules/wc/pstates/counts/select",
         &json!({"path": ["all"], "partition": 0}),
     );
-    assert_eq!((r.status, r.error_code().as_str()), (413, "result-too-large"));
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("answer_bytes_max"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (413, "result-too-large")
+    );
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("answer_bytes_max"));
 }

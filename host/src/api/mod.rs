@@ -827,7 +827,9 @@ fn depot_read(
     let truncated = match cut_at_bytes(&records, answer_bytes_max) {
         Some(cut) => {
             records.truncate(cut);
-            next = records.last().map_or(from, |r| r["offset"].as_u64().unwrap_or(from) + 1);
+            next = records
+                .last()
+                .map_or(from, |r| r["offset"].as_u64().unwrap_or(from) + 1);
             true
         }
         None => false,
