@@ -41,6 +41,9 @@ pub struct Limits {
     /// The largest answer a depot read or a select gives (JSON bytes of its items); past it
     /// the answer is cut with a continuation (`next`), after at least one item.
     pub answer_bytes_max: usize,
+    /// How long an append's `Idempotency-Key` is remembered (a retry within it answers the
+    /// original record; after it, the key is new again). Survives restarts.
+    pub idempotency_window_ms: u64,
 }
 
 impl Default for Limits {
@@ -62,6 +65,7 @@ impl Default for Limits {
             path_navigators_max: 64,
             depot_read_max: 1_000,
             answer_bytes_max: 8 << 20,
+            idempotency_window_ms: crate::depot::log::IDEMPOTENCY_WINDOW_MS_DEFAULT,
         }
     }
 }

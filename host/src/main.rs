@@ -85,6 +85,9 @@ struct ServeArgs {
     /// carries `next` (a select without `limit` is refused with 413 instead).
     #[arg(long, default_value_t = Limits::default().answer_bytes_max)]
     answer_bytes_max: usize,
+    /// How long an append's `Idempotency-Key` is remembered, in seconds.
+    #[arg(long, default_value_t = Limits::default().idempotency_window_ms / 1000)]
+    idempotency_window_s: u64,
     /// Lines one NDJSON append may carry.
     #[arg(long, default_value_t = Limits::default().ndjson_lines_max)]
     ndjson_lines_max: usize,
@@ -180,6 +183,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         ndjson_lines_max: args.ndjson_lines_max.max(1),
         path_navigators_max: args.path_navigators_max.max(1),
         answer_bytes_max: args.answer_bytes_max.max(1),
+        idempotency_window_ms: args.idempotency_window_s.saturating_mul(1000),
         ..Limits::default()
     };
     let config = Config {

@@ -10,6 +10,7 @@ mod damage;
 mod disk_full;
 mod harness;
 mod hostile;
+mod idempotency;
 mod microbatch;
 mod observability;
 mod openapi;

@@ -171,6 +171,15 @@ impl From<ProcessingError> for ApiError {
             ProcessingError::Storage { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
             }
+            ProcessingError::KeyReused {
+                partition, offset, ..
+            } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                message,
+            )
+            .detail("partition", partition)
+            .detail("offset", offset),
             ProcessingError::AppendUnknown {
                 partition, offset, ..
             } => {

@@ -551,11 +551,36 @@ fn outcome_json(o: &AppendOutcome) -> serde_json::Value {
         .iter()
         .map(|(t, v)| (t.clone(), to_json(v)))
         .collect();
-    json!({"partition": o.partition, "offset": o.offset, "results": results})
+    let mut j = json!({"partition": o.partition, "offset": o.offset, "results": results});
+    if o.replayed {
+        j["replayed"] = true.into();
+    }
+    j
 }
 
 /// How long an append waits for a module update to swap versions.
 const UPDATE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The longest `Idempotency-Key` accepted.
+const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+
+/// The `Idempotency-Key` header: 1–255 visible ASCII characters.
+fn idempotency_key(headers: &hyper::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let k = v.to_str().unwrap_or("");
+    if k.is_empty()
+        || k.len() > IDEMPOTENCY_KEY_BYTES_MAX
+        || !k.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::bad_request(
+            "invalid-idempotency-key",
+            format!("`Idempotency-Key` must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"),
+        ));
+    }
+    Ok(Some(k.to_string()))
+}
 
 /// Submits to `module`, or — while it is being swapped for a new version — waits for its
 /// successor and submits there: appends during an update wait, they do not fail.
@@ -565,9 +590,10 @@ async fn submit(
     depot: &str,
     record: &crate::value::Value,
     partition: Option<u32>,
+    key: Option<&str>,
     ack: AckLevel,
 ) -> Result<crate::module::Submitted, crate::module::AppendError> {
-    let prepared = module.prepare(depot, record, partition)?;
+    let prepared = module.prepare(depot, record, partition, key)?;
     submit_prepared(state, module, &prepared, ack).await
 }
 
@@ -658,6 +684,7 @@ async fn append(
         })?,
     };
     let partition = parse_partition(&params)?;
+    let key = idempotency_key(req.headers())?;
     let content_type = req
         .headers()
         .get(hyper::header::CONTENT_TYPE)
@@ -691,7 +718,16 @@ async fn append(
     let acks = AckMetrics::new(&module.name, depot, ack);
     if !ndjson {
         let record = json::parse_record(&body)?;
-        let submitted = submit(state, &mut module, depot, &record, partition, ack).await;
+        let submitted = submit(
+            state,
+            &mut module,
+            depot,
+            &record,
+            partition,
+            key.as_deref(),
+            ack,
+        )
+        .await;
         let submitted = submitted.inspect_err(|_| acks.record(false))?;
         return match submitted.reply {
             None => {
@@ -710,7 +746,15 @@ async fn append(
                     )
                 });
                 acks.record(matches!(outcome, Ok(Ok(_))));
-                Ok(json_response(StatusCode::OK, &outcome_json(&outcome??)))
+                let outcome = outcome??;
+                let mut r = json_response(StatusCode::OK, &outcome_json(&outcome));
+                if outcome.replayed {
+                    r.headers_mut().insert(
+                        "idempotent-replayed",
+                        hyper::header::HeaderValue::from_static("true"),
+                    );
+                }
+                Ok(r)
             }
         };
     }
@@ -719,8 +763,11 @@ async fn append(
     let records = json::parse_ndjson(&body, limits.ndjson_lines_max)?;
     let mut prepared = Vec::with_capacity(records.len());
     for (i, r) in records.iter().enumerate() {
+        // Line i of a keyed batch is keyed `<key>#<i>` (from 1): a retried batch must carry
+        // the same lines in the same order.
+        let line_key = key.as_ref().map(|k| format!("{k}#{}", i + 1));
         let p = module
-            .prepare(depot, r, partition)
+            .prepare(depot, r, partition, line_key.as_deref())
             .map_err(|e| ApiError::from(e).detail("line", i + 1))?;
         prepared.push(p);
     }

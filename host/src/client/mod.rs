@@ -114,11 +114,26 @@ impl Client {
         content_type: &str,
         body: &[u8],
     ) -> std::io::Result<Response> {
+        self.request_with_headers(method, path, content_type, body, &[])
+    }
+
+    /// Sends one request with extra headers (e.g. `Idempotency-Key`) and reads the answer.
+    pub fn request_with_headers(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<Response> {
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
             self.addr,
             body.len()
         );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
         if let Some(t) = &self.token {
             head.push_str(&format!("Authorization: Bearer {t}\r\n"));
         }

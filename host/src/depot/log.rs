@@ -6,9 +6,16 @@
 //! offsets of a depot partition are dense and never reused; only the partition's worker appends;
 //! an append is acknowledged only after the commit holding it returned with fsync
 //! (`Durability::Immediate`).
+//!
+//! Idempotency keys: table `idempotency` maps `depot ‖ 0 ‖ key` to the offset its record got,
+//! the record's fingerprint and the time (ms since the epoch) it was stored, sealed; it is
+//! written in the same transaction as the record, so a key is present exactly when its record
+//! is. Table `idempotency-expiry` orders keys by time; every keyed append removes a few entries
+//! older than the window, and a lookup ignores an expired entry not yet removed.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{Durability, ReadableTable, TableDefinition};
 
@@ -19,9 +26,45 @@ fn table_name(depot: &str) -> String {
     format!("depot/{depot}")
 }
 
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+const KEYS_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("idempotency-expiry");
+/// Expired keys one append removes at most (the rest go with later appends).
+const EXPIRED_PER_APPEND_MAX: usize = 64;
+
+/// The default idempotency window: how long a key is remembered.
+pub const IDEMPOTENCY_WINDOW_MS_DEFAULT: u64 = 24 * 3600 * 1000;
+
+fn key_entry(depot: &str, key: &str) -> String {
+    format!("{depot}\0{key}")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A record's idempotency key, written with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedRecord<'a> {
+    /// Index of the record in the appended batch.
+    pub index: usize,
+    pub key: &'a str,
+    pub fingerprint: u64,
+}
+
+/// What a stored idempotency key says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyFound {
+    pub offset: u64,
+    pub fingerprint: u64,
+}
+
 /// One partition's depot log.
 pub struct DepotLog {
     db: DbFile,
+    /// How long idempotency keys are remembered.
+    window_ms: AtomicU64,
 }
 
 impl DepotLog {
@@ -32,7 +75,85 @@ impl DepotLog {
 
     /// A log over an opened file (see [`crate::storage`]).
     pub fn from_file(db: DbFile) -> Self {
-        Self { db }
+        Self {
+            db,
+            window_ms: AtomicU64::new(IDEMPOTENCY_WINDOW_MS_DEFAULT),
+        }
+    }
+
+    /// Sets how long idempotency keys are remembered.
+    pub fn set_idempotency_window_ms(&self, ms: u64) {
+        self.window_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The record stored under idempotency key `key` of `depot` within the window, if any.
+    pub fn find_key(&self, depot: &str, key: &str) -> Result<Option<KeyFound>, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(KEYS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let entry = key_entry(depot, key);
+        let Some(v) = table.get(entry.as_str())? else {
+            return Ok(None);
+        };
+        let payload = unseal("idempotency", entry.as_bytes(), v.value()).map_err(|e| {
+            self.db
+                .damaged("idempotency", &show_key(entry.as_bytes()), e)
+        })?;
+        let word = |i: usize| {
+            payload
+                .get(i * 8..i * 8 + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        };
+        let (Some(offset), Some(fingerprint), Some(time)) = (word(0), word(1), word(2)) else {
+            return Err(self
+                .db
+                .damaged("idempotency", &show_key(entry.as_bytes()), "short entry"));
+        };
+        if now_ms().saturating_sub(time) > self.window_ms.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        Ok(Some(KeyFound {
+            offset,
+            fingerprint,
+        }))
+    }
+
+    /// Writes the keys of appended records (their offsets known) and removes a few expired
+    /// ones, inside the append's transaction.
+    fn write_keys(
+        &self,
+        txn: &redb::WriteTransaction,
+        records: &[(&str, &[u8])],
+        offsets: &[u64],
+        keys: &[KeyedRecord<'_>],
+    ) -> Result<(), redb::Error> {
+        let now = now_ms();
+        let mut table = txn.open_table(KEYS)?;
+        let mut by_time = txn.open_table(KEYS_BY_TIME)?;
+        let horizon = now.saturating_sub(self.window_ms.load(Ordering::Relaxed));
+        let expired: Vec<(u64, String)> = by_time
+            .range((0u64, "")..(horizon, ""))?
+            .take(EXPIRED_PER_APPEND_MAX)
+            .map(|r| r.map(|(k, _)| (k.value().0, k.value().1.to_string())))
+            .collect::<Result<_, _>>()?;
+        for (t, entry) in expired {
+            by_time.remove((t, entry.as_str()))?;
+            table.remove(entry.as_str())?;
+        }
+        for k in keys {
+            let entry = key_entry(records[k.index].0, k.key);
+            let mut payload = Vec::with_capacity(24);
+            payload.extend_from_slice(&offsets[k.index].to_le_bytes());
+            payload.extend_from_slice(&k.fingerprint.to_le_bytes());
+            payload.extend_from_slice(&now.to_le_bytes());
+            let sealed = seal("idempotency", entry.as_bytes(), &payload);
+            table.insert(entry.as_str(), sealed.as_slice())?;
+            by_time.insert((now, entry.as_str()), ())?;
+        }
+        Ok(())
     }
 
     pub fn file(&self) -> &DbFile {
@@ -66,6 +187,7 @@ impl DepotLog {
     pub fn append(
         &self,
         records: &[(&str, &[u8])],
+        keys: &[KeyedRecord<'_>],
         next: &mut HashMap<String, u64>,
     ) -> Result<Vec<u64>, redb::Error> {
         let mut txn = self.db.begin_write()?;
@@ -93,6 +215,9 @@ impl DepotLog {
                 advanced.insert(depot, offset + 1);
                 offsets.push(offset);
             }
+        }
+        if !keys.is_empty() {
+            self.write_keys(&txn, records, &offsets, keys)?;
         }
         txn.commit()?;
         for (depot, n) in advanced {
@@ -145,13 +270,16 @@ mod tests {
         {
             let log = DepotLog::open(&path).unwrap();
             let o = log
-                .append(&[("a", b"1"), ("b", b"x"), ("a", b"2")], &mut next)
+                .append(&[("a", b"1"), ("b", b"x"), ("a", b"2")], &[], &mut next)
                 .unwrap();
             assert_eq!(o, vec![0, 0, 1]);
         }
         let log = DepotLog::open(&path).unwrap();
         let mut fresh = HashMap::new();
-        assert_eq!(log.append(&[("a", b"3")], &mut fresh).unwrap(), vec![2]);
+        assert_eq!(
+            log.append(&[("a", b"3")], &[], &mut fresh).unwrap(),
+            vec![2]
+        );
         assert_eq!(log.end_offset("b").unwrap(), 1);
         let recs = log.read("a", 1, 10).unwrap();
         assert_eq!(recs, vec![(1, b"2".to_vec()), (2, b"3".to_vec())]);
@@ -159,11 +287,64 @@ mod tests {
     }
 
     #[test]
+    fn idempotency_keys_are_stored_with_their_records_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("depot.redb");
+        let mut next = HashMap::new();
+        {
+            let log = DepotLog::open(&path).unwrap();
+            let keys = [KeyedRecord {
+                index: 1,
+                key: "k1",
+                fingerprint: 7,
+            }];
+            let o = log
+                .append(&[("a", b"x"), ("a", b"y")], &keys, &mut next)
+                .unwrap();
+            assert_eq!(o, vec![0, 1]);
+            assert_eq!(
+                log.find_key("a", "k1").unwrap(),
+                Some(KeyFound {
+                    offset: 1,
+                    fingerprint: 7
+                })
+            );
+            assert_eq!(log.find_key("b", "k1").unwrap(), None, "keys are per depot");
+        }
+        let log = DepotLog::open(&path).unwrap();
+        assert_eq!(
+            log.find_key("a", "k1").unwrap().unwrap().offset,
+            1,
+            "durable"
+        );
+        log.set_idempotency_window_ms(0);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(log.find_key("a", "k1").unwrap(), None, "expired");
+        let k2 = [KeyedRecord {
+            index: 0,
+            key: "k2",
+            fingerprint: 1,
+        }];
+        log.append(&[("a", b"z")], &k2, &mut next).unwrap();
+        let txn = log.db.begin_read().unwrap();
+        use redb::ReadableTableMetadata;
+        assert_eq!(
+            txn.open_table(KEYS).unwrap().len().unwrap(),
+            1,
+            "k1 pruned, k2 kept"
+        );
+    }
+
+    #[test]
     fn a_damaged_record_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let log = DepotLog::open(&dir.path().join("depot.redb")).unwrap();
-        log.append(&[("a", b"fine"), ("a", b"soon bad")], &mut HashMap::new())
-            .unwrap();
+        log.append(
+            &[("a", b"fine"), ("a", b"soon bad")],
+            &[],
+            &mut HashMap::new(),
+        )
+        .unwrap();
         let txn = log.db.begin_write().unwrap();
         txn.open_table(TableDefinition::<u64, &[u8]>::new("depot/a"))
             .unwrap()

@@ -158,6 +158,8 @@ pub struct Prepared {
     pub partition: u32,
     /// The record as CBOR.
     pub record: Vec<u8>,
+    /// Its idempotency key, if any.
+    pub key: Option<Arc<str>>,
 }
 
 /// A queued append.
@@ -175,6 +177,7 @@ impl Module {
         depot: &str,
         record: &Value,
         partition: Option<u32>,
+        key: Option<&str>,
     ) -> Result<Prepared, AppendError> {
         let d = self
             .depots
@@ -183,7 +186,17 @@ impl Module {
                 module: self.name.clone(),
                 depot: depot.to_string(),
             })?;
-        let p = d.route(record, partition, self.partitions)?;
+        let p = match key {
+            // A keyed append to a random depot goes where its key hashes, so a retry finds
+            // the key on the partition the first attempt went to.
+            Some(k)
+                if matches!(d.partitioner, crate::depot::Partitioner::Random)
+                    && partition.is_none() =>
+            {
+                crate::partition::partition_of(k.as_bytes(), self.partitions)
+            }
+            _ => d.route(record, partition, self.partitions)?,
+        };
         let bytes = to_cbor(record);
         if bytes.len() > self.record_size_bytes {
             return Err(AppendError::TooLarge {
@@ -195,6 +208,7 @@ impl Module {
             depot: d.name.as_str().into(),
             partition: p,
             record: bytes,
+            key: key.map(Into::into),
         })
     }
 
@@ -206,7 +220,7 @@ impl Module {
         partition: Option<u32>,
         ack: AckLevel,
     ) -> Result<Submitted, AppendError> {
-        let prepared = self.prepare(depot, record, partition)?;
+        let prepared = self.prepare(depot, record, partition, None)?;
         self.submit_prepared(&prepared, ack)
     }
 
@@ -224,6 +238,7 @@ impl Module {
             record: r.record.clone(),
             ack,
             reply,
+            key: r.key.clone(),
         };
         let handle = &self.handles[p as usize];
         match handle.status.state() {
@@ -850,6 +865,7 @@ impl Registry {
         let claims = WriterClaims::load(&stores).map_err(|e| io(e.to_string()))?;
         for (p, rx) in (0..manifest.partitions).zip(receivers) {
             let (log, store) = files[p as usize].clone();
+            log.set_idempotency_window_ms(limits.idempotency_window_ms);
             let status = Arc::new(PartitionStatus::default());
             let queued_appends = Arc::new(AtomicUsize::new(0));
             let spec = WorkerSpec {

@@ -12,9 +12,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::hash::stable_hash;
 use super::hops::{decode_outbox, Hop, HopBook};
 use super::microbatch::MbStates;
-use super::seams::{Clock, Executor, HopTransport, PartitionLog, PartitionStore, StorageError};
+use super::seams::{
+    Clock, Executor, HopTransport, KeyedRecord, PartitionLog, PartitionStore, StorageError,
+};
 use super::tree::Tree;
 use super::work::{AckLevel, AppendOutcome, PeerMessage, ProcessingError, Reply, Work};
 use super::Topology;
@@ -171,7 +174,21 @@ pub struct Partition<X, L, S, T> {
 }
 
 /// An append taken from the queue: depot, record (CBOR), ack level, answer.
-type PendingAppend = (Arc<str>, Vec<u8>, AckLevel, Option<Reply>);
+/// An append taken from the queue, not yet in the log.
+struct PendingAppend {
+    depot: Arc<str>,
+    record: Vec<u8>,
+    ack: AckLevel,
+    reply: Option<Reply>,
+    key: Option<Arc<str>>,
+}
+
+/// An append whose idempotency key is already taken: by a stored record, or by an earlier
+/// append of the same batch (`first`, its index).
+enum Duplicate {
+    Stored { offset: u64, reused: bool },
+    InBatch { first: usize, reused: bool },
+}
 
 impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition<X, L, S, T> {
     #[allow(clippy::too_many_arguments)]
@@ -248,9 +265,16 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
                     record,
                     ack,
                     reply,
+                    key,
                 } => {
                     slots.push(None);
-                    appends.push((depot, record, ack, reply));
+                    appends.push(PendingAppend {
+                        depot,
+                        record,
+                        ack,
+                        reply,
+                        key,
+                    });
                 }
                 Work::Peer(PeerMessage::Hop(h)) => slots.push(Some(Item::Hop(h))),
                 Work::Peer(PeerMessage::Confirmed { target, next }) => {
@@ -267,7 +291,10 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
         records.reverse();
         let items: Vec<Item> = slots
             .into_iter()
-            .filter_map(|slot| slot.or_else(|| records.pop()))
+            .filter_map(|slot| match slot {
+                Some(item) => Some(item),
+                None => records.pop().expect("one answer per append"),
+            })
             .collect();
         self.process(items, None)?;
         Ok(stopping)
@@ -349,67 +376,192 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
         Ok(())
     }
 
-    /// Appends records to the depot log (one durable commit) and answers `append` acks. A
-    /// failed commit answers every append "outcome unknown" (the record may be stored) and
-    /// fails the partition (it restarts from its files).
-    fn append_to_log(&mut self, appends: Vec<PendingAppend>) -> Result<Vec<Item>, PartitionError> {
+    /// Which appends carry an idempotency key already taken (see [`Duplicate`]).
+    fn find_duplicates(
+        &self,
+        appends: &[PendingAppend],
+    ) -> Result<Vec<Option<Duplicate>>, PartitionError> {
+        let mut first: HashMap<(&str, &str), (usize, u64)> = HashMap::new();
+        let mut out = Vec::with_capacity(appends.len());
+        for (i, a) in appends.iter().enumerate() {
+            let Some(key) = a.key.as_deref() else {
+                out.push(None);
+                continue;
+            };
+            let fp = stable_hash(&a.record);
+            if let Some(&(f, ffp)) = first.get(&(&*a.depot, key)) {
+                out.push(Some(Duplicate::InBatch {
+                    first: f,
+                    reused: ffp != fp,
+                }));
+                continue;
+            }
+            match self
+                .log
+                .find_key(&a.depot, key)
+                .map_err(PartitionError::Log)?
+            {
+                Some(found) => out.push(Some(Duplicate::Stored {
+                    offset: found.offset,
+                    reused: found.fingerprint != fp,
+                })),
+                None => {
+                    first.insert((&*a.depot, key), (i, fp));
+                    out.push(None);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Answers an append whose key was taken: the original record's place (nothing is
+    /// appended), or "key reused" when it was taken by another record.
+    fn answer_duplicate(&self, a: PendingAppend, offset: u64, reused: bool) {
+        let Some(reply) = a.reply else { return };
+        let _ = reply.send(if reused {
+            Err(ProcessingError::KeyReused {
+                key: a.key.as_deref().unwrap_or_default().to_string(),
+                partition: self.cfg.partition,
+                offset,
+            })
+        } else {
+            Ok(AppendOutcome {
+                partition: self.cfg.partition,
+                offset,
+                results: BTreeMap::new(),
+                replayed: true,
+            })
+        });
+    }
+
+    /// Appends records to the depot log (one durable commit, with their idempotency keys) and
+    /// answers `append` acks; answers one item slot per append (`None`: a duplicate key, not
+    /// appended). A failed commit answers every append "outcome unknown" (the record may be
+    /// stored) and fails the partition (it restarts from its files).
+    fn append_to_log(
+        &mut self,
+        appends: Vec<PendingAppend>,
+    ) -> Result<Vec<Option<Item>>, PartitionError> {
         if appends.is_empty() {
             return Ok(Vec::new());
         }
-        let records: Vec<(&str, &[u8])> = appends
-            .iter()
-            .map(|(d, r, _, _)| (&**d, r.as_slice()))
+        let duplicates = self.find_duplicates(&appends)?;
+        // Stored duplicates are answered whatever happens to this commit.
+        let mut appends: Vec<Option<PendingAppend>> = appends.into_iter().map(Some).collect();
+        for (a, dup) in appends.iter_mut().zip(&duplicates) {
+            if let Some(Duplicate::Stored { offset, reused }) = dup {
+                let a = a.take().expect("each once");
+                self.answer_duplicate(a, *offset, *reused);
+            }
+        }
+        let pending = |i: usize| appends[i].as_ref().expect("not a stored duplicate");
+        let fresh: Vec<usize> = (0..appends.len())
+            .filter(|i| duplicates[*i].is_none())
             .collect();
-        let offsets = match self.log.append(&records, &mut self.next_offsets) {
+        let records: Vec<(&str, &[u8])> = fresh
+            .iter()
+            .map(|&i| (&*pending(i).depot, pending(i).record.as_slice()))
+            .collect();
+        let keys: Vec<KeyedRecord<'_>> = fresh
+            .iter()
+            .enumerate()
+            .filter_map(|(index, &i)| {
+                pending(i).key.as_deref().map(|key| KeyedRecord {
+                    index,
+                    key,
+                    fingerprint: stable_hash(&pending(i).record),
+                })
+            })
+            .collect();
+        let appended = if records.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.log.append(&records, &keys, &mut self.next_offsets)
+        };
+        drop((records, keys));
+        let offsets = match appended {
             Ok(o) => o,
             Err(e) => {
-                tracing::error!(
-                    module = &*self.cfg.module,
-                    partition = self.cfg.partition,
-                    "depot append failed: {e}"
-                );
-                // The commit may have reached the disk before it failed (an fsync error, a
-                // full disk after the write): the outcome is unknown, never "not stored".
-                let mut next = self.next_offsets.clone();
-                for (depot, _, _, reply) in appends {
-                    let offset = next.get_mut(&*depot).map(|n| {
-                        *n += 1;
-                        *n - 1
-                    });
-                    if let Some(r) = reply {
-                        let _ = r.send(Err(ProcessingError::AppendUnknown {
-                            partition: self.cfg.partition,
-                            offset,
-                            reason: e.to_string(),
-                        }));
-                    }
-                }
+                self.answer_unknown(appends.into_iter().flatten(), &e);
                 return Err(PartitionError::Log(e));
             }
         };
+        let mut offset_of: Vec<Option<u64>> = vec![None; appends.len()];
+        for (&i, &o) in fresh.iter().zip(&offsets) {
+            offset_of[i] = Some(o);
+        }
         let mut out = Vec::with_capacity(appends.len());
-        for ((depot, record, ack, reply), offset) in appends.into_iter().zip(offsets) {
-            let mut tree = None;
-            match (ack, reply) {
-                (AckLevel::Append, Some(r)) => {
-                    let _ = r.send(Ok(AppendOutcome {
-                        partition: self.cfg.partition,
-                        offset,
-                        results: BTreeMap::new(),
-                    }));
+        for ((i, a), dup) in appends.into_iter().enumerate().zip(duplicates) {
+            let Some(a) = a else {
+                out.push(None); // a stored duplicate, answered above
+                continue;
+            };
+            match dup {
+                Some(Duplicate::Stored { .. }) => unreachable!("answered above"),
+                Some(Duplicate::InBatch { first, reused }) => {
+                    let offset = offset_of[first].expect("the first of a key is appended");
+                    self.answer_duplicate(a, offset, reused);
+                    out.push(None);
                 }
-                (AckLevel::Full, Some(r)) => {
-                    tree = Some(Tree::new(r, self.cfg.partition, offset, &self.open_trees))
+                None => {
+                    let offset = offset_of[i].expect("appended");
+                    out.push(Some(self.appended(a, offset)));
                 }
-                _ => {}
             }
-            out.push(Item::Record {
-                depot,
-                offset,
-                record,
-                tree,
-            });
         }
         Ok(out)
+    }
+
+    /// Answers an `append` ack of a record now in the log, and makes its item.
+    fn appended(&self, a: PendingAppend, offset: u64) -> Item {
+        let mut tree = None;
+        match (a.ack, a.reply) {
+            (AckLevel::Append, Some(r)) => {
+                let _ = r.send(Ok(AppendOutcome {
+                    partition: self.cfg.partition,
+                    offset,
+                    results: BTreeMap::new(),
+                    replayed: false,
+                }));
+            }
+            (AckLevel::Full, Some(r)) => {
+                tree = Some(Tree::new(r, self.cfg.partition, offset, &self.open_trees))
+            }
+            _ => {}
+        }
+        Item::Record {
+            depot: a.depot,
+            offset,
+            record: a.record,
+            tree,
+        }
+    }
+
+    /// After a failed log commit: every append's outcome is unknown (the commit may have
+    /// reached the disk before it failed: an fsync error, a full disk after the write).
+    fn answer_unknown(
+        &self,
+        appends: impl Iterator<Item = PendingAppend>,
+        e: &super::seams::StorageError,
+    ) {
+        tracing::error!(
+            module = &*self.cfg.module,
+            partition = self.cfg.partition,
+            "depot append failed: {e}"
+        );
+        let mut next = self.next_offsets.clone();
+        for a in appends {
+            let offset = next.get_mut(&*a.depot).map(|n| {
+                *n += 1;
+                *n - 1
+            });
+            if let Some(r) = a.reply {
+                let _ = r.send(Err(ProcessingError::AppendUnknown {
+                    partition: self.cfg.partition,
+                    offset,
+                    reason: e.to_string(),
+                }));
+            }
+        }
     }
 }

@@ -242,9 +242,18 @@ impl PartitionLog for DepotLog {
     fn append(
         &self,
         records: &[(&str, &[u8])],
+        keys: &[super::seams::KeyedRecord<'_>],
         next: &mut HashMap<String, u64>,
     ) -> Result<Vec<u64>, StorageError> {
-        Ok(DepotLog::append(self, records, next)?)
+        Ok(DepotLog::append(self, records, keys, next)?)
+    }
+
+    fn find_key(
+        &self,
+        depot: &str,
+        key: &str,
+    ) -> Result<Option<super::seams::KeyFound>, StorageError> {
+        Ok(DepotLog::find_key(self, depot, key)?)
     }
 
     fn read(

@@ -16,6 +16,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::work::PeerMessage;
+pub use crate::depot::log::{KeyFound, KeyedRecord};
 use crate::imports::EmittedHop;
 use crate::pstate::store::{DeadLetter, Overlay};
 use crate::runtime::{GuestError, RecordCtx};
@@ -50,13 +51,17 @@ impl From<redb::Error> for StorageError {
 
 /// One partition's depot log: every depot's records on this partition.
 pub trait PartitionLog {
-    /// Appends records durably in one commit; returns their offsets. `next` caches each
-    /// depot's end offset and is advanced only if the commit succeeds.
+    /// Appends records durably in one commit, with the idempotency keys of those that have
+    /// one (in the same commit); returns their offsets. `next` caches each depot's end offset
+    /// and is advanced only if the commit succeeds.
     fn append(
         &self,
         records: &[(&str, &[u8])],
+        keys: &[KeyedRecord<'_>],
         next: &mut HashMap<String, u64>,
     ) -> Result<Vec<u64>, StorageError>;
+    /// The record stored under an idempotency key of `depot`, within the key window.
+    fn find_key(&self, depot: &str, key: &str) -> Result<Option<KeyFound>, StorageError>;
     /// Up to `limit` records of `depot` from offset `from`, in order.
     fn read(
         &self,
@@ -188,9 +193,14 @@ macro_rules! forward_through {
             fn append(
                 &self,
                 records: &[(&str, &[u8])],
+                keys: &[KeyedRecord<'_>],
                 next: &mut HashMap<String, u64>,
             ) -> Result<Vec<u64>, StorageError> {
-                (**self).append(records, next)
+                (**self).append(records, keys, next)
+            }
+
+            fn find_key(&self, depot: &str, key: &str) -> Result<Option<KeyFound>, StorageError> {
+                (**self).find_key(depot, key)
             }
 
             fn read(

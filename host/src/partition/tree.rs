@@ -74,6 +74,7 @@ impl Tree {
                 partition: self.partition,
                 offset: self.offset,
                 results: std::mem::take(&mut *self.results.lock().expect("poisoned")),
+                replayed: false,
             }),
         };
         let _ = reply.send(outcome);

@@ -44,6 +44,9 @@ pub struct AppendOutcome {
     pub offset: u64,
     /// Ack-return values by topology, from any handler of the event tree (`full` acks only).
     pub results: BTreeMap<String, Value>,
+    /// The append carried an idempotency key already stored: this is the original record's
+    /// place, nothing was appended (and `results` is empty).
+    pub replayed: bool,
 }
 
 /// An append that was not (fully) carried out.
@@ -72,6 +75,13 @@ pub enum ProcessingError {
         partition: u32,
         offset: Option<u64>,
         reason: String,
+    },
+    /// The idempotency key was used for another record (another body) within the window.
+    #[error("idempotency key `{key}` was already used for another record (stored on partition {partition} at offset {offset})")]
+    KeyReused {
+        key: String,
+        partition: u32,
+        offset: u64,
     },
     /// The record is durable at (partition, offset), but a partition working on its event
     /// tree restarted before the tree finished: its effects will be applied (exactly once)
@@ -111,6 +121,8 @@ pub enum Work {
         record: Vec<u8>,
         ack: AckLevel,
         reply: Option<Reply>,
+        /// Its idempotency key, if the client gave one.
+        key: Option<Arc<str>>,
     },
     Peer(PeerMessage),
     /// One step of a microbatch, from the module's coordinator.

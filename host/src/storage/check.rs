@@ -273,8 +273,12 @@ mod tests {
         {
             let (log, _) = open_partition(&dir.join("p0"), "m", 0, &opts).unwrap();
             let payload = b"record-payload-0123456789";
-            log.append(&[("d", payload), ("d", payload)], &mut Default::default())
-                .unwrap();
+            log.append(
+                &[("d", payload), ("d", payload)],
+                &[],
+                &mut Default::default(),
+            )
+            .unwrap();
         }
         let report = check_data_dir(data.path());
         assert!(report.is_clean(), "{:?}", report.problems);

@@ -216,6 +216,31 @@ impl DbFile {
         Ok(Self::wrap(path, header, &opts, db))
     }
 
+    /// Opens or creates a database over another storage backend (fault-injection tests of
+    /// the protocol below redb); `label` names it in errors. A new one gets a `kind` header.
+    /// [`DbFile::reopen`] is not available on it (there is no file to reopen).
+    pub fn with_backend(
+        label: &Path,
+        backend: impl redb::StorageBackend,
+        kind: FileKind,
+    ) -> Result<Self, FileError> {
+        let db = guarded(label, || Builder::new().create_with_backend(backend))?;
+        let header = match header::read(&db).map_err(|e| damaged(label, e))? {
+            Found::Empty => {
+                let (log, store) = Header::new_partition("", 0);
+                let h = if kind == FileKind::DepotLog {
+                    log
+                } else {
+                    store
+                };
+                header::write(&db, &h).map_err(|e| damaged(label, e))?;
+                h
+            }
+            _ => header_of(label, &db)?,
+        };
+        Ok(Self::wrap(label, header, &StorageOptions::default(), db))
+    }
+
     fn wrap(path: &Path, header: Header, opts: &StorageOptions, db: Database) -> Self {
         Self {
             path: path.to_path_buf(),

@@ -83,6 +83,7 @@ impl Sim {
             .map(|_| {
                 Rc::new(MemLog {
                     depots: RefCell::default(),
+                    keys: RefCell::default(),
                     faults: Rc::clone(&faults),
                 })
             })
@@ -227,6 +228,7 @@ impl Sim {
             record: record(id),
             ack,
             reply,
+            key: None,
         });
         if let Some(rx) = rx {
             self.pending.push(Pending { id, depot, rx });

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 
 use sluice::partition::seams::{
-    Clock, Commit, HopTransport, PartitionLog, PartitionStore, Progress, StorageError,
+    Clock, Commit, HopTransport, KeyFound, KeyedRecord, PartitionLog, PartitionStore, Progress,
+    StorageError,
 };
 use sluice::partition::work::PeerMessage;
 use sluice::partition::Work;
@@ -58,6 +59,8 @@ fn crash() -> StorageError {
 /// A depot log: durable as soon as an append returns (or, for a crash after it, anyway).
 pub struct MemLog {
     pub depots: RefCell<BTreeMap<String, Vec<Vec<u8>>>>,
+    /// Idempotency keys, stored with their records (never expire here).
+    pub keys: RefCell<HashMap<(String, String), KeyFound>>,
     pub faults: SharedFaults,
 }
 
@@ -65,6 +68,7 @@ impl PartitionLog for MemLog {
     fn append(
         &self,
         records: &[(&str, &[u8])],
+        keys: &[KeyedRecord<'_>],
         next: &mut HashMap<String, u64>,
     ) -> Result<Vec<u64>, StorageError> {
         let fault = self.faults.borrow_mut().hit();
@@ -78,6 +82,16 @@ impl PartitionLog for MemLog {
             offsets.push(log.len() as u64);
             log.push(r.to_vec());
             next.insert(d.to_string(), log.len() as u64);
+        }
+        let mut stored = self.keys.borrow_mut();
+        for k in keys {
+            stored.insert(
+                (records[k.index].0.to_string(), k.key.to_string()),
+                KeyFound {
+                    offset: offsets[k.index],
+                    fingerprint: k.fingerprint,
+                },
+            );
         }
         if fault == Some(Fault::After) {
             return Err(crash());
@@ -102,6 +116,14 @@ impl PartitionLog for MemLog {
             .take(limit)
             .map(|(o, r)| (o as u64, r.clone()))
             .collect())
+    }
+
+    fn find_key(&self, depot: &str, key: &str) -> Result<Option<KeyFound>, StorageError> {
+        Ok(self
+            .keys
+            .borrow()
+            .get(&(depot.to_string(), key.to_string()))
+            .copied())
     }
 
     fn end(&self, depot: &str) -> Result<u64, StorageError> {
