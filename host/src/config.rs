@@ -30,6 +30,9 @@ pub struct Limits {
     pub pstate_flush_interval_ms: u64,
     /// How long the microbatch coordinator waits when no new records arrived.
     pub microbatch_interval_ms: u64,
+    /// The most records of one depot partition one microbatch takes (a backlog is taken in
+    /// several batches).
+    pub microbatch_records_max: u64,
     /// Lines one NDJSON append may carry.
     pub ndjson_lines_max: usize,
     /// Navigators one path may have.
@@ -60,6 +63,7 @@ impl Default for Limits {
             handler_attempts_max: 3,
             pstate_flush_interval_ms: 500,
             microbatch_interval_ms: 20,
+            microbatch_records_max: 10_000,
             select_values_max: 10_000,
             ndjson_lines_max: 10_000,
             path_navigators_max: 64,

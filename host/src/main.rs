@@ -85,6 +85,9 @@ struct ServeArgs {
     /// carries `next` (a select without `limit` is refused with 413 instead).
     #[arg(long, default_value_t = Limits::default().answer_bytes_max)]
     answer_bytes_max: usize,
+    /// The most records of one depot partition one microbatch takes.
+    #[arg(long, default_value_t = Limits::default().microbatch_records_max)]
+    microbatch_records_max: u64,
     /// How long an append's `Idempotency-Key` is remembered, in seconds.
     #[arg(long, default_value_t = Limits::default().idempotency_window_ms / 1000)]
     idempotency_window_s: u64,
@@ -183,6 +186,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         ndjson_lines_max: args.ndjson_lines_max.max(1),
         path_navigators_max: args.path_navigators_max.max(1),
         answer_bytes_max: args.answer_bytes_max.max(1),
+        microbatch_records_max: args.microbatch_records_max.max(1),
         idempotency_window_ms: args.idempotency_window_s.saturating_mul(1000),
         ..Limits::default()
     };

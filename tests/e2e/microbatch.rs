@@ -164,3 +164,34 @@ fn kill_9_at_20_points_conserves_money_and_applies_no_transfer_twice() {
         }
     }
 }
+
+/// Issue 13: a backlog is taken in batches of at most `--microbatch-records-max` records per
+/// depot partition, not in one batch of unbounded size.
+#[test]
+fn a_backlog_is_taken_in_bounded_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("data"), &["--microbatch-records-max", "3"]);
+    host.deploy_ok("bank", "bank", "?partitions=1");
+    let lines: Vec<_> = (0..30)
+        .map(|_| json!({"account": "alice", "amount": 1}))
+        .collect();
+    host.append_all("bank", "deposits", "?ack=append", &lines);
+    let r = host.append(
+        "bank",
+        "deposits",
+        &json!({"account": "alice", "amount": 1}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(balance(&host, "alice"), vec![json!(31)]);
+    let metrics = String::from_utf8(host.get("/metrics").body).unwrap();
+    let batches: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_microbatches_total{module=\"bank\""))
+        .and_then(|l| l.rsplit_once(' '))
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap_or_else(|| panic!("no sluice_microbatches_total in\n{metrics}"));
+    assert!(
+        batches >= 11.0,
+        "31 records in batches of <= 3 need >= 11 batches, saw {batches}"
+    );
+}

@@ -69,9 +69,12 @@ pub struct LoadArgs {
     /// Zipf exponent of the popularity of followees (0 = uniform).
     #[arg(long, default_value_t = 1.0)]
     pub zipf: f64,
-    /// Followers of the account `celebrity`, which posts once as the write phase starts (0 = none).
+    /// Followers of the account `celebrity`, which posts `--celebrity-posts` times as the write phase starts (0 = none).
     #[arg(long, default_value_t = 0)]
     pub celebrity_followers: usize,
+    /// Posts of the celebrity, one after the other, each a `full` ack.
+    #[arg(long, default_value_t = 1)]
+    pub celebrity_posts: u64,
     /// Concurrent posting connections.
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
@@ -469,17 +472,25 @@ pub fn run(args: &LoadArgs, server: &str, pid: Option<u32>, wasm: &[u8]) -> Resu
         let celebrity = (graph.celebrity_followers > 0).then(|| {
             s.spawn(|| -> Result<(u64, f64), String> {
                 let mut c = client(server)?;
-                let line = json!({"author": "celebrity", "id": "c0", "text": "hello, everyone", "time": 0}).to_string();
-                let t = Instant::now();
-                let r = c
-                    .request("POST", &post_path, "application/json", line.as_bytes())
-                    .map_err(|e| format!("celebrity post: {e}"))?;
-                let ms = t.elapsed().as_secs_f64() * 1e3;
-                if r.status != 200 {
-                    return Err(format!("celebrity post: {} {}", r.status, r.error_message()));
+                let (mut n, mut ms) = (0, 0.0);
+                for i in 0..args.celebrity_posts.max(1) {
+                    let line = json!({"author": "celebrity", "id": format!("c{i}"), "text": "hello, everyone", "time": i}).to_string();
+                    let t = Instant::now();
+                    let r = c
+                        .request("POST", &post_path, "application/json", line.as_bytes())
+                        .map_err(|e| format!("celebrity post: {e}"))?;
+                    if i == 0 {
+                        ms = t.elapsed().as_secs_f64() * 1e3;
+                    }
+                    if r.status != 200 {
+                        return Err(format!("celebrity post: {} {}", r.status, r.error_message()));
+                    }
+                    let got = r.json()["results"]["posts"].as_u64().unwrap_or(0);
+                    deliveries.fetch_add(got, Ordering::Relaxed);
+                    if i == 0 {
+                        n = got;
+                    }
                 }
-                let n = r.json()["results"]["posts"].as_u64().unwrap_or(0);
-                deliveries.fetch_add(n, Ordering::Relaxed);
                 Ok((n, ms))
             })
         });
@@ -635,7 +646,11 @@ pub fn run(args: &LoadArgs, server: &str, pid: Option<u32>, wasm: &[u8]) -> Resu
     let select_path = format!("{base}/pstates/home-timelines/select");
     for _ in 0..VERIFY_SAMPLE_USERS.min(graph.users) {
         let u = rng.below(graph.users);
-        let celebrity_post = u64::from(report.celebrity.is_some() && u < graph.celebrity_followers);
+        let celebrity_post = if report.celebrity.is_some() && u < graph.celebrity_followers {
+            args.celebrity_posts.max(1)
+        } else {
+            0
+        };
         let expected = graph.followees[u]
             .iter()
             .map(|f| posts_by_author[*f as usize])

@@ -78,13 +78,24 @@ pub(super) fn modules(conn: &Connection, out: &mut Vec<u8>) -> Result<(), CliErr
 }
 
 fn render_modules(list: &Value) -> String {
-    let mut t = Table::new(&["name", "version", "partitions"]);
-    for m in list["modules"].as_array().into_iter().flatten() {
-        t.row(vec![
+    let modules = list["modules"].as_array().cloned().unwrap_or_default();
+    // A module that failed to load shows its state and why (only then is the column there).
+    let failed = modules.iter().any(|m| m["state"] == "failed");
+    let mut header = vec!["name", "version", "partitions"];
+    if failed {
+        header.extend(["state", "reason"]);
+    }
+    let mut t = Table::new(&header);
+    for m in &modules {
+        let mut row = vec![
             cell(&m["name"]),
             cell(&m["version"]),
             cell(&m["partitions"]),
-        ]);
+        ];
+        if failed {
+            row.extend([cell(&m["state"]), cell(&m["reason"])]);
+        }
+        t.row(row);
     }
     t.render()
 }

@@ -925,6 +925,7 @@ impl Registry {
                 peers: Arc::clone(&peers),
                 db,
                 interval: std::time::Duration::from_millis(limits.microbatch_interval_ms),
+                batch_records_max: limits.microbatch_records_max.max(1),
                 stop: Arc::clone(&stop),
                 apply_gate: Arc::clone(&apply_gate),
             };

@@ -127,6 +127,8 @@ pub struct Coordinator {
     pub peers: Arc<Vec<Sender<Work>>>,
     pub db: Database,
     pub interval: Duration,
+    /// The most records of one depot partition one batch takes.
+    pub batch_records_max: u64,
     pub stop: Arc<AtomicBool>,
     /// Held for writing while a batch is applied on the partitions; queries take it for
     /// reading while they open their snapshots, so they see a batch on all partitions or on
@@ -212,8 +214,13 @@ impl Coordinator {
                 let end = self.logs[p as usize]
                     .end_offset(d)
                     .map_err(|e| e.to_string())?;
+                // A bounded batch: a backlog is taken in several batches, each of a size
+                // a partition can run and prepare in one go.
+                let end = end
+                    .max(start)
+                    .min(start.saturating_add(self.batch_records_max));
                 any |= end > start;
-                ranges.push((p, d.clone(), start, end.max(start)));
+                ranges.push((p, d.clone(), start, end));
             }
         }
         if !any {
@@ -306,6 +313,10 @@ impl Coordinator {
         }
         plan.state = State::Done;
         self.save(&t.name, plan)?;
+        crate::metrics::inc(
+            "sluice_microbatches_total",
+            &[("module", &self.module), ("topology", &t.name)],
+        );
         let settle = all
             .iter()
             .map(|&p| (p, BatchStep::Settle(plan.ranges_of(p))))
