@@ -4,7 +4,8 @@
 //! Admission: at most `connections_max` open connections in all, and at most
 //! `connections_per_address_max` from one client address, so one client cannot take every
 //! slot. A connection over either limit is answered `503` once its request head has been read
-//! (so the client sees the answer rather than a reset) and closed.
+//! (so the client sees the answer rather than a reset) and closed; at most
+//! [`REFUSALS_ANSWERED_MAX`] are being answered at once, beyond that they are closed at once.
 //!
 //! Timeouts: hyper's header-read timeout bounds the wait for every request head, which covers
 //! both a slowloris head and an idle keep-alive connection (waiting for the next head is
@@ -119,6 +120,9 @@ impl Admission {
         })
     }
 }
+
+/// Refused connections being answered at once; beyond, a refused connection is closed.
+pub const REFUSALS_ANSWERED_MAX: usize = 256;
 
 /// The most of a refused connection's request read before answering it.
 const REFUSED_HEAD_BYTES_MAX: usize = 16 << 10;

@@ -171,6 +171,10 @@ impl From<ProcessingError> for ApiError {
             ProcessingError::Storage { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
             }
+            ProcessingError::PartitionFailed { partition, .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "partition-failed", message)
+                    .detail("partition", partition)
+            }
             ProcessingError::KeyReused {
                 partition, offset, ..
             } => ApiError::new(

@@ -89,6 +89,7 @@ pub async fn serve(
 ) {
     tokio::pin!(shutdown);
     let admission = conn::Admission::new(state.conn.clone());
+    let refusals = Arc::new(tokio::sync::Semaphore::new(conn::REFUSALS_ANSWERED_MAX));
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -106,8 +107,17 @@ pub async fn serve(
         let ticket = match admission.admit(peer.ip()) {
             Ok(t) => t,
             Err(refusal) => {
+                // Answering a refusal waits for the request head: at most so many at once;
+                // beyond that a connection is closed at once (a flood gets no answers).
+                let Ok(answering) = Arc::clone(&refusals).try_acquire_owned() else {
+                    drop(stream);
+                    continue;
+                };
                 let limits = state.conn.clone();
-                tokio::spawn(async move { conn::refuse(stream, refusal, &limits).await });
+                tokio::spawn(async move {
+                    let _answering = answering;
+                    conn::refuse(stream, refusal, &limits).await
+                });
                 continue;
             }
         };
@@ -763,9 +773,9 @@ async fn append(
     let records = json::parse_ndjson(&body, limits.ndjson_lines_max)?;
     let mut prepared = Vec::with_capacity(records.len());
     for (i, r) in records.iter().enumerate() {
-        // Line i of a keyed batch is keyed `<key>#<i>` (from 1): a retried batch must carry
-        // the same lines in the same order.
-        let line_key = key.as_ref().map(|k| format!("{k}#{}", i + 1));
+        // Line i of a keyed batch is keyed by the key, a separator no client key can hold
+        // (0x1f), and i (from 1): a retried batch must carry the same lines in the same order.
+        let line_key = key.as_ref().map(|k| format!("{k}\u{1f}{}", i + 1));
         let p = module
             .prepare(depot, r, partition, line_key.as_deref())
             .map_err(|e| ApiError::from(e).detail("line", i + 1))?;

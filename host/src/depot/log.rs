@@ -38,6 +38,14 @@ fn key_entry(depot: &str, key: &str) -> String {
     format!("{depot}\0{key}")
 }
 
+/// The time stored in a sealed key entry (seal, then offset, fingerprint, time).
+fn entry_time(stored: &[u8]) -> Option<u64> {
+    let at = crate::storage::seal::SEAL_BYTES + 16;
+    stored
+        .get(at..at + 8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -134,17 +142,32 @@ impl DepotLog {
         let mut table = txn.open_table(KEYS)?;
         let mut by_time = txn.open_table(KEYS_BY_TIME)?;
         let horizon = now.saturating_sub(self.window_ms.load(Ordering::Relaxed));
+        // At least as many expired keys go as new ones come, so the table stays bounded by
+        // the keys of one window.
         let expired: Vec<(u64, String)> = by_time
             .range((0u64, "")..(horizon, ""))?
-            .take(EXPIRED_PER_APPEND_MAX)
+            .take(EXPIRED_PER_APPEND_MAX.max(2 * keys.len()))
             .map(|r| r.map(|(k, _)| (k.value().0, k.value().1.to_string())))
             .collect::<Result<_, _>>()?;
         for (t, entry) in expired {
             by_time.remove((t, entry.as_str()))?;
-            table.remove(entry.as_str())?;
+            // Only if the key was not stored again since (then it has a newer time).
+            let stored_at = table
+                .get(entry.as_str())?
+                .and_then(|v| entry_time(v.value()));
+            if stored_at == Some(t) {
+                table.remove(entry.as_str())?;
+            }
         }
         for k in keys {
             let entry = key_entry(records[k.index].0, k.key);
+            // A key stored again after it expired: its old expiry row goes.
+            let old = table
+                .get(entry.as_str())?
+                .and_then(|v| entry_time(v.value()));
+            if let Some(t) = old {
+                by_time.remove((t, entry.as_str()))?;
+            }
             let mut payload = Vec::with_capacity(24);
             payload.extend_from_slice(&offsets[k.index].to_le_bytes());
             payload.extend_from_slice(&k.fingerprint.to_le_bytes());

@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::hash::stable_hash;
 use super::hops::{decode_outbox, Hop, HopBook};
 use super::microbatch::MbStates;
 use super::seams::{
@@ -181,6 +180,13 @@ struct PendingAppend {
     ack: AckLevel,
     reply: Option<Reply>,
     key: Option<Arc<str>>,
+}
+
+/// A record's fingerprint for its idempotency key: 64 bits of its SHA-256 (a different
+/// record under the same key is told apart, not taken for a retry).
+fn fingerprint(record: &[u8]) -> u64 {
+    use sha2::{Digest, Sha256};
+    u64::from_le_bytes(Sha256::digest(record)[..8].try_into().expect("8 bytes"))
 }
 
 /// An append whose idempotency key is already taken: by a stored record, or by an earlier
@@ -388,7 +394,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
                 out.push(None);
                 continue;
             };
-            let fp = stable_hash(&a.record);
+            let fp = fingerprint(&a.record);
             if let Some(&(f, ffp)) = first.get(&(&*a.depot, key)) {
                 out.push(Some(Duplicate::InBatch {
                     first: f,
@@ -445,7 +451,21 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
         if appends.is_empty() {
             return Ok(Vec::new());
         }
-        let duplicates = self.find_duplicates(&appends)?;
+        let duplicates = match self.find_duplicates(&appends) {
+            Ok(d) => d,
+            Err(e) => {
+                // Nothing was appended: every append is answered so, and the partition fails.
+                for a in appends {
+                    if let Some(r) = a.reply {
+                        let _ = r.send(Err(ProcessingError::Storage {
+                            partition: self.cfg.partition,
+                            message: format!("looking up idempotency keys: {e}"),
+                        }));
+                    }
+                }
+                return Err(e);
+            }
+        };
         // Stored duplicates are answered whatever happens to this commit.
         let mut appends: Vec<Option<PendingAppend>> = appends.into_iter().map(Some).collect();
         for (a, dup) in appends.iter_mut().zip(&duplicates) {
@@ -469,7 +489,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
                 pending(i).key.as_deref().map(|key| KeyedRecord {
                     index,
                     key,
-                    fingerprint: stable_hash(&pending(i).record),
+                    fingerprint: fingerprint(&pending(i).record),
                 })
             })
             .collect();
@@ -482,7 +502,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
         let offsets = match appended {
             Ok(o) => o,
             Err(e) => {
-                self.answer_unknown(appends.into_iter().flatten(), &e);
+                self.answer_unknown(appends, &duplicates, &e);
                 return Err(PartitionError::Log(e));
             }
         };
@@ -538,10 +558,13 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
     }
 
     /// After a failed log commit: every append's outcome is unknown (the commit may have
-    /// reached the disk before it failed: an fsync error, a full disk after the write).
+    /// reached the disk before it failed: an fsync error, a full disk after the write). Each
+    /// answer names the offset the record has if it was stored (an in-batch duplicate: its
+    /// first's); stored duplicates were answered before.
     fn answer_unknown(
         &self,
-        appends: impl Iterator<Item = PendingAppend>,
+        appends: Vec<Option<PendingAppend>>,
+        duplicates: &[Option<Duplicate>],
         e: &super::seams::StorageError,
     ) {
         tracing::error!(
@@ -550,12 +573,19 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
             "depot append failed: {e}"
         );
         let mut next = self.next_offsets.clone();
-        for a in appends {
-            let offset = next.get_mut(&*a.depot).map(|n| {
-                *n += 1;
-                *n - 1
-            });
-            if let Some(r) = a.reply {
+        let mut hint: Vec<Option<u64>> = vec![None; appends.len()];
+        for (i, a) in appends.iter().enumerate() {
+            let Some(a) = a else { continue };
+            hint[i] = match duplicates[i] {
+                Some(Duplicate::InBatch { first, .. }) => hint[first],
+                _ => next.get_mut(&*a.depot).map(|n| {
+                    *n += 1;
+                    *n - 1
+                }),
+            };
+        }
+        for (a, offset) in appends.into_iter().zip(hint) {
+            if let Some(r) = a.and_then(|a| a.reply) {
                 let _ = r.send(Err(ProcessingError::AppendUnknown {
                     partition: self.cfg.partition,
                     offset,

@@ -76,6 +76,10 @@ pub enum ProcessingError {
         offset: Option<u64>,
         reason: String,
     },
+    /// The partition failed for good (damaged files, lost acked data) before taking the
+    /// record: nothing was written.
+    #[error("partition {partition} has failed and serves nothing: {cause}")]
+    PartitionFailed { partition: u32, cause: String },
     /// The idempotency key was used for another record (another body) within the window.
     #[error("idempotency key `{key}` was already used for another record (stored on partition {partition} at offset {offset})")]
     KeyReused {

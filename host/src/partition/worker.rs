@@ -148,9 +148,10 @@ pub(super) enum Exit {
 pub(super) fn supervise(
     module: &str,
     status: &PartitionStatus,
-    rx: &Receiver<Work>,
+    queue: &Queue<'_>,
     mut incarnation: impl FnMut(&Receiver<Work>, &mut Vec<Work>, bool) -> Exit,
 ) {
+    let rx = queue.rx;
     let mut carry: Vec<Work> = Vec::new();
     let mut failures: u32 = 0;
     loop {
@@ -169,7 +170,7 @@ pub(super) fn supervise(
                     cause: cause.clone(),
                 });
                 crate::metrics::inc("sluice_partition_failures_total", &[("module", module)]);
-                refuse_until_stopped(rx, std::mem::take(&mut carry), &cause);
+                refuse_until_stopped(queue, std::mem::take(&mut carry), &cause);
                 break;
             }
         };
@@ -190,18 +191,30 @@ pub(super) fn supervise(
     status.set(PartitionState::Stopped);
 }
 
-/// A failed partition's queue: appends are answered "not stored" (the log was not written),
-/// everything else is dropped, until a `Stop`.
-fn refuse_until_stopped(rx: &Receiver<Work>, carry: Vec<Work>, cause: &str) {
+/// A partition's queue, as the supervisor sees it.
+pub(super) struct Queue<'a> {
+    pub rx: &'a Receiver<Work>,
+    /// Appends queued and not yet taken (see [`WorkerSpec::queued_appends`]).
+    pub queued_appends: &'a AtomicUsize,
+    pub partition: u32,
+}
+
+/// A failed partition's queue: appends are answered "partition failed" (nothing was written
+/// to the log), everything else is dropped, until a `Stop`.
+fn refuse_until_stopped(queue: &Queue<'_>, carry: Vec<Work>, cause: &str) {
+    let rx = queue.rx;
     let refuse = |w: Work| match w {
         Work::Stop => true,
-        Work::Append {
-            reply: Some(reply), ..
-        } => {
-            let _ = reply.send(Err(super::work::ProcessingError::Storage {
-                partition: u32::MAX,
-                message: format!("the partition has failed: {cause}"),
-            }));
+        Work::Append { reply, .. } => {
+            // Taken from the queue: it no longer counts against the queue bound (an update's
+            // drain waits for that count to reach zero).
+            queue.queued_appends.fetch_sub(1, Ordering::AcqRel);
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(super::work::ProcessingError::PartitionFailed {
+                    partition: queue.partition,
+                    cause: cause.to_string(),
+                }));
+            }
             false
         }
         _ => false,
@@ -243,10 +256,15 @@ impl WorkerSpec {
             partition = self.cfg.partition
         );
         let _entered = span.enter();
+        let queue = Queue {
+            rx: &rx,
+            queued_appends: &self.queued_appends,
+            partition: self.cfg.partition,
+        };
         supervise(
             &self.cfg.module,
             &self.status,
-            &rx,
+            &queue,
             |rx, carry, restarted| self.run_once(rx, carry, restarted),
         );
     }
@@ -459,6 +477,62 @@ mod tests {
         Work::Peer(PeerMessage::Confirmed { target: n, next: 0 })
     }
 
+    fn test_queue(rx: &Receiver<Work>) -> Queue<'_> {
+        Queue {
+            rx,
+            queued_appends: Box::leak(Box::new(AtomicUsize::new(0))),
+            partition: 3,
+        }
+    }
+
+    /// A fatal failure (damage, lost data) is not restarted: the partition reports `failed`
+    /// with the cause, answers every queued append "partition failed" (taking it off the
+    /// queue count, so an update's drain can finish), and ends at `Stop`.
+    #[test]
+    fn a_fatal_failure_refuses_appends_until_stopped() {
+        let (tx, rx) = channel();
+        let status = PartitionStatus::default();
+        let queued = AtomicUsize::new(2);
+        let queue = Queue {
+            rx: &rx,
+            queued_appends: &queued,
+            partition: 3,
+        };
+        let mut replies = Vec::new();
+        for _ in 0..2 {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            tx.send(Work::Append {
+                depot: "d".into(),
+                record: vec![],
+                ack: super::super::AckLevel::Append,
+                reply: Some(reply),
+                key: None,
+            })
+            .unwrap();
+            replies.push(answer);
+        }
+        tx.send(Work::Stop).unwrap();
+        let mut runs = 0;
+        supervise("m", &status, &queue, |_, _, _| {
+            runs += 1;
+            Exit::Fatal("damaged data in p3".into())
+        });
+        assert_eq!(runs, 1, "a fatal failure is not restarted");
+        assert_eq!(queued.load(Ordering::Acquire), 0);
+        for mut r in replies {
+            match r.try_recv().unwrap() {
+                Err(super::super::ProcessingError::PartitionFailed { partition, cause }) => {
+                    assert_eq!((partition, cause.as_str()), (3, "damaged data in p3"))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            *status.last_failure.lock().unwrap(),
+            Some("damaged data in p3".to_string())
+        );
+    }
+
     /// A panic in recovery and a failed start are survived: the partition is restarted with
     /// backoff, keeps the work queued meanwhile, reports why, and serves.
     #[test]
@@ -473,7 +547,7 @@ mod tests {
             let (status, got) = (Arc::clone(&status), Arc::clone(&got));
             std::thread::spawn(move || {
                 let mut calls = 0;
-                supervise("m", &status, &rx, |rx, carry, restarted| {
+                supervise("m", &status, &test_queue(&rx), |rx, carry, restarted| {
                     calls += 1;
                     match calls {
                         1 => {
@@ -531,7 +605,7 @@ mod tests {
         let (tx, rx) = channel();
         tx.send(Work::Stop).unwrap();
         let mut calls = 0;
-        supervise("m", &status, &rx, |_, _, _| {
+        supervise("m", &status, &test_queue(&rx), |_, _, _| {
             calls += 1;
             Exit::Failed("instance creation failed".into())
         });

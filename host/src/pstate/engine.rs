@@ -244,7 +244,7 @@ impl<V: View> Engine<'_, V> {
         if n >= self.size(coll)? {
             return Ok(None);
         }
-        if n > NTH_WALK_MAX {
+        if n >= NTH_WALK_MAX {
             return Err(AccessError::new(
                 "invalid-path",
                 format!("`nth` {n} on a map or set walks over more than {NTH_WALK_MAX} elements; page with `sorted-range` instead"),
