@@ -134,3 +134,61 @@ fn a_thousand_idle_sockets_do_not_lock_out_other_clients() {
         assert!(closed_within(s, Duration::from_secs(5)));
     }
 }
+
+/// Clients that never read their answers: before, four of them took the host to 948 MB. Now
+/// an answer that makes no progress for `--write-stall-timeout-ms` closes its connection (and
+/// each answer is bounded by `--answer-bytes-max`), and everyone else is served meanwhile.
+#[test]
+fn clients_that_never_read_are_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(
+        &dir.path().join("data"),
+        &["--write-stall-timeout-ms", "500"],
+    );
+    host.deploy_ok("wc", "wordcount", "?partitions=1");
+    // ~8 MB of records: 200 words of 40 KB.
+    for chunk in 0..4 {
+        let lines: Vec<_> = (0..50)
+            .map(|i| serde_json::json!({"word": format!("{chunk}-{i}-{}", "y".repeat(40_000))}))
+            .collect();
+        host.append_all("wc", "words", "?ack=append", &lines);
+    }
+    let path = "/v1/modules/wc/depots/words/partitions/0?from=0&limit=1000";
+    let full_answer = host.get(path).body.len();
+    assert!(full_answer > 4 << 20, "{full_answer}");
+    let mut stalled: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let to: SocketAddr = host.addr.parse().unwrap();
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.set_recv_buffer_size(4096).unwrap();
+            s.connect(&to.into()).unwrap();
+            let mut s: TcpStream = s.into();
+            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, _) = request_from("127.0.0.7", &host.addr, "/health");
+    assert_eq!(status, 200, "others are served while the answers stall");
+    std::thread::sleep(Duration::from_millis(1500));
+    // Now read: what the kernel buffered, then the end — well before the whole answer.
+    for (i, s) in stalled.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        let ended = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(ended, "stalled client {i}: the connection was not closed");
+        assert!(
+            got < full_answer,
+            "stalled client {i} got the whole answer ({got} bytes)"
+        );
+    }
+}

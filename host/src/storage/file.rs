@@ -98,10 +98,14 @@ fn guarded(
 ) -> Result<Database, FileError> {
     match std::panic::catch_unwind(AssertUnwindSafe(open)) {
         Ok(Ok(db)) => Ok(db),
-        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))) => Err(FileError::Io {
-            file: path.to_path_buf(),
-            source: e,
-        }),
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+            if e.kind() != std::io::ErrorKind::InvalidData =>
+        {
+            Err(FileError::Io {
+                file: path.to_path_buf(),
+                source: e,
+            })
+        }
         Ok(Err(e)) => Err(FileError::Damaged {
             file: path.to_path_buf(),
             why: e.to_string(),
@@ -330,6 +334,79 @@ mod tests {
     use super::*;
 
     const T: TableDefinition<u64, u64> = TableDefinition::new("t");
+
+    /// Every way a file can be the wrong one is refused with an error naming the file.
+    #[test]
+    fn open_existing_refuses_what_is_not_this_partitions_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StorageOptions::default();
+        let path = dir.path().join("depot.redb");
+        let open = |p: &Path| DbFile::open_existing(p, FileKind::DepotLog, "m", 1, &opts);
+        assert!(matches!(open(&path), Err(FileError::Missing(_))));
+        std::fs::write(&path, b"").unwrap();
+        assert!(matches!(open(&path), Err(FileError::Empty(_))));
+        std::fs::write(&path, b"not a redb file at all, just text").unwrap();
+        let e = open(&path).err().unwrap();
+        assert!(matches!(e, FileError::Damaged { .. }), "{e}");
+        assert!(e.to_string().contains("depot.redb"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        // Format 1: tables but no header.
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(T).unwrap().insert(0, 1).unwrap();
+            txn.commit().unwrap();
+        }
+        let e = open(&path).err().unwrap();
+        assert!(matches!(e, FileError::Headerless(_)), "{e}");
+        assert!(e.to_string().contains("format 1"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        // A format from the future.
+        let (log, _) = Header::new_partition("m", 1);
+        DbFile::create_new(
+            &path,
+            Header {
+                format: 3,
+                ..log.clone()
+            },
+            &opts,
+        )
+        .unwrap();
+        let e = open(&path).err().unwrap();
+        assert!(matches!(e, FileError::Format { found: 3, .. }), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        // Another partition's, another kind.
+        DbFile::create_new(
+            &path,
+            Header {
+                partition: 2,
+                ..log.clone()
+            },
+            &opts,
+        )
+        .unwrap();
+        let e = open(&path).err().unwrap();
+        assert!(e.to_string().contains("module `m` partition 2"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        DbFile::create_new(
+            &path,
+            Header {
+                kind: FileKind::PStateStore,
+                ..log.clone()
+            },
+            &opts,
+        )
+        .unwrap();
+        assert!(matches!(open(&path), Err(FileError::Identity { .. })));
+        std::fs::remove_file(&path).unwrap();
+        // The right one.
+        DbFile::create_new(&path, log.clone(), &opts).unwrap();
+        assert_eq!(open(&path).unwrap().header(), &log);
+        assert!(
+            DbFile::create_new(&path, log, &opts).is_err(),
+            "create_new refuses a used file"
+        );
+    }
 
     #[test]
     fn reopen_keeps_committed_data_and_waits_for_readers() {
