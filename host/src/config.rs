@@ -23,6 +23,9 @@ pub struct Limits {
     pub partition_queue_depth: usize,
     /// Records one worker batch (one group commit) takes at most.
     pub batch_records_max: usize,
+    /// Hops one partition's queue holds at most; a sender holds the rest (they are durable
+    /// in its outbox) and offers them again as the queue drains.
+    pub hop_queue_max: usize,
     /// Attempts of a failing handler before its record becomes a dead letter.
     pub handler_attempts_max: u32,
     /// How long PState commits may stay non-durable before one is fsynced (0: fsync each).
@@ -60,6 +63,7 @@ impl Default for Limits {
             record_size_bytes: 1 << 20,
             partition_queue_depth: 4_096,
             batch_records_max: 1_000,
+            hop_queue_max: 65_536,
             handler_attempts_max: 3,
             pstate_flush_interval_ms: 500,
             microbatch_interval_ms: 20,

@@ -85,6 +85,10 @@ struct ServeArgs {
     /// carries `next` (a select without `limit` is refused with 413 instead).
     #[arg(long, default_value_t = Limits::default().answer_bytes_max)]
     answer_bytes_max: usize,
+    /// Hops one partition's queue holds at most; senders hold the rest (durable in their
+    /// outbox) until it drains.
+    #[arg(long, default_value_t = Limits::default().hop_queue_max)]
+    hop_queue_max: usize,
     /// The most records of one depot partition one microbatch takes.
     #[arg(long, default_value_t = Limits::default().microbatch_records_max)]
     microbatch_records_max: u64,
@@ -187,6 +191,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         path_navigators_max: args.path_navigators_max.max(1),
         answer_bytes_max: args.answer_bytes_max.max(1),
         microbatch_records_max: args.microbatch_records_max.max(1),
+        hop_queue_max: args.hop_queue_max.max(1),
         idempotency_window_ms: args.idempotency_window_s.saturating_mul(1000),
         ..Limits::default()
     };

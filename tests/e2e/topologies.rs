@@ -116,3 +116,37 @@ fn kill_9_during_hops_applies_every_stored_sentence_exactly_once() {
         }
     }
 }
+
+/// Issue 13: a partition's queue holds at most `--hop-queue-max` hops; senders hold the rest
+/// (durable in their outbox) and offer them as the queue drains — every hop still applied
+/// exactly once, every `full` ack answered after its whole fanout.
+#[test]
+fn hops_wait_for_a_full_queue_and_none_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("data"), &["--hop-queue-max", "2"]);
+    host.deploy_ok("wc", "wordcount", "?partitions=4");
+    let words = ["ant", "bee", "cat", "dog", "elk", "fox", "gnu", "hen"];
+    let lines: Vec<_> = (0..60)
+        .map(|i| {
+            let text: Vec<&str> = (0..8).map(|j| words[(i + j) % 8]).collect();
+            serde_json::json!({"text": text.join(" ")})
+        })
+        .collect();
+    let results = host.append_all("wc", "sentences", "", &lines);
+    assert_eq!(results.len(), 60);
+    for w in words {
+        assert_eq!(
+            host.select("wc", "counts", serde_json::json!([{"key": w}])),
+            vec![serde_json::json!(60)],
+            "{w}: 60 sentences hold it once each"
+        );
+    }
+    let metrics = String::from_utf8(host.get("/metrics").body).unwrap();
+    let held: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_hops_held_total{module=\"wc\"}"))
+        .and_then(|l| l.rsplit_once(' '))
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap_or(0.0);
+    assert!(held > 0.0, "no hop waited for a full queue:\n{metrics}");
+}

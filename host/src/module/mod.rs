@@ -845,6 +845,11 @@ impl Registry {
         let (senders, receivers): (Vec<Sender<Work>>, Vec<_>) =
             (0..manifest.partitions).map(|_| channel()).unzip();
         let peers = Arc::new(senders);
+        let hops_queued: Arc<Vec<AtomicUsize>> = Arc::new(
+            (0..manifest.partitions)
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
+        );
         let open_trees = Arc::new(AtomicUsize::new(0));
         let io = |e: String| DeployError::Io(e);
         let files = match files {
@@ -888,6 +893,8 @@ impl Registry {
                 claims: Arc::clone(&claims),
                 select_values_max: limits.select_values_max,
                 peers: Arc::clone(&peers),
+                hops_queued: Arc::clone(&hops_queued),
+                hop_queue_max: limits.hop_queue_max.max(1),
                 queued_appends: Arc::clone(&queued_appends),
                 open_trees: Arc::clone(&open_trees),
                 status: Arc::clone(&status),

@@ -169,7 +169,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
         }
         for (tree, out) in settle {
             for o in out {
-                self.transport.send(o.target, PeerMessage::Hop(o.hop));
+                self.send_hop(o.target, o.hop);
             }
             if let Some(tree) = tree {
                 tree.finish_one();

@@ -8,7 +8,7 @@
 //! may be ahead of the store: the caller must drop the partition and start a new one from
 //! the store (the supervisor in [`super::worker`] does).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -97,6 +97,8 @@ pub struct TopologyCounters {
     per_topology: HashMap<String, [Arc<AtomicU64>; 3]>,
     pub(super) commits: Arc<AtomicU64>,
     pub(super) items: Arc<AtomicU64>,
+    /// Hops that waited for a full target queue.
+    pub(super) hops_held: Arc<AtomicU64>,
 }
 
 impl TopologyCounters {
@@ -105,6 +107,7 @@ impl TopologyCounters {
         Self {
             commits: counter("sluice_pstate_commits_total", &[("module", module)]),
             items: counter("sluice_worker_items_total", &[("module", module)]),
+            hops_held: counter("sluice_hops_held_total", &[("module", module)]),
             per_topology: topologies
                 .iter()
                 .map(|t| {
@@ -170,9 +173,11 @@ pub struct Partition<X, L, S, T> {
     /// The position of the last commit, and of the last one known durable.
     pub(super) position: u64,
     pub(super) durable_position: u64,
+    /// Hops a target's queue could not take yet, per target in seq order (all durable in the
+    /// outbox: holding them loses nothing). Offered again at every step and tick.
+    pub(super) held: BTreeMap<u32, VecDeque<Hop>>,
 }
 
-/// An append taken from the queue: depot, record (CBOR), ack level, answer.
 /// An append taken from the queue, not yet in the log.
 struct PendingAppend {
     depot: Arc<str>,
@@ -231,6 +236,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
             mb: MbStates::default(),
             position: 0,
             durable_position: 0,
+            held: BTreeMap::new(),
         }
     }
 
@@ -244,7 +250,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
         self.position = progress.position;
         for (target, seq, entry) in &progress.outbox {
             match decode_outbox(self.cfg.partition, *seq, entry) {
-                Some(hop) => self.transport.send(*target, PeerMessage::Hop(hop)),
+                Some(hop) => self.send_hop(*target, hop),
                 None => tracing::error!(
                     module = &*self.cfg.module,
                     partition = self.cfg.partition,
@@ -261,6 +267,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
     /// Processes one drained batch of work (appends, peer messages; microbatch steps and
     /// dead-letter replays are run by the caller). Returns whether a `Stop` was among it.
     pub fn step(&mut self, work: Vec<Work>) -> Result<bool, PartitionError> {
+        self.offer_held();
         let mut stopping = false;
         let mut appends = Vec::new();
         let mut slots: Vec<Option<Item>> = Vec::new();
@@ -308,6 +315,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
 
     /// The flush timer: makes earlier commits durable once the flush interval has passed.
     pub fn tick(&mut self) -> Result<(), PartitionError> {
+        self.offer_held();
         if self.flush_due() {
             self.make_durable()?;
         }
@@ -368,18 +376,65 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
         }
     }
 
-    /// Re-sends the outbox to `target` from `from` (the target lost what followed).
+    /// Re-sends the outbox to `target` from `from` (the target lost what followed). Hops
+    /// still held for it are re-sent in their place (keeping their `full`-ack trees).
     fn rewind(&mut self, target: u32, from: u64) -> Result<(), PartitionError> {
         let entries = self
             .store
             .outbox_from(target, from)
             .map_err(PartitionError::Store)?;
+        let mut held: HashMap<u64, Hop> = self
+            .held
+            .remove(&target)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| (h.seq, h))
+            .collect();
         for (seq, entry) in entries {
-            if let Some(hop) = decode_outbox(self.cfg.partition, seq, &entry) {
-                self.transport.send(target, PeerMessage::Hop(hop));
+            let hop = held
+                .remove(&seq)
+                .or_else(|| decode_outbox(self.cfg.partition, seq, &entry));
+            if let Some(hop) = hop {
+                self.send_hop(target, hop);
             }
         }
         Ok(())
+    }
+
+    /// Sends a durable hop to `target`, or holds it (behind any already held for `target`,
+    /// so each pair stays in seq order) when the target's queue is full.
+    pub(super) fn send_hop(&mut self, target: u32, hop: Hop) {
+        if let Some(q) = self.held.get_mut(&target) {
+            q.push_back(hop);
+            self.counters.hops_held.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if let Err(hop) = self.transport.offer(target, hop) {
+            self.held.entry(target).or_default().push_back(hop);
+            self.counters.hops_held.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Offers the held hops again, in order, as far as each target takes them.
+    pub fn offer_held(&mut self) {
+        let targets: Vec<u32> = self.held.keys().copied().collect();
+        for target in targets {
+            let mut q = self.held.remove(&target).unwrap_or_default();
+            while let Some(hop) = q.pop_front() {
+                if let Err(hop) = self.transport.offer(target, hop) {
+                    q.push_front(hop);
+                    break;
+                }
+            }
+            if !q.is_empty() {
+                self.held.insert(target, q);
+            }
+        }
+    }
+
+    /// Hops held for full target queues.
+    pub fn hops_held(&self) -> usize {
+        self.held.values().map(VecDeque::len).sum()
     }
 
     /// Which appends carry an idempotency key already taken (see [`Duplicate`]).

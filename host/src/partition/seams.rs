@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use super::hops::Hop;
 use super::work::PeerMessage;
 pub use crate::depot::log::{KeyFound, KeyedRecord};
 use crate::imports::EmittedHop;
@@ -133,7 +134,14 @@ pub trait PartitionStore {
 
 /// Delivers hop-protocol messages to partitions of the same module.
 pub trait HopTransport {
+    /// Sends a control message (a confirmation, a rewind); never refused.
     fn send(&self, target: u32, message: PeerMessage);
+    /// Offers a hop; gives it back when `target`'s queue already holds as many hops as it
+    /// may (the sender holds it and offers it again: it is durable in the outbox).
+    fn offer(&self, target: u32, hop: Hop) -> Result<(), Hop> {
+        self.send(target, PeerMessage::Hop(hop));
+        Ok(())
+    }
 }
 
 /// What one handler call gave back.

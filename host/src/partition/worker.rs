@@ -28,15 +28,44 @@ use crate::pstate::claims::{Writer, WriterClaims};
 use crate::pstate::{Catalog, PStateStore, Session};
 use crate::runtime::{GuestInstance, Pre, Runtime};
 
-/// The in-process hop transport: every partition's queue.
-pub struct Channels(pub Arc<Vec<Sender<Work>>>);
+/// The in-process hop transport: every partition's queue, and how many hops each holds
+/// (bounded by `hop_queue_max`: a source holds what a full queue cannot take).
+pub struct Channels {
+    pub peers: Arc<Vec<Sender<Work>>>,
+    pub hops_queued: Arc<Vec<AtomicUsize>>,
+    pub hop_queue_max: usize,
+}
 
 impl HopTransport for Channels {
     fn send(&self, target: u32, message: PeerMessage) {
-        if let Some(q) = self.0.get(target as usize) {
+        if let Some(q) = self.peers.get(target as usize) {
             let _ = q.send(Work::Peer(message));
         }
     }
+
+    fn offer(&self, target: u32, hop: super::hops::Hop) -> Result<(), super::hops::Hop> {
+        let (Some(q), Some(n)) = (
+            self.peers.get(target as usize),
+            self.hops_queued.get(target as usize),
+        ) else {
+            return Ok(()); // no such partition: nothing can take it
+        };
+        if n.fetch_add(1, Ordering::AcqRel) >= self.hop_queue_max {
+            n.fetch_sub(1, Ordering::AcqRel);
+            return Err(hop);
+        }
+        if q.send(Work::Peer(PeerMessage::Hop(hop))).is_err() {
+            n.fetch_sub(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+}
+
+/// Hops among `work` (taken from a queue: they leave its hop count).
+fn hops_in(work: &[Work]) -> usize {
+    work.iter()
+        .filter(|w| matches!(w, Work::Peer(PeerMessage::Hop(_))))
+        .count()
 }
 
 /// What a partition is doing, for `/health`, `/metrics` and the errors requests get.
@@ -122,11 +151,18 @@ pub struct WorkerSpec {
     pub claims: Arc<WriterClaims>,
     pub select_values_max: usize,
     pub peers: Arc<Vec<Sender<Work>>>,
+    /// Hops queued per partition of the module (this partition's is at its index).
+    pub hops_queued: Arc<Vec<AtomicUsize>>,
+    /// The most hops one partition's queue holds; senders hold the rest.
+    pub hop_queue_max: usize,
     /// Appends queued and not yet taken (the queue bound is enforced on it).
     pub queued_appends: Arc<AtomicUsize>,
     pub open_trees: Arc<AtomicUsize>,
     pub status: Arc<PartitionStatus>,
 }
+
+/// How soon hops held for a full queue are offered again when nothing else arrives.
+const HELD_RETRY_MS: u64 = 1;
 
 /// The longest pause between two restarts of a failing partition.
 const RESTART_BACKOFF_MS_MAX: u64 = 5_000;
@@ -196,6 +232,8 @@ pub(super) struct Queue<'a> {
     pub rx: &'a Receiver<Work>,
     /// Appends queued and not yet taken (see [`WorkerSpec::queued_appends`]).
     pub queued_appends: &'a AtomicUsize,
+    /// Hops queued and not yet taken (this partition's entry of [`Channels::hops_queued`]).
+    pub hops_queued: &'a AtomicUsize,
     pub partition: u32,
 }
 
@@ -205,6 +243,10 @@ fn refuse_until_stopped(queue: &Queue<'_>, carry: Vec<Work>, cause: &str) {
     let rx = queue.rx;
     let refuse = |w: Work| match w {
         Work::Stop => true,
+        Work::Peer(PeerMessage::Hop(_)) => {
+            queue.hops_queued.fetch_sub(1, Ordering::AcqRel);
+            false
+        }
         Work::Append { reply, .. } => {
             // Taken from the queue: it no longer counts against the queue bound (an update's
             // drain waits for that count to reach zero).
@@ -259,6 +301,7 @@ impl WorkerSpec {
         let queue = Queue {
             rx: &rx,
             queued_appends: &self.queued_appends,
+            hops_queued: &self.hops_queued[self.cfg.partition as usize],
             partition: self.cfg.partition,
         };
         supervise(
@@ -303,7 +346,11 @@ impl WorkerSpec {
             instance,
             Arc::clone(&self.log),
             Arc::clone(&self.store),
-            Channels(Arc::clone(&self.peers)),
+            Channels {
+                peers: Arc::clone(&self.peers),
+                hops_queued: Arc::clone(&self.hops_queued),
+                hop_queue_max: self.hop_queue_max,
+            },
             Arc::new(SystemClock::default()),
             Arc::clone(&self.open_trees),
         );
@@ -341,10 +388,16 @@ impl WorkerSpec {
             p.ask_rewind();
         }
         self.status.set(PartitionState::Serving);
-        let tick = Duration::from_millis(p.cfg.flush_interval_ms.max(1));
+        let flush_tick = Duration::from_millis(p.cfg.flush_interval_ms.max(1));
         loop {
             let mut work = std::mem::take(carry);
             if work.is_empty() {
+                // Held hops are offered again soon, not at the next flush.
+                let tick = if p.hops_held() > 0 {
+                    Duration::from_millis(HELD_RETRY_MS)
+                } else {
+                    flush_tick
+                };
                 match rx.recv_timeout(tick) {
                     Ok(w) => work.push(w),
                     Err(RecvTimeoutError::Timeout) => {
@@ -378,6 +431,8 @@ impl WorkerSpec {
                 .filter(|w| matches!(w, Work::Append { .. }))
                 .count();
             self.queued_appends.fetch_sub(taken, Ordering::AcqRel);
+            self.hops_queued[self.cfg.partition as usize]
+                .fetch_sub(hops_in(&work), Ordering::AcqRel);
             let stopping = match p.step(work) {
                 Ok(s) => s,
                 Err(e) => return self.exit(&e),
@@ -481,6 +536,7 @@ mod tests {
         Queue {
             rx,
             queued_appends: Box::leak(Box::new(AtomicUsize::new(0))),
+            hops_queued: Box::leak(Box::new(AtomicUsize::new(0))),
             partition: 3,
         }
     }
@@ -493,9 +549,11 @@ mod tests {
         let (tx, rx) = channel();
         let status = PartitionStatus::default();
         let queued = AtomicUsize::new(2);
+        let hops = AtomicUsize::new(0);
         let queue = Queue {
             rx: &rx,
             queued_appends: &queued,
+            hops_queued: &hops,
             partition: 3,
         };
         let mut replies = Vec::new();

@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 
+use sluice::partition::hops::Hop;
 use sluice::partition::seams::{
     Clock, Commit, HopTransport, KeyFound, KeyedRecord, PartitionLog, PartitionStore, Progress,
     StorageError,
@@ -260,9 +261,30 @@ pub type Inboxes = Rc<RefCell<Vec<VecDeque<Work>>>>;
 
 pub struct MemTransport(pub Inboxes);
 
+/// Hops one simulated queue takes: small, so sources hold hops often.
+pub const SIM_HOP_QUEUE_MAX: usize = 3;
+
+/// Hops refused by a full queue, over the whole run (the test checks holding happened).
+pub static HOPS_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl HopTransport for MemTransport {
     fn send(&self, target: u32, message: PeerMessage) {
         self.0.borrow_mut()[target as usize].push_back(Work::Peer(message));
+    }
+
+    fn offer(&self, target: u32, hop: Hop) -> Result<(), Hop> {
+        let mut inboxes = self.0.borrow_mut();
+        let q = &mut inboxes[target as usize];
+        let queued = q
+            .iter()
+            .filter(|w| matches!(w, Work::Peer(PeerMessage::Hop(_))))
+            .count();
+        if queued >= SIM_HOP_QUEUE_MAX {
+            HOPS_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(hop);
+        }
+        q.push_back(Work::Peer(PeerMessage::Hop(hop)));
+        Ok(())
     }
 }
 
