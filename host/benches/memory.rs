@@ -38,8 +38,9 @@ fn workload(posts: u64) -> LoadArgs {
     ])
 }
 
-/// Peak RSS (MiB) of a fresh host with `cache_mb` after the workload with `posts` celebrity posts.
-fn peak_rss(cache_mb: &str, posts: u64) -> (f64, f64) {
+/// Peak RSS (MiB) at start and at the end of a fresh host with `cache_mb` after the workload
+/// with `posts` celebrity posts; the data directory is kept (with the module) for a restart.
+fn peak_rss(cache_mb: &str, posts: u64) -> (f64, f64, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(
         &dir.path().join("data"),
@@ -47,15 +48,42 @@ fn peak_rss(cache_mb: &str, posts: u64) -> (f64, f64) {
     );
     let server = format!("http://{}", host.addr);
     let before = load::rss_mib(host.pid()).map_or(0.0, |(r, _)| r);
-    let report = load::run(
-        &workload(posts),
-        &server,
-        Some(host.pid()),
-        &module_wasm("social"),
-    )
-    .unwrap_or_else(|e| panic!("load run failed: {e}"));
+    let mut args = workload(posts);
+    args.keep = true;
+    let report = load::run(&args, &server, Some(host.pid()), &module_wasm("social"))
+        .unwrap_or_else(|e| panic!("load run failed: {e}"));
     assert!(report.verified_timelines > 0);
-    (before, report.rss_peak_mib.unwrap_or(0.0))
+    host.stop();
+    (before, report.rss_peak_mib.unwrap_or(0.0), dir)
+}
+
+/// Milliseconds from starting a host on `data` until `/health/ready` answers 200.
+fn startup_ms(data: &std::path::Path, verify: bool) -> f64 {
+    let started = std::time::Instant::now();
+    let flag = if verify { "true" } else { "false" };
+    let host = Host::start(data, &["--verify-on-open", flag]);
+    while host.get("/health/ready").status != 200 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    host.stop();
+    ms
+}
+
+fn dir_mib(dir: &std::path::Path) -> f64 {
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.len();
+            }
+        }
+    }
+    total as f64 / (1 << 20) as f64
 }
 
 fn main() {
@@ -66,24 +94,23 @@ fn main() {
     println!("| celebrity posts | RSS at start | peak RSS, `--cache-mb 256` (default) | peak RSS, `--cache-mb 16384` (≈ redb's 1 GiB per file before) | ratio |");
     println!("|---|---|---|---|---|");
     // 50 posts are 5 million timeline deliveries: the baseline runs only the 20-post case.
-    let (start, unbounded) = peak_rss("16384", 20);
-    for posts in [20, 50] {
-        let (start, bounded) = if posts == 20 {
-            let (s, b) = peak_rss("256", posts);
-            (s.max(start), b)
-        } else {
-            peak_rss("256", posts)
-        };
-        let baseline = if posts == 20 {
-            format!("{unbounded:.0} MiB")
-        } else {
-            "—".into()
-        };
-        let ratio = if posts == 20 {
-            format!("{:.2}", bounded / unbounded.max(1.0))
-        } else {
-            String::new()
-        };
-        println!("| {posts} | {start:.0} MiB | {bounded:.0} MiB | {baseline} | {ratio} |");
-    }
+    let (_, unbounded, _) = peak_rss("16384", 20);
+    let (start, bounded, _) = peak_rss("256", 20);
+    println!(
+        "| 20 | {start:.0} MiB | {bounded:.0} MiB | {unbounded:.0} MiB | {:.2} |",
+        bounded / unbounded.max(1.0)
+    );
+    let (start, bounded, dir) = peak_rss("256", 50);
+    println!("| 50 | {start:.0} MiB | {bounded:.0} MiB | — | |");
+    // What verifying every page checksum at start costs, on the 50-post data directory.
+    let data = dir.path().join("data");
+    let (on, off) = (startup_ms(&data, true), startup_ms(&data, false));
+    println!("\n## Start-up: verifying every page at open\n");
+    println!("| data directory | start until ready, `--verify-on-open true` (default) | `false` | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {:.0} MiB (the 50-post run) | {on:.0} ms | {off:.0} ms | {:.2} |",
+        dir_mib(&data),
+        on / off.max(1.0)
+    );
 }
