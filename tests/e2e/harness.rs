@@ -129,17 +129,8 @@ impl Host {
     }
 
     /// SIGTERM (graceful), then start again on the same data dir.
-    pub fn terminate_and_restart(mut self) -> Host {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
-        let exit = self.child.wait().expect("wait");
-        assert!(exit.success(), "graceful shutdown exited with {exit}");
-        let (dir, args) = (self.data_dir.clone(), std::mem::take(&mut self.args));
-        Self::spawn(&dir, args)
+    pub fn terminate_and_restart(self) -> Host {
+        Self::restart(self.stop())
     }
 
     /// SIGTERM (graceful) and wait for the exit; answers the data dir and arguments, for a

@@ -430,10 +430,14 @@ impl WorkerSpec {
                 .iter()
                 .filter(|w| matches!(w, Work::Append { .. }))
                 .count();
-            self.queued_appends.fetch_sub(taken, Ordering::AcqRel);
             self.hops_queued[self.cfg.partition as usize]
                 .fetch_sub(hops_in(&work), Ordering::AcqRel);
-            let stopping = match p.step(work) {
+            let stepped = p.step(work);
+            // Only now do the taken appends leave the queue count: their `full`-ack trees
+            // exist (an update's drain, which waits for both counts to reach zero, must never
+            // see an append between the queue and its tree).
+            self.queued_appends.fetch_sub(taken, Ordering::AcqRel);
+            let stopping = match stepped {
                 Ok(s) => s,
                 Err(e) => return self.exit(&e),
             };

@@ -204,19 +204,7 @@ impl DbFile {
         let db = guarded(path, || {
             Builder::new().set_cache_size(opts.cache_bytes).create(path)
         })?;
-        let header = match header::read(&db).map_err(|e| damaged(path, e))? {
-            Found::Empty => {
-                let (log, store) = Header::new_partition("", 0);
-                let h = if kind == FileKind::DepotLog {
-                    log
-                } else {
-                    store
-                };
-                header::write(&db, &h).map_err(|e| damaged(path, e))?;
-                h
-            }
-            _ => header_of(path, &db)?,
-        };
+        let header = header_or_new(path, &db, kind)?;
         Ok(Self::wrap(path, header, &opts, db))
     }
 
@@ -229,19 +217,7 @@ impl DbFile {
         kind: FileKind,
     ) -> Result<Self, FileError> {
         let db = guarded(label, || Builder::new().create_with_backend(backend))?;
-        let header = match header::read(&db).map_err(|e| damaged(label, e))? {
-            Found::Empty => {
-                let (log, store) = Header::new_partition("", 0);
-                let h = if kind == FileKind::DepotLog {
-                    log
-                } else {
-                    store
-                };
-                header::write(&db, &h).map_err(|e| damaged(label, e))?;
-                h
-            }
-            _ => header_of(label, &db)?,
-        };
+        let header = header_or_new(label, &db, kind)?;
         Ok(Self::wrap(label, header, &StorageOptions::default(), db))
     }
 
@@ -311,6 +287,22 @@ impl DbFile {
             }
         }
     }
+}
+
+/// The header of a file opened outside a module's layout: a new file gets one of `kind`
+/// with no module.
+fn header_or_new(path: &Path, db: &Database, kind: FileKind) -> Result<Header, FileError> {
+    if header::read(db).map_err(|e| damaged(path, e))? != Found::Empty {
+        return header_of(path, db);
+    }
+    let (log, store) = Header::new_partition("", 0);
+    let h = if kind == FileKind::DepotLog {
+        log
+    } else {
+        store
+    };
+    header::write(db, &h).map_err(|e| damaged(path, e))?;
+    Ok(h)
 }
 
 /// The header of an open file, which must be of this format.
