@@ -97,6 +97,17 @@ fn a_full_disk_restarts_the_partition_and_it_recovers_when_space_returns() {
         ["storage", "outcome-unknown", "partition-restarting"].contains(&code.as_str()),
         "{failed}"
     );
+    // Issue 13: a failed commit is never "not stored": it says the outcome is unknown, with
+    // the partition (and the offset the record has if it was stored, when known).
+    if code == "outcome-unknown" {
+        let e = &failed["error"];
+        assert!(
+            e["durable"] == "unknown" || e["durable"] == true,
+            "{failed}"
+        );
+        assert_eq!(e["outcome"], "unknown", "{failed}");
+        assert!(e["partition"].is_u64(), "{failed}");
+    }
     // The failing partition is not serving and says why; readiness fails, liveness does not.
     let deadline = Instant::now() + Duration::from_secs(10);
     let health = loop {
