@@ -18,6 +18,14 @@ for m in wordcount kv bank social; do
   case "$code" in
     201) echo "deployed $m" ;;
     200) echo "$m deployed before: now at version $(sed -n 's/.*"version": *\([0-9]*\).*/\1/p' /tmp/sluice-deploy.json | head -1)" ;;
+    409) if grep -q module-failed /tmp/sluice-deploy.json; then
+           echo "module $m in ./data cannot be loaded: $(cat /tmp/sluice-deploy.json)"
+           echo "(./data was written by an older Sluice, before on-disk format 2, or is damaged: see"
+           echo " \`./target/release/sluice check ./data\`; move it away, e.g. \`mv data data.old\`, and run again)"
+         else
+           echo "deploying $m failed ($code): $(cat /tmp/sluice-deploy.json)"
+         fi
+         kill $HOST_PID; exit 1 ;;
     *) echo "deploying $m failed ($code): $(cat /tmp/sluice-deploy.json)"; kill $HOST_PID; exit 1 ;;
   esac
 done
