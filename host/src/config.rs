@@ -50,6 +50,30 @@ pub struct Limits {
     /// How long an append's `Idempotency-Key` is remembered (a retry within it answers the
     /// original record; after it, the key is new again). Survives restarts.
     pub idempotency_window_ms: u64,
+    /// Subscribers the host serves at once (each is one SSE connection).
+    pub subscribers_max: usize,
+    /// Subscribers one module may have at once.
+    pub subscribers_per_module_max: usize,
+    /// Events buffered for one subscriber; a subscriber that falls further behind is dropped.
+    pub subscriber_buffer_events: usize,
+    /// A quiet subscription gets a keep-alive comment this often.
+    pub subscription_keepalive_ms: u64,
+    /// How long a path's feed (its recent events) outlives its last subscriber, so a client
+    /// that reconnects within it resumes from `Last-Event-ID` without a gap.
+    pub subscription_linger_ms: u64,
+}
+
+impl Limits {
+    /// The subscription limits among these.
+    pub fn subscriptions(&self) -> crate::subscription::SubscriptionLimits {
+        crate::subscription::SubscriptionLimits {
+            subscribers_max: self.subscribers_max.max(1),
+            subscribers_per_module_max: self.subscribers_per_module_max.max(1),
+            buffer_events: self.subscriber_buffer_events.max(1),
+            keepalive: std::time::Duration::from_millis(self.subscription_keepalive_ms.max(1)),
+            linger: std::time::Duration::from_millis(self.subscription_linger_ms),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -74,6 +98,11 @@ impl Default for Limits {
             depot_read_max: 1_000,
             answer_bytes_max: 8 << 20,
             idempotency_window_ms: crate::depot::log::IDEMPOTENCY_WINDOW_MS_DEFAULT,
+            subscribers_max: 10_000,
+            subscribers_per_module_max: 5_000,
+            subscriber_buffer_events: 256,
+            subscription_keepalive_ms: 15_000,
+            subscription_linger_ms: 30_000,
         }
     }
 }

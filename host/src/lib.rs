@@ -16,6 +16,7 @@
 //! - [`cli`]: the client subcommands of the `sluice` binary (deploy, append, select, ...).
 //! - [`testing`]: an in-process host for module authors' `cargo test` tests.
 //! - [`value`]: CBOR values and their JSON form.
+//! - [`subscription`]: reactive queries: a path's value, then its diffs after each commit.
 //! - [`storage`]: redb files: headers (format, identity), seals (checksums), reopening,
 //!   offline checks.
 
@@ -32,6 +33,7 @@ pub mod pstate;
 pub mod query;
 pub mod runtime;
 pub mod storage;
+pub mod subscription;
 pub mod testing;
 pub mod topology;
 pub mod value;

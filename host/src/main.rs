@@ -95,6 +95,22 @@ struct ServeArgs {
     /// How long an append's `Idempotency-Key` is remembered, in seconds.
     #[arg(long, default_value_t = Limits::default().idempotency_window_ms / 1000)]
     idempotency_window_s: u64,
+    /// Subscribers (SSE streams) the host serves at once.
+    #[arg(long, default_value_t = Limits::default().subscribers_max)]
+    subscribers_max: usize,
+    /// Subscribers one module may have at once.
+    #[arg(long, default_value_t = Limits::default().subscribers_per_module_max)]
+    subscribers_per_module_max: usize,
+    /// Events buffered per subscriber; one that falls further behind is dropped.
+    #[arg(long, default_value_t = Limits::default().subscriber_buffer_events)]
+    subscriber_buffer_events: usize,
+    /// How often a quiet subscription gets a keep-alive comment, in milliseconds.
+    #[arg(long, default_value_t = Limits::default().subscription_keepalive_ms)]
+    subscription_keepalive_ms: u64,
+    /// How long a path's recent events outlive its last subscriber (a reconnect within it
+    /// resumes from Last-Event-ID without a reset), in milliseconds.
+    #[arg(long, default_value_t = Limits::default().subscription_linger_ms)]
+    subscription_linger_ms: u64,
     /// Lines one NDJSON append may carry.
     #[arg(long, default_value_t = Limits::default().ndjson_lines_max)]
     ndjson_lines_max: usize,
@@ -193,6 +209,11 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         microbatch_records_max: args.microbatch_records_max.max(1),
         hop_queue_max: args.hop_queue_max.max(1),
         idempotency_window_ms: args.idempotency_window_s.saturating_mul(1000),
+        subscribers_max: args.subscribers_max,
+        subscribers_per_module_max: args.subscribers_per_module_max,
+        subscriber_buffer_events: args.subscriber_buffer_events,
+        subscription_keepalive_ms: args.subscription_keepalive_ms,
+        subscription_linger_ms: args.subscription_linger_ms,
         ..Limits::default()
     };
     let config = Config {
@@ -231,6 +252,9 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             ),
         });
         serve(listener, state, shutdown_signal()).await;
+        // Subscribers are told the host is stopping (a final `closing` event) before it does.
+        registry.subscriptions().close();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         anyhow::Ok(())
     })?;
     tracing::info!("shutting down: draining partitions");

@@ -81,14 +81,24 @@ impl Tokens {
         segments: &[&str],
         headers: &HeaderMap,
     ) -> Result<(), ApiError> {
-        if self.0.is_empty() || matches!(segments, ["health"] | ["health", "ready"]) {
-            return Ok(());
-        }
-        let need = required_role(method, segments);
         let token = headers
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
+        self.check_token(method, segments, token)
+    }
+
+    /// Checks a token, however it came (a subscription may pass it as `?access_token=`).
+    pub fn check_token(
+        &self,
+        method: &Method,
+        segments: &[&str],
+        token: Option<&str>,
+    ) -> Result<(), ApiError> {
+        if self.0.is_empty() || matches!(segments, ["health"] | ["health", "ready"]) {
+            return Ok(());
+        }
+        let need = required_role(method, segments);
         let Some(role) = token.and_then(|t| self.0.get(t.trim())) else {
             let mut e = ApiError::new(
                 StatusCode::UNAUTHORIZED,

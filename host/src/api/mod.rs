@@ -13,6 +13,7 @@ pub mod json;
 #[cfg(test)]
 mod openapi_tests;
 pub mod pools;
+pub mod subscribe;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -49,6 +50,7 @@ pub const ROUTES: &[(&str, &str)] = &[
         "/v1/modules/{module}/depots/{depot}/partitions/{partition}",
     ),
     ("POST", "/v1/modules/{module}/pstates/{pstate}/select"),
+    ("GET", "/v1/modules/{module}/pstates/{pstate}/subscribe"),
     ("POST", "/v1/modules/{module}/queries/{query}"),
     (
         "GET",
@@ -123,11 +125,18 @@ pub async fn serve(
         };
         let state = Arc::clone(&state);
         tokio::spawn(async move {
-            let _ticket = ticket;
+            // A subscription gives the connection's share back (it has limits of its own).
+            let ticket = Arc::new(std::sync::Mutex::new(Some(ticket)));
             let limits = state.conn.clone();
             let service = hyper::service::service_fn(move |req| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                let (state, ticket) = (Arc::clone(&state), Arc::clone(&ticket));
+                async move {
+                    Ok::<_, Infallible>(if subscribe::is_subscribe(&req) {
+                        subscribe::handle(&state, req, &ticket).await
+                    } else {
+                        handle(&state, req).await.map(http_body_util::Either::Left)
+                    })
+                }
             });
             let io = hyper_util::rt::TokioIo::new(conn::Watched::new(
                 stream,
@@ -171,6 +180,7 @@ fn metrics(registry: &Registry) -> Response<Full<Bytes>> {
                 value: 1.0,
             }),
     );
+    gauges.extend(registry.subscriptions().gauges());
     Response::builder()
         .status(StatusCode::OK)
         .header(

@@ -40,6 +40,10 @@ pub const HELP: &[(&str, &str, &str)] = &[
     ("sluice_queries_total", "counter", "Queries answered, by module, query and outcome."),
     ("sluice_module_version", "gauge", "The running version of each module."),
     ("sluice_http_requests_total", "counter", "HTTP requests answered, by status code."),
+    ("sluice_subscribers", "gauge", "Subscribers (SSE streams) connected now, by module."),
+    ("sluice_subscriptions_total", "counter", "Subscriptions started, by module."),
+    ("sluice_subscription_events_total", "counter", "Subscription events (value, diff, reset) handed to subscribers, by module."),
+    ("sluice_subscription_drops_total", "counter", "Subscribers dropped by the host, by reason (too-slow: their buffer was full)."),
 ];
 
 /// Upper bounds (seconds) of every histogram's buckets.

@@ -481,6 +481,8 @@ pub struct Registry {
     failed: RwLock<BTreeMap<String, FailedModule>>,
     /// Serialises deploys and undeploys.
     deploy_lock: Mutex<()>,
+    /// Every subscription on the host ([`crate::subscription`]).
+    subscriptions: Arc<crate::subscription::Subscriptions>,
 }
 
 impl Registry {
@@ -491,12 +493,14 @@ impl Registry {
         let modules_dir = config.data_dir.join("modules");
         std::fs::create_dir_all(&modules_dir)?;
         let runtime = Runtime::new(config.limits.clone(), &config.data_dir.join("cache"))?;
+        let subscriptions = crate::subscription::Subscriptions::new(config.limits.subscriptions());
         let registry = Arc::new(Self {
             config,
             runtime,
             modules: RwLock::new(BTreeMap::new()),
             failed: RwLock::new(BTreeMap::new()),
             deploy_lock: Mutex::new(()),
+            subscriptions,
         });
         let mut found = Vec::new();
         for entry in std::fs::read_dir(&modules_dir)? {
@@ -583,6 +587,10 @@ impl Registry {
 
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
+    }
+
+    pub fn subscriptions(&self) -> &Arc<crate::subscription::Subscriptions> {
+        &self.subscriptions
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Module>> {
@@ -799,6 +807,11 @@ impl Registry {
         };
         module.retired.store(true, Ordering::Release);
         stop_workers(&module);
+        for h in &module.handles {
+            h.store
+                .changes()
+                .close("module-deleted", &format!("module `{name}` was deleted"));
+        }
         std::fs::remove_dir_all(self.module_dir(name))
             .map_err(|e| DeployError::Io(e.to_string()))?;
         Ok(true)

@@ -347,8 +347,13 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
         }
     }
 
+    /// The position of the last commit (it may be lost by a crash until it is durable).
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
     /// The partition's durable commit position: every commit up to it survives any crash.
-    /// It never goes back, across crashes and restarts (a subscription's event id).
+    /// It never goes back, across crashes and restarts.
     pub fn durable_position(&self) -> u64 {
         self.durable_position
     }

@@ -12,7 +12,7 @@ use redb::{ReadableTable, TableDefinition};
 
 use super::core::Partition;
 use super::execute::handler_imports;
-use super::progress::write_dead_letters;
+use super::progress::{write_dead_letters, write_position};
 use super::seams::{Commit, PartitionStore};
 use super::work::{BatchHop, BatchStep};
 use super::worker::Channels;
@@ -124,7 +124,13 @@ impl HostPartition {
                 Ok(Vec::new())
             }
             BatchStep::Apply => {
-                apply_microbatch(&self.store, topology, id).map_err(|e| e.to_string())?;
+                let position = self.position + 1;
+                let applied = apply_microbatch(&self.store, topology, id, position)
+                    .map_err(|e| e.to_string())?;
+                if let Some(entries) = applied {
+                    self.position = position;
+                    self.store.changes().published(&self.store, position, &entries);
+                }
                 self.mb.running.remove(topology);
                 Ok(Vec::new())
             }
@@ -240,11 +246,18 @@ fn prepare_microbatch(
 }
 
 /// Phase two: applies the prepared writes of batch `id` (once: a batch already applied is
-/// skipped) and records `id` as applied, in one durable transaction.
-fn apply_microbatch(store: &PStateStore, topology: &str, id: u64) -> Result<(), redb::Error> {
+/// skipped) and records `id` as applied, in one durable transaction that is the partition's
+/// commit at `position`. Returns the writes applied (`None`: applied before).
+fn apply_microbatch(
+    store: &PStateStore,
+    topology: &str,
+    id: u64,
+    position: u64,
+) -> Result<Option<Overlay>, redb::Error> {
     if microbatch_applied(store, topology)? >= id {
-        return Ok(());
+        return Ok(None);
     }
+    let mut applied = None;
     store.write(true, |txn| {
         let prepared = {
             let t = txn.open_table(MB_PREPARED)?;
@@ -264,10 +277,13 @@ fn apply_microbatch(store: &PStateStore, topology: &str, id: u64) -> Result<(), 
         }
         write_entries(txn, &entries)?;
         write_dead_letters(txn, &dead_letters, &[])?;
+        write_position(txn, position)?;
         txn.open_table(MB_APPLIED)?.insert(topology, id)?;
         txn.open_table(MB_PREPARED)?.remove(topology)?;
+        applied = Some(entries);
         Ok(())
-    })
+    })?;
+    Ok(applied)
 }
 
 /// The last microbatch of `topology` applied on this partition (0: none).

@@ -59,6 +59,15 @@ pub fn processed_offset(
         .map_or(0, |v| v.value()))
 }
 
+/// The position of the last commit in a snapshot (0: none yet).
+pub fn read_position(txn: &ReadTransaction) -> Result<u64, redb::Error> {
+    match txn.open_table(PARTITION_META) {
+        Ok(t) => Ok(t.get(COMMIT_POSITION)?.map_or(0, |v| v.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A partition's stored progress, from a snapshot.
 pub fn read_progress(txn: &ReadTransaction) -> Result<Progress, StorageError> {
     let e = |e: redb::StorageError| StorageError::from(redb::Error::from(e));
@@ -96,11 +105,17 @@ pub fn read_progress(txn: &ReadTransaction) -> Result<Progress, StorageError> {
     Ok(p)
 }
 
+/// Records `position` as the last commit's (a microbatch apply is a commit of its own).
+pub fn write_position(txn: &WriteTransaction, position: u64) -> Result<(), redb::Error> {
+    txn.open_table(PARTITION_META)?
+        .insert(COMMIT_POSITION, position)?;
+    Ok(())
+}
+
 /// Writes a commit's progress into an open write transaction.
 pub fn write_progress(txn: &WriteTransaction, c: &Commit) -> Result<(), redb::Error> {
     if c.position > 0 {
-        txn.open_table(PARTITION_META)?
-            .insert(COMMIT_POSITION, c.position)?;
+        write_position(txn, c.position)?;
     }
     if !c.offsets.is_empty() {
         let mut offsets = txn.open_table(OFFSETS)?;
@@ -227,10 +242,12 @@ impl PartitionStore for PStateStore {
         if c.is_empty() && !durable {
             return Ok(());
         }
-        Ok(self.write(durable, |txn| {
+        self.write(durable, |txn| {
             write_entries(txn, &c.writes)?;
             write_progress(txn, c)
-        })?)
+        })?;
+        self.changes().published(self, c.position, &c.writes);
+        Ok(())
     }
 
     fn dead_letters(&self, topology: &str, limit: usize) -> Result<Vec<DeadLetter>, StorageError> {

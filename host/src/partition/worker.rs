@@ -382,6 +382,10 @@ impl WorkerSpec {
         if let Err(e) = p.start() {
             return self.exit(&e);
         }
+        // Subscriptions: the schemas now in force; positions above this one are gone.
+        self.store
+            .changes()
+            .started(p.position(), Arc::clone(&self.catalog));
         if restarted {
             // Hops taken by the failed incarnation are gone: ask every source to re-send
             // from what is applied here.

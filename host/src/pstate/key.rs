@@ -95,6 +95,11 @@ fn escape_into(bytes: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&[0, 0]);
 }
 
+/// The length of the first encoded key in `bytes` (keys are self-delimiting).
+pub fn first_len(bytes: &[u8]) -> Option<usize> {
+    decode_one(bytes).ok().map(|(_, rest)| bytes.len() - rest.len())
+}
+
 /// Decodes bytes produced by [`encode`].
 pub fn decode(bytes: &[u8]) -> Result<Value, KeyError> {
     let (v, rest) = decode_one(bytes)?;

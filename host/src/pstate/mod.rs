@@ -114,13 +114,23 @@ pub fn select_committed(
     path: &[Navigator],
     limit: usize,
 ) -> Result<Vec<Value>, AccessError> {
+    let snapshot = store.begin_read()?;
+    select_in(store, catalog, pstate, path, &snapshot, limit)
+}
+
+/// Selects `path` in one snapshot of a partition's store (a subscription's feed evaluates
+/// each commit's snapshot).
+pub fn select_in(
+    store: &PStateStore,
+    catalog: &Catalog,
+    pstate: &str,
+    path: &[Navigator],
+    snapshot: &redb::ReadTransaction,
+    limit: usize,
+) -> Result<Vec<Value>, AccessError> {
     let schema = catalog.schema(pstate)?;
     check_leading_key(schema, pstate, path)?;
-    let snapshot = store.begin_read()?;
-    let mut view = session::SnapshotView {
-        store,
-        snapshot: &snapshot,
-    };
+    let mut view = session::SnapshotView { store, snapshot };
     engine::Engine {
         view: &mut view,
         pstate,

@@ -51,6 +51,8 @@ pub type Overlay = BTreeMap<(String, Table, Vec<u8>), Option<Value>>;
 /// One partition's PState store.
 pub struct PStateStore {
     db: DbFile,
+    /// Who watches this partition's commits ([`crate::subscription`]).
+    changes: crate::subscription::ChangeHub,
 }
 
 impl PStateStore {
@@ -61,7 +63,15 @@ impl PStateStore {
 
     /// A store over an opened file (see [`crate::storage`]).
     pub fn from_file(db: DbFile) -> Self {
-        Self { db }
+        Self {
+            db,
+            changes: Default::default(),
+        }
+    }
+
+    /// The feeds watching this store's commits.
+    pub fn changes(&self) -> &crate::subscription::ChangeHub {
+        &self.changes
     }
 
     pub fn file(&self) -> &DbFile {

@@ -1,0 +1,286 @@
+//! `GET /v1/modules/{m}/pstates/{p}/subscribe`: a subscription as Server-Sent Events.
+//!
+//! The request names a path (`?path=<JSON, URL-encoded>`) and, when the path does not start
+//! with a key, a partition (`&partition=k`); it is validated like a select (4xx JSON errors)
+//! before the stream starts. The answer is `text/event-stream`: `value` first, then `diff`s,
+//! `reset`s, keep-alive comments, and a final `dropped` / `error` / `closing` event (the
+//! format: `docs/subscriptions.md`). Invariants: a subscription is counted against the
+//! subscriber limits, not the per-address connection share (its connection gives its share
+//! back and is closed when the stream ends); the token may come as `?access_token=` because a
+//! browser's `EventSource` cannot send headers — request URIs are never logged.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::{conn, json, wait_ready, ApiError, AppState};
+use crate::subscription::{FeedSpec, Next, Refused};
+
+/// The body of every answer: a whole JSON body, or an event stream.
+pub type Body = Either<Full<Bytes>, SseBody>;
+
+/// An event stream: frames from the subscription's task, as they come.
+pub struct SseBody {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+}
+
+impl hyper::body::Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx.poll_recv(cx).map(|f| f.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// Frames queued between the subscription's task and the socket.
+const FRAMES_QUEUED_MAX: usize = 16;
+
+/// Whether `req` is a subscription (answered by [`handle`], not `api::handle`).
+pub fn is_subscribe(req: &Request<Incoming>) -> bool {
+    let segments: Vec<&str> = req.uri().path().trim_end_matches('/').split('/').skip(1).collect();
+    matches!(segments.as_slice(), ["v1", "modules", _, "pstates", _, "subscribe"])
+}
+
+/// Answers a subscription request; `ticket` is the connection's admission share, given back
+/// once the stream starts.
+pub async fn handle(
+    state: &AppState,
+    req: Request<Incoming>,
+    ticket: &Mutex<Option<conn::Ticket>>,
+) -> Response<Body> {
+    let r = match start(state, &req).await {
+        Ok(Some(stream)) => {
+            drop(ticket.lock().expect("poisoned").take());
+            stream
+        }
+        Ok(None) => head_only(),
+        Err(e) => e.into_response().map(Either::Left),
+    };
+    crate::metrics::inc("sluice_http_requests_total", &[("status", r.status().as_str())]);
+    r
+}
+
+fn stream_response(body: Body) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(hyper::header::CONTENT_TYPE, "text/event-stream")
+        .header(hyper::header::CACHE_CONTROL, "no-cache")
+        .header(hyper::header::CONNECTION, "close")
+        .header("X-Accel-Buffering", "no")
+        .body(body)
+        .expect("valid response")
+}
+
+fn head_only() -> Response<Body> {
+    stream_response(Either::Left(Full::new(Bytes::new())))
+}
+
+/// Percent-decodes one query-string component (`+` is a space).
+fn decode_component(s: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::bad_request("invalid-parameter", "a query parameter is not validly percent-encoded UTF-8");
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3).ok_or_else(bad)?;
+                let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+fn params(req: &Request<Incoming>) -> Result<HashMap<String, String>, ApiError> {
+    let mut out = HashMap::new();
+    for kv in req.uri().query().unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        out.insert(decode_component(k)?, decode_component(v)?);
+    }
+    Ok(out)
+}
+
+fn accepts_event_stream(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.split(';').next().unwrap_or("").trim())
+        .all(|v| v.is_empty())
+        || req
+            .headers()
+            .get_all(hyper::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|v| v.split(';').next().unwrap_or("").trim())
+            .any(|v| matches!(v, "text/event-stream" | "text/*" | "*/*"))
+}
+
+fn refused(e: Refused) -> ApiError {
+    let mut err = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        match e {
+            Refused::Host(_) | Refused::Module { .. } => "too-many-subscribers",
+            Refused::Closing => "host-stopping",
+        },
+        e.to_string(),
+    );
+    err.retry_after_s = Some(1);
+    err
+}
+
+/// Validates the request and starts the stream (`None`: a HEAD, answered with headers only).
+async fn start(state: &AppState, req: &Request<Incoming>) -> Result<Option<Response<Body>>, ApiError> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let ["v1", "modules", m, "pstates", ps, "subscribe"] = segments.as_slice() else {
+        return Err(ApiError::not_found("not-found", format!("no route for {path}")));
+    };
+    let params = params(req)?;
+    let header_token = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token = header_token.or(params.get("access_token").map(String::as_str));
+    state.tokens.check_token(&Method::GET, &segments, token)?;
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut e = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            format!("{} is not allowed on {path}; allowed: GET, HEAD", req.method()),
+        );
+        e.headers.push((hyper::header::ALLOW, "GET, HEAD".into()));
+        return Err(e);
+    }
+    if !accepts_event_stream(req) {
+        return Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "not-acceptable",
+            "a subscription answers `text/event-stream`; send `Accept: text/event-stream`",
+        ));
+    }
+    let limits = state.registry.runtime().limits().clone();
+    let module = super::module(state, m)?;
+    let raw = params.get("path").ok_or_else(|| {
+        ApiError::bad_request("invalid-request", "missing `path`: a JSON list of navigators, URL-encoded")
+    })?;
+    let path_json: serde_json::Value = serde_json::from_str(raw).map_err(|e| {
+        ApiError::bad_request("invalid-json", format!("`path` is not valid JSON: {e}"))
+    })?;
+    let path_nav = json::parse_path(&path_json, limits.path_navigators_max)?;
+    let partition = super::parse_partition(&params)?;
+    let p = module.select_partition(ps, &path_nav, partition)?;
+    let last_event_id = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| params.get("last_event_id").cloned())
+        .filter(|s| !s.is_empty());
+    wait_ready(&module, p).await?;
+    // The same checks and limits as a select, answered before the stream starts.
+    let (mm, pp, nav) = (Arc::clone(&module), ps.to_string(), path_nav.clone());
+    let values_max = limits.select_values_max;
+    let n = state
+        .pools
+        .read(move || Ok(mm.select(&pp, &nav, Some(p), values_max + 1)?))
+        .await?
+        .len();
+    if n > values_max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "result-too-large",
+            format!("the path selects more than the select_values_max limit of {values_max} values; narrow it (e.g. sorted-range with a limit)"),
+        ));
+    }
+    if *req.method() == Method::HEAD {
+        return Ok(None);
+    }
+    let subs = Arc::clone(state.registry.subscriptions());
+    let permit = subs.admit(&module.name).map_err(refused)?;
+    let top_key = match path_nav.first() {
+        Some(crate::pstate::Navigator::Key(k) | crate::pstate::Navigator::Must(k)) => {
+            Some(crate::pstate::key::encode(k).map_err(|e| ApiError::bad_request("invalid-path", e.to_string()))?)
+        }
+        _ => None,
+    };
+    let spec = FeedSpec {
+        module: module.name.clone(),
+        pstate: ps.to_string(),
+        path: path_nav,
+        path_key: path_json.to_string(),
+        top_key,
+        partition: p,
+        values_max,
+    };
+    let store = Arc::clone(&module.handles[p as usize].store);
+    drop(module);
+    let mut sub = subs.subscribe(&store, spec, last_event_id, permit).map_err(refused)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(FRAMES_QUEUED_MAX);
+    let keepalive = subs.limits().keepalive;
+    tokio::spawn(async move {
+        // The client's reconnection delay, then the events.
+        if tx.send(Bytes::from_static(b"retry: 1000\n\n")).await.is_err() {
+            return;
+        }
+        loop {
+            let frame = match sub.next(keepalive).await {
+                None => Bytes::from_static(b": keep-alive\n\n"),
+                Some(Next::Event(e)) => e.frame.clone(),
+                Some(Next::End(e)) => {
+                    if e.kind == "dropped" {
+                        tracing::debug!("a subscriber was dropped: too slow");
+                    }
+                    let _ = tx.send(e.frame.clone()).await;
+                    return;
+                }
+            };
+            if tx.send(frame).await.is_err() {
+                return; // the client went away
+            }
+        }
+    });
+    Ok(Some(stream_response(Either::Right(SseBody { rx }))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_component;
+
+    #[test]
+    fn query_components_are_percent_decoded() {
+        assert_eq!(
+            decode_component("%5B%7B%22key%22%3A%22a+b%22%7D%5D").unwrap(),
+            r#"[{"key":"a b"}]"#
+        );
+        assert_eq!(decode_component("%E6%97%A5").unwrap(), "日");
+        assert!(decode_component("%zz").is_err());
+        assert!(decode_component("%").is_err());
+        assert!(decode_component("%ff").is_err());
+    }
+}
