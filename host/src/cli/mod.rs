@@ -1,5 +1,5 @@
 //! The client subcommands of the `sluice` binary (`deploy`, `modules`, `describe`, `append`,
-//! `select`, `query`, `dead-letters`): each is one or a few API calls through
+//! `select`, `watch`, `query`, `dead-letters`): each is one or a few API calls through
 //! [`crate::client::Client`], with the answer printed as text (or, with `--json`, as the
 //! server's JSON).
 //!
@@ -11,6 +11,7 @@
 mod append;
 mod commands;
 mod table;
+mod watch;
 
 use std::io::Write;
 use std::time::Duration;
@@ -147,6 +148,27 @@ pub enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Subscribe to a path: print its value, then each diff as it is committed (reconnects
+    /// with Last-Event-ID when the host restarts).
+    Watch {
+        /// The module's name.
+        module: String,
+        /// The PState's name.
+        pstate: String,
+        /// The path as JSON, e.g. '[{"key": "apple"}]'.
+        path: String,
+        /// The partition [default: the partition owning the path's key].
+        #[arg(long)]
+        partition: Option<u32>,
+        /// Resume after this event id.
+        #[arg(long)]
+        last_event_id: Option<String>,
+        /// Exit after this many value/diff/reset events.
+        #[arg(long)]
+        events: Option<u64>,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Run a query topology.
     Query {
         /// The module's name.
@@ -276,6 +298,25 @@ pub fn run(command: Command) -> i32 {
             limit,
             conn,
         } => commands::select(&conn, &module, &pstate, &path, partition, limit, &mut out),
+        Command::Watch {
+            module,
+            pstate,
+            path,
+            partition,
+            last_event_id,
+            events,
+            conn,
+        } => watch::run(
+            &conn,
+            watch::Target {
+                module: &module,
+                pstate: &pstate,
+                path: &path,
+                partition,
+                last_event_id,
+                events,
+            },
+        ),
         Command::Query {
             module,
             query,

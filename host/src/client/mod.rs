@@ -5,6 +5,8 @@
 //! connection and re-opens it when the server closed it; it never retries a request that may
 //! have reached the server (appends are not idempotent).
 
+pub mod sse;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -165,6 +167,23 @@ impl Client {
             }
             Err(e) => Err(e.into_io()),
         }
+    }
+
+    /// Opens a subscription (`GET path` as an event stream) on a connection of its own;
+    /// `read_timeout` bounds each wait for the next bytes (`None`: wait forever).
+    pub fn subscribe(
+        &self,
+        path: &str,
+        last_event_id: Option<&str>,
+        read_timeout: Option<Duration>,
+    ) -> std::io::Result<Result<sse::EventStream, Response>> {
+        sse::EventStream::open(
+            &self.addr,
+            path,
+            self.token.as_deref(),
+            last_event_id,
+            read_timeout,
+        )
     }
 
     pub fn get(&mut self, path: &str) -> std::io::Result<Response> {
