@@ -180,6 +180,14 @@ impl Host {
         self.request("GET", path, "application/json", b"")
     }
 
+    /// `GET path` with an `Accept` header.
+    pub fn request_with_accept(&self, path: &str, accept: &str) -> Response {
+        sluice::client::Client::new(&self.addr)
+            .unwrap()
+            .request_with_headers("GET", path, "application/json", b"", &[("Accept", accept)])
+            .unwrap()
+    }
+
     pub fn post_json(&self, path: &str, body: &serde_json::Value) -> Response {
         self.request(
             "POST",
@@ -234,6 +242,63 @@ impl Host {
             assert!(res.get("error").is_none(), "line {i}: {res}");
         }
         results
+    }
+
+    /// The subscription URL of `path` (URL-encoded) on `pstate`, with extra query text.
+    pub fn subscribe_url(
+        module: &str,
+        pstate: &str,
+        path: &serde_json::Value,
+        extra: &str,
+    ) -> String {
+        let encoded: String = path
+            .to_string()
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        format!("/v1/modules/{module}/pstates/{pstate}/subscribe?path={encoded}{extra}")
+    }
+
+    /// Opens a subscription (each on a connection of its own; a read waits at most 20 s);
+    /// an error answer is returned whole.
+    pub fn try_subscribe(
+        &self,
+        url: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<sluice::client::sse::EventStream, Response> {
+        sluice::client::sse::EventStream::open(
+            &self.addr,
+            url,
+            None,
+            last_event_id,
+            Some(Duration::from_secs(20)),
+        )
+        .expect("connecting")
+    }
+
+    /// Opens a subscription of `path`; panics on an error answer.
+    pub fn subscribe(
+        &self,
+        module: &str,
+        pstate: &str,
+        path: serde_json::Value,
+        extra: &str,
+        last_event_id: Option<&str>,
+    ) -> sluice::client::sse::EventStream {
+        let url = Self::subscribe_url(module, pstate, &path, extra);
+        self.try_subscribe(&url, last_event_id).unwrap_or_else(|r| {
+            panic!(
+                "subscribe {url}: {} {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            )
+        })
     }
 
     /// The values a select returns; panics on an error.

@@ -20,6 +20,7 @@ mod security;
 mod skeleton;
 mod slow_clients;
 mod social;
+mod subscriptions;
 mod topologies;
 mod update;
 mod writers;

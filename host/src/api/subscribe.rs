@@ -48,8 +48,17 @@ const FRAMES_QUEUED_MAX: usize = 16;
 
 /// Whether `req` is a subscription (answered by [`handle`], not `api::handle`).
 pub fn is_subscribe(req: &Request<Incoming>) -> bool {
-    let segments: Vec<&str> = req.uri().path().trim_end_matches('/').split('/').skip(1).collect();
-    matches!(segments.as_slice(), ["v1", "modules", _, "pstates", _, "subscribe"])
+    let segments: Vec<&str> = req
+        .uri()
+        .path()
+        .trim_end_matches('/')
+        .split('/')
+        .skip(1)
+        .collect();
+    matches!(
+        segments.as_slice(),
+        ["v1", "modules", _, "pstates", _, "subscribe"]
+    )
 }
 
 /// Answers a subscription request; `ticket` is the connection's admission share, given back
@@ -67,7 +76,10 @@ pub async fn handle(
         Ok(None) => head_only(),
         Err(e) => e.into_response().map(Either::Left),
     };
-    crate::metrics::inc("sluice_http_requests_total", &[("status", r.status().as_str())]);
+    crate::metrics::inc(
+        "sluice_http_requests_total",
+        &[("status", r.status().as_str())],
+    );
     r
 }
 
@@ -88,7 +100,12 @@ fn head_only() -> Response<Body> {
 
 /// Percent-decodes one query-string component (`+` is a space).
 fn decode_component(s: &str) -> Result<String, ApiError> {
-    let bad = || ApiError::bad_request("invalid-parameter", "a query parameter is not validly percent-encoded UTF-8");
+    let bad = || {
+        ApiError::bad_request(
+            "invalid-parameter",
+            "a query parameter is not validly percent-encoded UTF-8",
+        )
+    };
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -115,7 +132,13 @@ fn decode_component(s: &str) -> Result<String, ApiError> {
 
 fn params(req: &Request<Incoming>) -> Result<HashMap<String, String>, ApiError> {
     let mut out = HashMap::new();
-    for kv in req.uri().query().unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+    for kv in req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+    {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         out.insert(decode_component(k)?, decode_component(v)?);
     }
@@ -154,11 +177,17 @@ fn refused(e: Refused) -> ApiError {
 }
 
 /// Validates the request and starts the stream (`None`: a HEAD, answered with headers only).
-async fn start(state: &AppState, req: &Request<Incoming>) -> Result<Option<Response<Body>>, ApiError> {
+async fn start(
+    state: &AppState,
+    req: &Request<Incoming>,
+) -> Result<Option<Response<Body>>, ApiError> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let ["v1", "modules", m, "pstates", ps, "subscribe"] = segments.as_slice() else {
-        return Err(ApiError::not_found("not-found", format!("no route for {path}")));
+        return Err(ApiError::not_found(
+            "not-found",
+            format!("no route for {path}"),
+        ));
     };
     let params = params(req)?;
     let header_token = req
@@ -172,7 +201,10 @@ async fn start(state: &AppState, req: &Request<Incoming>) -> Result<Option<Respo
         let mut e = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
-            format!("{} is not allowed on {path}; allowed: GET, HEAD", req.method()),
+            format!(
+                "{} is not allowed on {path}; allowed: GET, HEAD",
+                req.method()
+            ),
         );
         e.headers.push((hyper::header::ALLOW, "GET, HEAD".into()));
         return Err(e);
@@ -187,7 +219,10 @@ async fn start(state: &AppState, req: &Request<Incoming>) -> Result<Option<Respo
     let limits = state.registry.runtime().limits().clone();
     let module = super::module(state, m)?;
     let raw = params.get("path").ok_or_else(|| {
-        ApiError::bad_request("invalid-request", "missing `path`: a JSON list of navigators, URL-encoded")
+        ApiError::bad_request(
+            "invalid-request",
+            "missing `path`: a JSON list of navigators, URL-encoded",
+        )
     })?;
     let path_json: serde_json::Value = serde_json::from_str(raw).map_err(|e| {
         ApiError::bad_request("invalid-json", format!("`path` is not valid JSON: {e}"))
@@ -224,9 +259,10 @@ async fn start(state: &AppState, req: &Request<Incoming>) -> Result<Option<Respo
     let subs = Arc::clone(state.registry.subscriptions());
     let permit = subs.admit(&module.name).map_err(refused)?;
     let top_key = match path_nav.first() {
-        Some(crate::pstate::Navigator::Key(k) | crate::pstate::Navigator::Must(k)) => {
-            Some(crate::pstate::key::encode(k).map_err(|e| ApiError::bad_request("invalid-path", e.to_string()))?)
-        }
+        Some(crate::pstate::Navigator::Key(k) | crate::pstate::Navigator::Must(k)) => Some(
+            crate::pstate::key::encode(k)
+                .map_err(|e| ApiError::bad_request("invalid-path", e.to_string()))?,
+        ),
         _ => None,
     };
     let spec = FeedSpec {
@@ -240,12 +276,18 @@ async fn start(state: &AppState, req: &Request<Incoming>) -> Result<Option<Respo
     };
     let store = Arc::clone(&module.handles[p as usize].store);
     drop(module);
-    let mut sub = subs.subscribe(&store, spec, last_event_id, permit).map_err(refused)?;
+    let mut sub = subs
+        .subscribe(&store, spec, last_event_id, permit)
+        .map_err(refused)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(FRAMES_QUEUED_MAX);
     let keepalive = subs.limits().keepalive;
     tokio::spawn(async move {
         // The client's reconnection delay, then the events.
-        if tx.send(Bytes::from_static(b"retry: 1000\n\n")).await.is_err() {
+        if tx
+            .send(Bytes::from_static(b"retry: 1000\n\n"))
+            .await
+            .is_err()
+        {
             return;
         }
         loop {

@@ -50,7 +50,12 @@ fn print(e: &SseEvent, json: bool, out: &mut impl Write) -> std::io::Result<()> 
         let id = e.id.as_deref().unwrap_or("-");
         match e.event.as_str() {
             "value" => writeln!(out, "value {id} {}", e.data["values"])?,
-            "reset" => writeln!(out, "reset {id} {} ({})", e.data["values"], e.data["reason"].as_str().unwrap_or(""))?,
+            "reset" => writeln!(
+                out,
+                "reset {id} {} ({})",
+                e.data["values"],
+                e.data["reason"].as_str().unwrap_or("")
+            )?,
             "diff" => {
                 for c in e.data["changes"].as_array().into_iter().flatten() {
                     writeln!(out, "diff {id} {c}")?;
@@ -106,13 +111,19 @@ pub fn run(conn: &Connection, mut target: Target<'_>) -> Result<(), CliError> {
                     });
                 }
                 if !conn.json {
-                    eprintln!("({}: {}; reconnecting)", e.event, e.data["message"].as_str().unwrap_or(""));
+                    eprintln!(
+                        "({}: {}; reconnecting)",
+                        e.event,
+                        e.data["message"].as_str().unwrap_or("")
+                    );
                 } else if print(&e, true, &mut stdout).is_err() {
                     return Ok(());
                 }
                 break;
             }
-            state.apply(&e).map_err(|m| CliError::Input(format!("the host sent a diff that does not apply: {m}")))?;
+            state.apply(&e).map_err(|m| {
+                CliError::Input(format!("the host sent a diff that does not apply: {m}"))
+            })?;
             target.last_event_id = state.last_id.clone();
             if print(&e, conn.json, &mut stdout).is_err() {
                 return Ok(()); // stdout closed

@@ -60,8 +60,8 @@ impl<R: BufRead> Read for Chunked<R> {
                 }
             }
             let size = line.trim().split(';').next().unwrap_or("");
-            self.left = usize::from_str_radix(size, 16)
-                .map_err(|_| super::bad("malformed chunk size"))?;
+            self.left =
+                usize::from_str_radix(size, 16).map_err(|_| super::bad("malformed chunk size"))?;
             if self.left == 0 {
                 self.done = true;
                 return Ok(0);
@@ -89,7 +89,8 @@ impl EventStream {
         let mut s = TcpStream::connect(addr)?;
         s.set_nodelay(true)?;
         s.set_read_timeout(read_timeout)?;
-        let mut head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        let mut head =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
         if let Some(t) = token {
             head.push_str(&format!("Authorization: Bearer {t}\r\n"));
         }
@@ -126,7 +127,8 @@ impl EventStream {
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.clone())
         };
-        let chunked = header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let chunked =
+            header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
         if !(200..300).contains(&status) {
             let mut body = Vec::new();
             match header("content-length").and_then(|v| v.parse::<usize>().ok()) {
@@ -217,7 +219,9 @@ impl Watched {
                     .ok_or("a value event without values")?;
             }
             "diff" => {
-                let changes = e.data["changes"].as_array().ok_or("a diff without changes")?;
+                let changes = e.data["changes"]
+                    .as_array()
+                    .ok_or("a diff without changes")?;
                 let mut doc = J::Array(std::mem::take(&mut self.values));
                 let r = changes.iter().try_for_each(|c| apply_change(&mut doc, c));
                 self.values = match doc {
@@ -241,7 +245,10 @@ fn locate<'v>(doc: &'v mut J, path: &[J]) -> Result<&'v mut J, String> {
     for step in path {
         at = match at {
             J::Array(items) => {
-                let i = step.as_u64().ok_or_else(|| format!("step {step} into a list"))? as usize;
+                let i = step
+                    .as_u64()
+                    .ok_or_else(|| format!("step {step} into a list"))?
+                    as usize;
                 items.get_mut(i).ok_or_else(|| format!("no index {i}"))?
             }
             J::Object(o) => {
@@ -300,7 +307,9 @@ pub fn apply_change(doc: &mut J, c: &J) -> Result<(), String> {
             }
         }
         ("put", J::Object(o)) => {
-            let k = c["key"].as_str().ok_or("a put into an object needs a string key")?;
+            let k = c["key"]
+                .as_str()
+                .ok_or("a put into an object needs a string key")?;
             o.insert(k.to_string(), c["value"].clone());
         }
         ("delete", J::Object(o)) if o.len() == 1 && o.contains_key("$map") => {
@@ -312,7 +321,9 @@ pub fn apply_change(doc: &mut J, c: &J) -> Result<(), String> {
             }
         }
         ("delete", J::Object(o)) => {
-            let k = c["key"].as_str().ok_or("a delete from an object needs a string key")?;
+            let k = c["key"]
+                .as_str()
+                .ok_or("a delete from an object needs a string key")?;
             o.remove(k).ok_or("delete of a missing key")?;
         }
         ("push", J::Array(items)) => {
@@ -330,7 +341,8 @@ pub fn apply_change(doc: &mut J, c: &J) -> Result<(), String> {
         ("increment", at @ J::Number(_)) => {
             let by = c["by"].as_i64().ok_or("increment without by")?;
             let n = at.as_i64().map(|n| J::from(n + by)).or_else(|| {
-                at.as_u64().map(|n| J::from((i128::from(n) + i128::from(by)) as u64))
+                at.as_u64()
+                    .map(|n| J::from((i128::from(n) + i128::from(by)) as u64))
             });
             *at = n.ok_or("increment of a non-integer")?;
         }
@@ -354,7 +366,10 @@ mod tests {
             (vec![i(1)], vec![i(4)]),
             (
                 vec![Value::Map(vec![(t("a"), i(1))])],
-                vec![Value::Map(vec![(t("a"), i(2)), (t("b"), Value::Array(vec![i(1)]))])],
+                vec![Value::Map(vec![
+                    (t("a"), i(2)),
+                    (t("b"), Value::Array(vec![i(1)])),
+                ])],
             ),
             (
                 vec![Value::Map(vec![(i(1), t("x")), (i(5), t("y"))])],
@@ -368,7 +383,11 @@ mod tests {
             for c in diff(&old, &new) {
                 apply_change(&mut doc, &change_json(&c)).unwrap();
             }
-            assert_eq!(doc, J::Array(new.iter().map(to_json).collect()), "{old:?} -> {new:?}");
+            assert_eq!(
+                doc,
+                J::Array(new.iter().map(to_json).collect()),
+                "{old:?} -> {new:?}"
+            );
         }
     }
 }

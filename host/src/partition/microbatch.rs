@@ -129,7 +129,9 @@ impl HostPartition {
                     .map_err(|e| e.to_string())?;
                 if let Some(entries) = applied {
                     self.position = position;
-                    self.store.changes().published(&self.store, position, &entries);
+                    self.store
+                        .changes()
+                        .published(&self.store, position, &entries);
                 }
                 self.mb.running.remove(topology);
                 Ok(Vec::new())

@@ -97,7 +97,9 @@ fn escape_into(bytes: &[u8], out: &mut Vec<u8>) {
 
 /// The length of the first encoded key in `bytes` (keys are self-delimiting).
 pub fn first_len(bytes: &[u8]) -> Option<usize> {
-    decode_one(bytes).ok().map(|(_, rest)| bytes.len() - rest.len())
+    decode_one(bytes)
+        .ok()
+        .map(|(_, rest)| bytes.len() - rest.len())
 }
 
 /// Decodes bytes produced by [`encode`].

@@ -419,10 +419,7 @@ mod tests {
             }]
         );
         // Newest first, trimmed to 4: one insert in front, one removal at the end.
-        let c = check(
-            vec![i(4), i(3), i(2), i(1)],
-            vec![i(5), i(4), i(3), i(2)],
-        );
+        let c = check(vec![i(4), i(3), i(2), i(1)], vec![i(5), i(4), i(3), i(2)]);
         assert_eq!(c.len(), 2, "{c:?}");
         // Oldest first, trimmed to 3 at the front.
         let c = check(vec![i(1), i(2), i(3)], vec![i(2), i(3), i(4)]);
@@ -476,18 +473,19 @@ mod tests {
     /// A random edit somewhere inside `v`.
     fn mutate(r: &mut Rng, v: &mut Value, depth: u32) {
         match v {
-            Value::Array(items) if !items.is_empty() && r.below(3) > 0 => {
-                match r.below(4) {
-                    0 => items.insert(r.below(items.len() as u64 + 1) as usize, rand_value(r, depth)),
-                    1 => {
-                        items.remove(r.below(items.len() as u64) as usize);
-                    }
-                    _ => {
-                        let n = r.below(items.len() as u64) as usize;
-                        mutate(r, &mut items[n], depth + 1)
-                    }
+            Value::Array(items) if !items.is_empty() && r.below(3) > 0 => match r.below(4) {
+                0 => items.insert(
+                    r.below(items.len() as u64 + 1) as usize,
+                    rand_value(r, depth),
+                ),
+                1 => {
+                    items.remove(r.below(items.len() as u64) as usize);
                 }
-            }
+                _ => {
+                    let n = r.below(items.len() as u64) as usize;
+                    mutate(r, &mut items[n], depth + 1)
+                }
+            },
             Value::Map(es) if !es.is_empty() && r.below(3) > 0 => match r.below(3) {
                 0 => {
                     es.remove(r.below(es.len() as u64) as usize);

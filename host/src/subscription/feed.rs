@@ -140,8 +140,10 @@ pub struct Feed {
 
 impl Feed {
     pub fn new(spec: FeedSpec, store: &Arc<PStateStore>, scheduler: Scheduler) -> Arc<Feed> {
-        let events_sent =
-            crate::metrics::counter("sluice_subscription_events_total", &[("module", &spec.module)]);
+        let events_sent = crate::metrics::counter(
+            "sluice_subscription_events_total",
+            &[("module", &spec.module)],
+        );
         Arc::new(Feed {
             module: spec.module,
             pstate: spec.pstate,
@@ -166,7 +168,9 @@ impl Feed {
     }
 
     fn schedule(self: &Arc<Self>) {
-        if !self.scheduled.swap(true, Ordering::AcqRel) && self.scheduler.send(Arc::clone(self)).is_err() {
+        if !self.scheduled.swap(true, Ordering::AcqRel)
+            && self.scheduler.send(Arc::clone(self)).is_err()
+        {
             self.scheduled.store(false, Ordering::Release);
         }
     }
@@ -174,7 +178,10 @@ impl Feed {
     /// Whether the hub may drop this feed: failed, or without subscribers for `linger`.
     pub fn expired(&self, now: Instant, linger: Duration) -> bool {
         let st = self.lock();
-        st.failed || st.idle_since.is_some_and(|t| now.duration_since(t) >= linger)
+        st.failed
+            || st
+                .idle_since
+                .is_some_and(|t| now.duration_since(t) >= linger)
     }
 
     /// A commit that may have changed the path (from the hub, on the writer's thread).
@@ -222,7 +229,11 @@ impl Feed {
 
     /// Adds a subscriber; its first event is the current value, or — with `last_event_id` —
     /// the events after that id, or a `reset` when they are no longer kept.
-    pub fn join(self: &Arc<Self>, sub: Subscriber, last_event_id: Option<String>) -> Result<(), Subscriber> {
+    pub fn join(
+        self: &Arc<Self>,
+        sub: Subscriber,
+        last_event_id: Option<String>,
+    ) -> Result<(), Subscriber> {
         let mut st = self.lock();
         if st.failed {
             return Err(sub);
@@ -236,7 +247,8 @@ impl Feed {
         }
         let first = first_events(&st, last_event_id.as_deref(), self.partition);
         if send_all(&sub, &first) {
-            self.events_sent.fetch_add(first.len() as u64, Ordering::Relaxed);
+            self.events_sent
+                .fetch_add(first.len() as u64, Ordering::Relaxed);
             st.subscribers.push(sub);
         }
         Ok(())

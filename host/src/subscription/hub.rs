@@ -130,7 +130,9 @@ impl ChangeHub {
             .iter()
             .filter(|f| {
                 touched.iter().any(|(p, k)| {
-                    *p == f.pstate && (f.top_key.is_none() || k.is_some_and(|k| Some(k) == f.top_key.as_deref()))
+                    *p == f.pstate
+                        && (f.top_key.is_none()
+                            || k.is_some_and(|k| Some(k) == f.top_key.as_deref()))
                 })
             })
             .cloned()
@@ -158,11 +160,20 @@ impl ChangeHub {
 
     /// The feed for `(pstate, path)` on this partition, made by `make` if there is none.
     /// Feeds left without subscribers for longer than `linger` are dropped here.
-    pub fn feed(&self, path_key: &str, pstate: &str, linger: Duration, make: impl FnOnce() -> Arc<Feed>) -> Arc<Feed> {
+    pub fn feed(
+        &self,
+        path_key: &str,
+        pstate: &str,
+        linger: Duration,
+        make: impl FnOnce() -> Arc<Feed>,
+    ) -> Arc<Feed> {
         let mut feeds = self.feeds.lock().expect("poisoned");
         let now = Instant::now();
         feeds.retain(|f| !f.expired(now, linger));
-        let f = match feeds.iter().find(|f| f.path_key == path_key && f.pstate == pstate) {
+        let f = match feeds
+            .iter()
+            .find(|f| f.path_key == path_key && f.pstate == pstate)
+        {
             Some(f) => Arc::clone(f),
             None => {
                 let f = make();

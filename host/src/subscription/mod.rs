@@ -140,17 +140,19 @@ impl Subscriptions {
         let (path_key, pstate) = (spec.path_key.clone(), spec.pstate.clone());
         let mut sub = Some(sub);
         let feed = loop {
-            let feed = store.changes().feed(&path_key, &pstate, self.limits.linger, || {
-                Feed::new(
-                    FeedSpec {
-                        path_key: path_key.clone(),
-                        pstate: pstate.clone(),
-                        ..spec.clone()
-                    },
-                    store,
-                    scheduler.clone(),
-                )
-            });
+            let feed = store
+                .changes()
+                .feed(&path_key, &pstate, self.limits.linger, || {
+                    Feed::new(
+                        FeedSpec {
+                            path_key: path_key.clone(),
+                            pstate: pstate.clone(),
+                            ..spec.clone()
+                        },
+                        store,
+                        scheduler.clone(),
+                    )
+                });
             match feed.join(sub.take().expect("set"), last_event_id.clone()) {
                 Ok(()) => break feed,
                 // It failed between the lookup and the join: the hub drops it; take a new one.
@@ -204,7 +206,13 @@ pub struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.subs.total.fetch_sub(1, Ordering::AcqRel);
-        if let Some(n) = self.subs.per_module.lock().expect("poisoned").get_mut(&self.module) {
+        if let Some(n) = self
+            .subs
+            .per_module
+            .lock()
+            .expect("poisoned")
+            .get_mut(&self.module)
+        {
             *n = n.saturating_sub(1);
         }
     }
@@ -231,7 +239,11 @@ impl Subscription {
     pub async fn next(&mut self, keepalive: Duration) -> Option<Next> {
         let rx = self.rx.as_mut().expect("until dropped");
         if *self.closing.borrow() {
-            return Some(Next::End(Event::end("closing", "host-stopping", "the host is stopping; reconnect with Last-Event-ID")));
+            return Some(Next::End(Event::end(
+                "closing",
+                "host-stopping",
+                "the host is stopping; reconnect with Last-Event-ID",
+            )));
         }
         tokio::select! {
             e = rx.recv() => Some(match e {
