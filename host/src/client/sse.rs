@@ -276,14 +276,6 @@ fn locate<'v>(doc: &'v mut J, path: &[J]) -> Result<&'v mut J, String> {
     Ok(at)
 }
 
-/// The order a `$map`'s pairs are kept in (the keys' encoding, as the host sorts maps).
-fn key_order(k: &J) -> Vec<u8> {
-    crate::value::from_json(k)
-        .ok()
-        .and_then(|v| crate::pstate::key::encode(&v).ok())
-        .unwrap_or_default()
-}
-
 /// Applies one change (its JSON form, `docs/subscriptions.md`) to a selection document.
 pub fn apply_change(doc: &mut J, c: &J) -> Result<(), String> {
     let path = c["path"].as_array().ok_or("a change without a path")?;
@@ -297,12 +289,11 @@ pub fn apply_change(doc: &mut J, c: &J) -> Result<(), String> {
             match pairs.iter_mut().find(|p| p.get(0) == Some(key)) {
                 Some(p) => p[1] = c["value"].clone(),
                 None => {
-                    let k = key_order(key);
-                    let at = pairs
-                        .iter()
-                        .position(|p| key_order(&p[0]) > k)
-                        .unwrap_or(pairs.len());
-                    pairs.insert(at, J::Array(vec![key.clone(), c["value"].clone()]));
+                    let at = c["index"].as_u64().map_or(pairs.len(), |i| i as usize);
+                    pairs.insert(
+                        at.min(pairs.len()),
+                        J::Array(vec![key.clone(), c["value"].clone()]),
+                    );
                 }
             }
         }

@@ -13,7 +13,7 @@ pub mod schema;
 pub mod session;
 pub mod store;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::BTreeMap;
 

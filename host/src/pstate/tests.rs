@@ -10,26 +10,26 @@ use super::path::{self, Cmp, Navigator, Range, TransformOp};
 use super::{Catalog, PStateStore, Schema, Session};
 use crate::value::Value;
 
-const PEOPLE: &str = "map<string, {n: int, tags: subindexed set<string>, m: subindexed map<int, string>, l: subindexed list<int>, plain: map<string, int>}>";
-const BUCKETS: &str = "map<int, subindexed map<string, int>>";
+pub(crate) const PEOPLE: &str = "map<string, {n: int, tags: subindexed set<string>, m: subindexed map<int, string>, l: subindexed list<int>, plain: map<string, int>}>";
+pub(crate) const BUCKETS: &str = "map<int, subindexed map<string, int>>";
 
 /// xorshift64*: small, fixed, reproducible.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+    pub(crate) fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
         &xs[self.below(xs.len() as u64) as usize]
     }
-    fn chance(&mut self, percent: u64) -> bool {
+    pub(crate) fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
 }
@@ -77,7 +77,7 @@ fn rand_range(r: &mut Rng, key: fn(&mut Rng) -> Value) -> Range {
 }
 
 /// A random path into a value of `schema` (for selects).
-fn select_path(r: &mut Rng, schema: &Schema, out: &mut Vec<Navigator>, depth: usize) {
+pub(crate) fn select_path(r: &mut Rng, schema: &Schema, out: &mut Vec<Navigator>, depth: usize) {
     if depth > 4 || r.chance(15) {
         return;
     }
@@ -209,7 +209,7 @@ fn rand_person(r: &mut Rng) -> Value {
 }
 
 /// A random transform on PEOPLE or BUCKETS (only shapes the stored engine supports).
-fn rand_transform(r: &mut Rng) -> (&'static str, Vec<Navigator>, TransformOp) {
+pub(crate) fn rand_transform(r: &mut Rng) -> (&'static str, Vec<Navigator>, TransformOp) {
     if r.chance(25) {
         let top = Navigator::Key(i(*r.pick(&[-3, 0, 5, i64::MAX])));
         return match r.below(5) {

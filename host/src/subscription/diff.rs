@@ -8,6 +8,8 @@
 //! on random PState histories in `pstate/tests.rs`). The JSON form of each change is in
 //! `docs/subscriptions.md`; [`apply`] is the reference implementation clients mirror.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::json;
 
 use crate::pstate::key;
@@ -25,11 +27,14 @@ pub enum Step {
 pub enum Change {
     /// The value at `path` becomes `value` (an empty path replaces the whole selection).
     Replace { path: Vec<Step>, value: Value },
-    /// The map at `path` gets entry `key` → `value` (added, or its value replaced).
+    /// The map at `path` gets entry `key` → `value`: its value replaced, or, when new,
+    /// inserted as the map's `index`-th entry (a selection keeps a map's entries in key order,
+    /// or reversed by a reverse `sorted-range`; deletes come first, so the index is final).
     Put {
         path: Vec<Step>,
         key: Value,
         value: Value,
+        index: usize,
     },
     /// The map at `path` loses entry `key`.
     Delete { path: Vec<Step>, key: Value },
@@ -97,10 +102,34 @@ fn text_keyed(entries: &[(Value, Value)]) -> bool {
 }
 
 fn maps(a: &[(Value, Value)], b: &[(Value, Value)], path: &mut Vec<Step>, out: &mut Vec<Change>) {
-    for (k, v) in b {
-        match a.iter().find(|(ka, _)| ka == k) {
-            Some((_, old)) if old == v => {}
-            Some((_, old)) if same_kind(old, v) => {
+    let (ka, kb): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (
+        a.iter().map(|(k, _)| key_bytes(k)).collect(),
+        b.iter().map(|(k, _)| key_bytes(k)).collect(),
+    );
+    let old: HashMap<&[u8], &Value> = ka
+        .iter()
+        .map(Vec::as_slice)
+        .zip(a.iter().map(|(_, v)| v))
+        .collect();
+    let new: HashSet<&[u8]> = kb.iter().map(Vec::as_slice).collect();
+    // Entries kept must keep their order (they do in selections); otherwise put it whole.
+    let kept_a = ka.iter().filter(|k| new.contains(k.as_slice()));
+    let kept_b = kb.iter().filter(|k| old.contains_key(k.as_slice()));
+    if !kept_a.eq(kept_b) {
+        return replace(&Value::Map(b.to_vec()), path, out);
+    }
+    for ((k, _), bytes) in a.iter().zip(&ka) {
+        if !new.contains(bytes.as_slice()) {
+            out.push(Change::Delete {
+                path: path.clone(),
+                key: k.clone(),
+            });
+        }
+    }
+    for (index, ((k, v), bytes)) in b.iter().zip(&kb).enumerate() {
+        match old.get(bytes.as_slice()) {
+            Some(old) if *old == v => {}
+            Some(old) if same_kind(old, v) => {
                 path.push(Step::Key(k.clone()));
                 value(old, v, path, out);
                 path.pop();
@@ -109,20 +138,18 @@ fn maps(a: &[(Value, Value)], b: &[(Value, Value)], path: &mut Vec<Step>, out: &
                 path: path.clone(),
                 key: k.clone(),
                 value: v.clone(),
+                index,
             }),
         }
         if out.len() > CHANGES_MAX {
             return;
         }
     }
-    for (k, _) in a {
-        if !b.iter().any(|(kb, _)| kb == k) {
-            out.push(Change::Delete {
-                path: path.clone(),
-                key: k.clone(),
-            });
-        }
-    }
+}
+
+/// A map key as bytes to compare by (its key encoding; its CBOR when it has none).
+fn key_bytes(k: &Value) -> Vec<u8> {
+    key::encode(k).unwrap_or_else(|_| crate::value::to_cbor(k))
 }
 
 /// Whether a changed entry is better described from inside than by putting it whole.
@@ -261,15 +288,15 @@ fn apply_one(doc: &mut Value, change: &Change) -> Result<(), ApplyError> {
     let bad = |what: &str| ApplyError(format!("{what} at {path:?}"));
     match (change, at) {
         (Change::Replace { value, .. }, at) => *at = value.clone(),
-        (Change::Put { key, value, .. }, Value::Map(entries)) => {
-            match entries.iter_mut().find(|(k, _)| k == key) {
-                Some((_, v)) => *v = value.clone(),
-                None => {
-                    let at = insertion_point(entries, key);
-                    entries.insert(at, (key.clone(), value.clone()));
-                }
-            }
-        }
+        (
+            Change::Put {
+                key, value, index, ..
+            },
+            Value::Map(entries),
+        ) => match entries.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value.clone(),
+            None => entries.insert((*index).min(entries.len()), (key.clone(), value.clone())),
+        },
         (Change::Delete { key, .. }, Value::Map(entries)) => {
             let i = entries
                 .iter()
@@ -319,17 +346,6 @@ fn locate<'v>(doc: &'v mut Value, path: &[Step]) -> Result<&'v mut Value, ApplyE
     Ok(at)
 }
 
-/// Where a new key goes so the map stays in key-encoding order, as a select returns it.
-fn insertion_point(entries: &[(Value, Value)], key: &Value) -> usize {
-    let Ok(k) = key::encode(key) else {
-        return entries.len();
-    };
-    entries
-        .iter()
-        .position(|(e, _)| key::encode(e).is_ok_and(|e| e > k))
-        .unwrap_or(entries.len())
-}
-
 fn path_json(path: &[Step]) -> serde_json::Value {
     path.iter()
         .map(|s| match s {
@@ -345,8 +361,13 @@ pub fn change_json(c: &Change) -> serde_json::Value {
         Change::Replace { path, value } => {
             json!({"op": "replace", "path": path_json(path), "value": to_json(value)})
         }
-        Change::Put { path, key, value } => {
-            json!({"op": "put", "path": path_json(path), "key": to_json(key), "value": to_json(value)})
+        Change::Put {
+            path,
+            key,
+            value,
+            index,
+        } => {
+            json!({"op": "put", "path": path_json(path), "key": to_json(key), "value": to_json(value), "index": index})
         }
         Change::Delete { path, key } => {
             json!({"op": "delete", "path": path_json(path), "key": to_json(key)})
@@ -402,12 +423,13 @@ mod tests {
         // A map entry added, one changed, one removed.
         let c = check(
             vec![m(&[("a", 1), ("b", 2)])],
-            vec![m(&[("a", 1), ("c", 3), ("b", 4)])],
+            vec![m(&[("a", 1), ("b", 4), ("c", 3)])],
         );
         assert!(c.contains(&Change::Put {
             path: vec![Step::Index(0)],
             key: t("c"),
-            value: i(3)
+            value: i(3),
+            index: 2
         }));
         check(vec![m(&[("a", 1), ("b", 2)])], vec![m(&[("b", 2)])]);
         // A list pushed.
@@ -486,9 +508,17 @@ mod tests {
                     mutate(r, &mut items[n], depth + 1)
                 }
             },
-            Value::Map(es) if !es.is_empty() && r.below(3) > 0 => match r.below(3) {
+            Value::Map(es) if !es.is_empty() && r.below(3) > 0 => match r.below(4) {
                 0 => {
                     es.remove(r.below(es.len() as u64) as usize);
+                }
+                1 => {
+                    // A new key anywhere: selections keep maps ascending or reversed.
+                    let k = t(["e", "f", "g", "a"][r.below(4) as usize]);
+                    if !es.iter().any(|(e, _)| *e == k) {
+                        let at = r.below(es.len() as u64 + 1) as usize;
+                        es.insert(at, (k, rand_value(r, depth + 1)));
+                    }
                 }
                 _ => {
                     let n = r.below(es.len() as u64) as usize;

@@ -14,6 +14,8 @@
 pub mod diff;
 pub mod feed;
 pub mod hub;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
