@@ -351,6 +351,47 @@ impl TestModule<'_> {
         decode(v["values"].clone(), "the selected values")
     }
 
+    /// Subscribes to `path` in `pstate` (a path starting with a key; `partition` otherwise):
+    /// the returned [`Subscription`] holds the current value and keeps it current with each
+    /// event ([`Subscription::wait_for`]).
+    pub fn subscribe(
+        &self,
+        pstate: &str,
+        path: Value,
+        partition: Option<u32>,
+    ) -> Result<Subscription> {
+        let encoded: String = path
+            .to_string()
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let mut url = format!(
+            "/v1/modules/{}/pstates/{pstate}/subscribe?path={encoded}",
+            self.name
+        );
+        if let Some(p) = partition {
+            url.push_str(&format!("&partition={p}"));
+        }
+        let client = self.host.client.lock().expect("poisoned");
+        let stream = client
+            .subscribe(&url, None, Some(Duration::from_secs(30)))
+            .map_err(|e| Error::local("transport", e.to_string()))?
+            .map_err(|r| Error::from_response(&r))?;
+        drop(client);
+        let mut sub = Subscription {
+            stream,
+            watched: Default::default(),
+        };
+        sub.next_event()?;
+        Ok(sub)
+    }
+
     /// Runs query `name` with `args` and decodes its result.
     pub fn query<A: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
@@ -409,6 +450,70 @@ impl TestModule<'_> {
                 ));
             }
             std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// A live subscription (from [`TestModule::subscribe`]): the path's value, kept current.
+pub struct Subscription {
+    stream: crate::client::sse::EventStream,
+    watched: crate::client::sse::Watched,
+}
+
+impl Subscription {
+    /// Waits for the next event and applies it; a final event (`dropped`, `error`,
+    /// `closing`) is an error with its code.
+    pub fn next_event(&mut self) -> Result<crate::client::sse::SseEvent> {
+        let e = self
+            .stream
+            .next_event()
+            .map_err(|e| Error::local("transport", e.to_string()))?
+            .ok_or_else(|| Error::local("ended", "the subscription ended"))?;
+        if e.is_final() {
+            return Err(Error {
+                status: 0,
+                code: e.data["code"].as_str().unwrap_or(&e.event).to_string(),
+                message: e.data["message"].as_str().unwrap_or("").to_string(),
+            });
+        }
+        self.watched
+            .apply(&e)
+            .map_err(|m| Error::local("bad-diff", m))?;
+        Ok(e)
+    }
+
+    /// The values as of the last event.
+    pub fn values<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        decode(
+            Value::Array(self.watched.values.clone()),
+            "subscribed values",
+        )
+    }
+
+    /// The last event's id (for `Last-Event-ID`).
+    pub fn last_event_id(&self) -> Option<&str> {
+        self.watched.last_id.as_deref()
+    }
+
+    /// Applies events until `until` holds for the values, for at most `within`.
+    pub fn wait_for<T: DeserializeOwned>(
+        &mut self,
+        within: Duration,
+        until: impl Fn(&[T]) -> bool,
+    ) -> Result<Vec<T>> {
+        let deadline = Instant::now() + within;
+        loop {
+            let values: Vec<T> = self.values()?;
+            if until(&values) {
+                return Ok(values);
+            }
+            if Instant::now() > deadline {
+                return Err(Error::local(
+                    "timeout",
+                    format!("the subscribed values did not get there within {within:?}"),
+                ));
+            }
+            self.next_event()?;
         }
     }
 }

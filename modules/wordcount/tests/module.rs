@@ -56,3 +56,26 @@ fn counts_words_and_sentences_and_ranks_them() {
     let e = m.append("words", &json!({"text": "no word"})).unwrap_err();
     assert_eq!((e.status, e.code.as_str()), (400, "missing-key"));
 }
+
+#[test]
+fn a_subscription_sees_each_count_as_it_is_committed() {
+    let host = TestHost::start();
+    let m = host.deploy("wordcount", &module_wasm("wordcount")).unwrap();
+    let mut apple = m
+        .subscribe("counts", json!([{"key": "apple"}]), None)
+        .unwrap();
+    assert_eq!(apple.values::<i64>().unwrap(), Vec::<i64>::new());
+    for _ in 0..3 {
+        m.append("words", &json!({"word": "apple"})).unwrap();
+    }
+    let counts: Vec<i64> = apple
+        .wait_for(std::time::Duration::from_secs(10), |v: &[i64]| v == [3])
+        .unwrap();
+    assert_eq!(counts, vec![3]);
+    // A sentence's hops reach the subscriber too.
+    m.append("sentences", &json!({"text": "an apple"})).unwrap();
+    apple
+        .wait_for(std::time::Duration::from_secs(10), |v: &[i64]| v == [4])
+        .unwrap();
+    assert!(apple.last_event_id().is_some());
+}
