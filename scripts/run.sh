@@ -50,6 +50,11 @@ Sluice is running on $URL (data in ./data). Try:
   curl -s -X POST $URL/v1/modules/social/queries/timeline -d '{"account": "ann"}'
   curl -s $URL/metrics | grep sluice_appends_total
 
+Live (Server-Sent Events; in another terminal, then append as above):
+
+  curl -N -G $URL/v1/modules/wordcount/pstates/counts/subscribe --data-urlencode 'path=[{"key":"apple"}]'
+  curl -N -G $URL/v1/modules/social/pstates/home-timelines/subscribe --data-urlencode 'path=[{"key":"ann"},{"sorted-range":{"reverse":true,"limit":20}},"map-vals"]'
+
 The same binary is a client (--server URL or SLUICE_SERVER; default http://127.0.0.1:7470):
 
   export SLUICE_SERVER=$URL
@@ -57,6 +62,7 @@ The same binary is a client (--server URL or SLUICE_SERVER; default http://127.0
   ./target/release/sluice describe wordcount
   ./target/release/sluice append wordcount words '{"word": "pear"}'
   ./target/release/sluice query wordcount top-words '{"n": 3}'
+  ./target/release/sluice watch wordcount counts '[{"key": "apple"}]'
 
 Ctrl-C stops it.
 MSG
