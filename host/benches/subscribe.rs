@@ -144,7 +144,9 @@ fn throughput(host: &Host, subscribers: usize) -> (f64, f64) {
                 start.wait();
                 let began = Instant::now();
                 while began.elapsed() < THROUGHPUT_FOR {
-                    n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    n = n
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     append(&mut conn, &format!("w{}", (n >> 33) as usize % WORDS));
                     done.fetch_add(1, Ordering::Relaxed);
                 }
@@ -162,7 +164,10 @@ fn throughput(host: &Host, subscribers: usize) -> (f64, f64) {
     stop.store(true, Ordering::Relaxed);
     // Readers blocked in a read end when the host stops; they are not joined.
     drop(readers);
-    (done.load(Ordering::Relaxed) as f64 / secs, got as f64 / secs)
+    (
+        done.load(Ordering::Relaxed) as f64 / secs,
+        got as f64 / secs,
+    )
 }
 
 fn main() {
@@ -191,5 +196,8 @@ fn main() {
     println!("| subscribers | appends/s | events delivered/s | vs none |");
     println!("|---:|---:|---:|---:|");
     println!("| 0 | {base:.0} | 0 | 1.00 |");
-    println!("| 1,000 (one per word written) | {with:.0} | {events:.0} | {:.2} |", with / base);
+    println!(
+        "| 1,000 (one per word written) | {with:.0} | {events:.0} | {:.2} |",
+        with / base
+    );
 }

@@ -675,3 +675,36 @@ fn sluice_watch_prints_the_value_then_each_diff() {
         );
     }
 }
+
+#[test]
+fn a_value_past_the_answer_limit_is_refused_or_ends_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("data"), &["--answer-bytes-max", "8000"]);
+    host.deploy_ok("kv", "kv", "?partitions=2");
+    let put = |key: &str, field: i64, len: usize| {
+        let r = host.append(
+            "kv",
+            "puts",
+            &json!({"key": key, "field": field, "value": "v".repeat(len)}),
+        );
+        assert_eq!(r.status, 200);
+    };
+    put("huge", 1, 9000);
+    let url = Host::subscribe_url("kv", "kv", &json!([{"key": "huge"}]), "");
+    let r = host.try_subscribe(&url, None).err().expect("refused");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (413, "result-too-large")
+    );
+    put("grows", 1, 100);
+    let mut s = host.subscribe("kv", "kv", json!([{"key": "grows"}]), "", None);
+    assert_eq!(next(&mut s).event, "value");
+    put("grows", 2, 100);
+    assert_eq!(next(&mut s).event, "diff");
+    put("grows", 3, 20_000);
+    let e = next(&mut s);
+    assert_eq!(
+        (e.event.as_str(), &e.data["code"]),
+        ("error", &json!("result-too-large"))
+    );
+}

@@ -241,12 +241,22 @@ async fn start(
     // The same checks and limits as a select, answered before the stream starts.
     let (mm, pp, nav) = (Arc::clone(&module), ps.to_string(), path_nav.clone());
     let values_max = limits.select_values_max;
-    let n = state
+    let now = state
         .pools
         .read(move || Ok(mm.select(&pp, &nav, Some(p), values_max + 1)?))
-        .await?
-        .len();
-    if n > values_max {
+        .await?;
+    let bytes: usize = now
+        .iter()
+        .map(|v| crate::value::to_json(v).to_string().len())
+        .sum();
+    if bytes > limits.answer_bytes_max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "result-too-large",
+            format!("the path's value is over the answer_bytes_max limit of {} bytes; narrow it (e.g. sorted-range with a limit)", limits.answer_bytes_max),
+        ));
+    }
+    if now.len() > values_max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "result-too-large",
@@ -273,6 +283,7 @@ async fn start(
         top_key,
         partition: p,
         values_max,
+        bytes_max: limits.answer_bytes_max.saturating_add(4096),
     };
     let store = Arc::clone(&module.handles[p as usize].store);
     drop(module);

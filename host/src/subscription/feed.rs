@@ -120,6 +120,8 @@ pub struct FeedSpec {
     pub top_key: Option<Vec<u8>>,
     pub partition: u32,
     pub values_max: usize,
+    /// The largest event (its JSON), as `--answer-bytes-max` bounds a select's answer.
+    pub bytes_max: usize,
 }
 
 /// See the module docs.
@@ -131,6 +133,7 @@ pub struct Feed {
     path: Vec<Navigator>,
     partition: u32,
     values_max: usize,
+    bytes_max: usize,
     store: Weak<PStateStore>,
     scheduler: Scheduler,
     scheduled: AtomicBool,
@@ -152,6 +155,7 @@ impl Feed {
             path: spec.path,
             partition: spec.partition,
             values_max: spec.values_max,
+            bytes_max: spec.bytes_max,
             store: Arc::downgrade(store),
             scheduler,
             scheduled: AtomicBool::new(false),
@@ -292,7 +296,12 @@ impl Feed {
                 continue; // taken before a reset; the fresh snapshot after it follows
             }
             match self.select(&store, &snap) {
-                Ok(values) => self.integrate(&snap, values),
+                Ok(values) => {
+                    if let Err(e) = self.integrate(&snap, values) {
+                        self.fail(e.code, &e.message);
+                        return;
+                    }
+                }
                 Err(e) => {
                     self.fail(e.code, &e.message);
                     return;
@@ -325,8 +334,9 @@ impl Feed {
         Ok(values)
     }
 
-    /// Turns one evaluation into events for the subscribers.
-    fn integrate(&self, snap: &Snap, values: Vec<Value>) {
+    /// Turns one evaluation into events for the subscribers; an event over `bytes_max` ends
+    /// the feed.
+    fn integrate(&self, snap: &Snap, values: Vec<Value>) -> Result<(), pstate::AccessError> {
         let mut st = self.lock();
         let id = event_id(snap.incarnation, snap.position);
         let p = self.partition;
@@ -334,7 +344,7 @@ impl Feed {
             (Some(cur), None) if cur.incarnation == snap.incarnation => {
                 if snap.position <= cur.position {
                     st.current = Some(cur);
-                    return;
+                    return Ok(());
                 }
                 let changes = diff(&cur.values, &values);
                 if changes.is_empty() {
@@ -342,7 +352,7 @@ impl Feed {
                         position: snap.position,
                         ..cur
                     });
-                    return;
+                    return Ok(());
                 }
                 let changes: Vec<_> = changes.iter().map(change_json).collect();
                 Some(Event::new(
@@ -362,6 +372,17 @@ impl Feed {
                 }),
             )),
         };
+        if let Some(e) = event.as_ref().filter(|e| e.frame.len() > self.bytes_max) {
+            return Err(pstate::AccessError::new(
+                "result-too-large",
+                format!(
+                    "a {} event of {} bytes would be over the answer_bytes_max limit of {} bytes; subscribe to a narrower path",
+                    e.kind,
+                    e.frame.len(),
+                    self.bytes_max
+                ),
+            ));
+        }
         st.current = Some(Current {
             incarnation: snap.incarnation,
             position: snap.position,
@@ -396,6 +417,7 @@ impl Feed {
             }
         }
         self.events_sent.fetch_add(sent, Ordering::Relaxed);
+        Ok(())
     }
 
     /// A subscriber left (its connection closed).

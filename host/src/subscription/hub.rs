@@ -113,15 +113,17 @@ impl ChangeHub {
 
     /// Called by the partition's worker after the commit at `position` holding `writes`.
     pub fn published(&self, store: &PStateStore, position: u64, writes: &Overlay) {
-        if self.count.load(Ordering::Relaxed) == 0 || writes.is_empty() || position == 0 {
-            self.last_position.fetch_max(position, Ordering::AcqRel);
+        if position == 0 {
             return;
         }
         if position <= self.last_position.load(Ordering::Acquire) {
-            // A position seen before names another state now.
-            self.new_incarnation(position.saturating_sub(1));
+            // A position seen before names another state now (a replay after lost commits).
+            self.new_incarnation(position - 1);
         }
         self.last_position.store(position, Ordering::Release);
+        if self.count.load(Ordering::Relaxed) == 0 || writes.is_empty() {
+            return;
+        }
         let touched = touched(writes);
         let interested: Vec<Arc<Feed>> = self
             .feeds

@@ -53,6 +53,7 @@ fn spec(pstate: &str, path: &[Navigator]) -> FeedSpec {
         top_key,
         partition: 0,
         values_max: 10_000,
+        bytes_max: 8 << 20,
     }
 }
 
