@@ -22,14 +22,26 @@ const WRITERS: usize = 16;
 const THROUGHPUT_FOR: Duration = Duration::from_secs(4);
 const WORDS: usize = 1_000;
 
+/// CPU time (user + system) of a process so far, in ms.
+fn cpu_ms(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks * 1000.0 / 100.0
+}
+
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[((v.len() - 1) as f64 * p) as usize]
 }
 
 fn open(host: &Host, word: &str) -> EventStream {
-    let s = host.subscribe("wc", "counts", json!([{ "key": word }]), "", None);
-    s
+    host.subscribe("wc", "counts", json!([{ "key": word }]), "", None)
 }
 
 /// Reads `stream` until the counter reaches `until`, noting when each count arrived.
@@ -63,8 +75,9 @@ fn append(conn: &mut Conn, word: &str) {
 
 /// Latency from ack to arrival (µs, signed: negative = before the ack) over all subscribers,
 /// and until the last subscriber of each append has it; the writer's own ack latency.
-fn latency(host: &Host, subscribers: usize) -> (f64, f64, f64, f64, f64, f64) {
+fn latency(host: &Host, subscribers: usize) -> ([f64; 6], f64, f64) {
     let word = format!("hot{subscribers}");
+    let host_pid = host.pid().to_string();
     let origin = Instant::now();
     let streams: Vec<EventStream> = (0..subscribers).map(|_| open(host, &word)).collect();
     let readers: Vec<_> = streams
@@ -77,19 +90,22 @@ fn latency(host: &Host, subscribers: usize) -> (f64, f64, f64, f64, f64, f64) {
         })
         .collect();
     let mut conn = Conn::open(&host.addr);
+    let (host_cpu, own_cpu) = (cpu_ms(&host_pid), cpu_ms("self"));
     let mut acks = vec![0f64; APPENDS + 1];
     let mut ack_latency = Vec::with_capacity(APPENDS);
-    for (i, ack) in acks.iter_mut().enumerate().skip(1).take(APPENDS) {
+    for ack in acks.iter_mut().skip(1).take(APPENDS) {
         let sent = origin.elapsed().as_secs_f64() * 1e6;
         append(&mut conn, &word);
         *ack = origin.elapsed().as_secs_f64() * 1e6;
         ack_latency.push(*ack - sent);
-        let _ = i;
     }
     let mut all = Vec::new();
     let mut last = vec![f64::MIN; APPENDS + 1];
+    let readers: Vec<_> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    let host_cpu = (cpu_ms(&host_pid) - host_cpu) * 1000.0 / APPENDS as f64;
+    let own_cpu = (cpu_ms("self") - own_cpu) * 1000.0 / APPENDS as f64;
     for r in readers {
-        for (n, t) in r.join().unwrap() {
+        for (n, t) in r {
             if n >= 1 && (n as usize) <= APPENDS {
                 let d = t - acks[n as usize];
                 all.push(d);
@@ -99,12 +115,16 @@ fn latency(host: &Host, subscribers: usize) -> (f64, f64, f64, f64, f64, f64) {
     }
     let mut last: Vec<f64> = last.into_iter().skip(1).filter(|d| *d > f64::MIN).collect();
     (
-        pct(&mut all, 0.5),
-        pct(&mut all, 0.99),
-        pct(&mut last, 0.5),
-        pct(&mut last, 0.99),
-        pct(&mut ack_latency, 0.5),
-        pct(&mut ack_latency, 0.99),
+        [
+            pct(&mut all, 0.5),
+            pct(&mut all, 0.99),
+            pct(&mut last, 0.5),
+            pct(&mut last, 0.99),
+            pct(&mut ack_latency, 0.5),
+            pct(&mut ack_latency, 0.99),
+        ],
+        host_cpu,
+        own_cpu,
     )
 }
 
@@ -185,10 +205,11 @@ fn main() {
     }
     println!("## Subscriptions: from the `full` ack to the subscriber ({APPENDS} sequential appends to one counter, 4 partitions)\n");
     println!("Delay = when the subscriber had the event − when the writer had the ack (negative: the event came first).\n");
-    println!("| subscribers of the key | delay p50 µs | delay p99 µs | until the last subscriber p50 µs | p99 µs | writer ack p50 µs | p99 µs |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for (n, (a50, a99, l50, l99, w50, w99)) in results.into_inner().unwrap() {
-        println!("| {n} | {a50:.0} | {a99:.0} | {l50:.0} | {l99:.0} | {w50:.0} | {w99:.0} |");
+    println!("Host CPU and subscriber-side CPU (the readers in the benchmark process, on the same 2 cores) per append.\n");
+    println!("| subscribers of the key | delay p50 µs | delay p99 µs | until the last subscriber p50 µs | p99 µs | writer ack p50 µs | p99 µs | host CPU µs/append | readers' CPU µs/append |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (n, ([a50, a99, l50, l99, w50, w99], host_cpu, own_cpu)) in results.into_inner().unwrap() {
+        println!("| {n} | {a50:.0} | {a99:.0} | {l50:.0} | {l99:.0} | {w50:.0} | {w99:.0} | {host_cpu:.0} | {own_cpu:.0} |");
     }
     let (base, _) = throughput(&host, 0);
     let (with, events) = throughput(&host, 1_000);

@@ -287,9 +287,7 @@ async fn start(
     };
     let store = Arc::clone(&module.handles[p as usize].store);
     drop(module);
-    let mut sub = subs
-        .subscribe(&store, spec, last_event_id, permit)
-        .map_err(refused)?;
+    let mut sub = subs.subscribe(&store, spec, last_event_id, permit);
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(FRAMES_QUEUED_MAX);
     let keepalive = subs.limits().keepalive;
     tokio::spawn(async move {

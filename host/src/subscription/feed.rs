@@ -134,6 +134,7 @@ pub struct Feed {
     partition: u32,
     values_max: usize,
     bytes_max: usize,
+    linger: Duration,
     store: Weak<PStateStore>,
     scheduler: Scheduler,
     scheduled: AtomicBool,
@@ -142,7 +143,14 @@ pub struct Feed {
 }
 
 impl Feed {
-    pub fn new(spec: FeedSpec, store: &Arc<PStateStore>, scheduler: Scheduler) -> Arc<Feed> {
+    /// A feed of `spec` on `store`, run by `scheduler`'s threads, kept `linger` after its
+    /// last subscriber leaves.
+    pub fn new(
+        spec: FeedSpec,
+        store: &Arc<PStateStore>,
+        scheduler: Scheduler,
+        linger: Duration,
+    ) -> Arc<Feed> {
         let events_sent = crate::metrics::counter(
             "sluice_subscription_events_total",
             &[("module", &spec.module)],
@@ -156,6 +164,7 @@ impl Feed {
             partition: spec.partition,
             values_max: spec.values_max,
             bytes_max: spec.bytes_max,
+            linger,
             store: Arc::downgrade(store),
             scheduler,
             scheduled: AtomicBool::new(false),
@@ -179,13 +188,13 @@ impl Feed {
         }
     }
 
-    /// Whether the hub may drop this feed: failed, or without subscribers for `linger`.
-    pub fn expired(&self, now: Instant, linger: Duration) -> bool {
+    /// Whether the hub may drop this feed: failed, or without subscribers for its linger.
+    pub fn expired(&self, now: Instant) -> bool {
         let st = self.lock();
         st.failed
             || st
                 .idle_since
-                .is_some_and(|t| now.duration_since(t) >= linger)
+                .is_some_and(|t| now.duration_since(t) >= self.linger)
     }
 
     /// A commit that may have changed the path (from the hub, on the writer's thread).

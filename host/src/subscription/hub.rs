@@ -14,9 +14,10 @@
 //! lower than one already published (its store dropped commits that were not durable), the
 //! hub picks a new incarnation and every feed starts over with a `reset`.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::feed::{Feed, Snap};
 use crate::pstate::engine::Table;
@@ -24,10 +25,14 @@ use crate::pstate::key;
 use crate::pstate::store::{Overlay, PStateStore};
 use crate::pstate::Catalog;
 
+/// Feeds by what they watch: `(PState, encoded top-level key)`, or `(PState, None)` for
+/// paths that read across keys.
+type Index = HashMap<(String, Option<Vec<u8>>), Vec<Arc<Feed>>>;
+
 /// One partition's feeds and its current incarnation.
 pub struct ChangeHub {
-    feeds: Mutex<Vec<Arc<Feed>>>,
-    /// `feeds.len()`, read without the lock by every commit.
+    feeds: Mutex<Index>,
+    /// Feeds in the index, read without the lock by every commit.
     count: AtomicUsize,
     incarnation: AtomicU64,
     /// The highest position published in this incarnation.
@@ -39,7 +44,7 @@ pub struct ChangeHub {
 impl Default for ChangeHub {
     fn default() -> Self {
         Self {
-            feeds: Mutex::new(Vec::new()),
+            feeds: Mutex::new(HashMap::new()),
             count: AtomicUsize::new(0),
             incarnation: AtomicU64::new(new_incarnation()),
             last_position: AtomicU64::new(0),
@@ -65,19 +70,18 @@ fn new_incarnation() -> u64 {
 
 /// The top-level keys one commit wrote, per PState (`None`: the PState's top-level count,
 /// which every path not starting with a key depends on).
-fn touched(writes: &Overlay) -> Vec<(&str, Option<&[u8]>)> {
-    let mut out: Vec<(&str, Option<&[u8]>)> = Vec::new();
-    for (pstate, table, k) in writes.keys() {
-        let top = match table {
-            Table::Main => Some(k.as_slice()),
-            Table::Sub | Table::Size if k.is_empty() => None,
-            Table::Sub | Table::Size => Some(&k[..key::first_len(k).unwrap_or(k.len())]),
-        };
-        if out.last() != Some(&(pstate.as_str(), top)) {
-            out.push((pstate.as_str(), top));
-        }
-    }
-    out
+fn touched(writes: &Overlay) -> HashSet<(&str, Option<&[u8]>)> {
+    writes
+        .keys()
+        .map(|(pstate, table, k)| {
+            let top = match table {
+                Table::Main => Some(k.as_slice()),
+                Table::Sub | Table::Size if k.is_empty() => None,
+                Table::Sub | Table::Size => Some(&k[..key::first_len(k).unwrap_or(k.len())]),
+            };
+            (pstate.as_str(), top)
+        })
+        .collect()
 }
 
 impl ChangeHub {
@@ -106,7 +110,7 @@ impl ChangeHub {
     fn new_incarnation(&self, position: u64) {
         self.incarnation.store(new_incarnation(), Ordering::Release);
         self.last_position.store(position, Ordering::Release);
-        for f in self.feeds.lock().expect("poisoned").iter() {
+        for f in self.feeds.lock().expect("poisoned").values().flatten() {
             f.reset("the partition restarted and its newest state was rebuilt from the depot log");
         }
     }
@@ -125,20 +129,23 @@ impl ChangeHub {
             return;
         }
         let touched = touched(writes);
-        let interested: Vec<Arc<Feed>> = self
-            .feeds
-            .lock()
-            .expect("poisoned")
-            .iter()
-            .filter(|f| {
-                touched.iter().any(|(p, k)| {
-                    *p == f.pstate
-                        && (f.top_key.is_none()
-                            || k.is_some_and(|k| Some(k) == f.top_key.as_deref()))
-                })
-            })
-            .cloned()
-            .collect();
+        let pstates: HashSet<&str> = touched.iter().map(|(p, _)| *p).collect();
+        let mut interested: Vec<Arc<Feed>> = Vec::new();
+        {
+            let mut feeds = self.feeds.lock().expect("poisoned");
+            let now = Instant::now();
+            let watched = touched
+                .iter()
+                .filter_map(|(p, k)| k.map(|k| (p.to_string(), Some(k.to_vec()))))
+                .chain(pstates.iter().map(|p| (p.to_string(), None)));
+            for at in watched {
+                if let Some(bucket) = feeds.get_mut(&at) {
+                    bucket.retain(|f| !f.expired(now));
+                    interested.extend(bucket.iter().cloned());
+                }
+            }
+            self.reindex(&mut feeds);
+        }
         if interested.is_empty() {
             return;
         }
@@ -160,46 +167,44 @@ impl ChangeHub {
         }
     }
 
-    /// The feed for `(pstate, path)` on this partition, made by `make` if there is none.
-    /// Feeds left without subscribers for longer than `linger` are dropped here.
+    /// Drops empty buckets and recounts.
+    fn reindex(&self, feeds: &mut Index) {
+        feeds.retain(|_, b| !b.is_empty());
+        self.count
+            .store(feeds.values().map(Vec::len).sum(), Ordering::Relaxed);
+    }
+
+    /// The feed of `path_key` watching `at` on this partition, made by `make` if there is
+    /// none. Feeds without subscribers past their linger are dropped here.
     pub fn feed(
         &self,
+        at: (String, Option<Vec<u8>>),
         path_key: &str,
-        pstate: &str,
-        linger: Duration,
         make: impl FnOnce() -> Arc<Feed>,
     ) -> Arc<Feed> {
         let mut feeds = self.feeds.lock().expect("poisoned");
         let now = Instant::now();
-        feeds.retain(|f| !f.expired(now, linger));
-        let f = match feeds
-            .iter()
-            .find(|f| f.path_key == path_key && f.pstate == pstate)
-        {
+        for bucket in feeds.values_mut() {
+            bucket.retain(|f| !f.expired(now));
+        }
+        let bucket = feeds.entry(at).or_default();
+        let f = match bucket.iter().find(|f| f.path_key == path_key) {
             Some(f) => Arc::clone(f),
             None => {
                 let f = make();
-                feeds.push(Arc::clone(&f));
+                bucket.push(Arc::clone(&f));
                 f
             }
         };
-        self.count.store(feeds.len(), Ordering::Relaxed);
+        self.reindex(&mut feeds);
         f
-    }
-
-    /// Drops feeds without subscribers for longer than `linger`.
-    pub fn sweep(&self, linger: Duration) {
-        let mut feeds = self.feeds.lock().expect("poisoned");
-        let now = Instant::now();
-        feeds.retain(|f| !f.expired(now, linger));
-        self.count.store(feeds.len(), Ordering::Relaxed);
     }
 
     /// Ends every feed (the module is being deleted): subscribers get a final `error` event.
     pub fn close(&self, code: &str, reason: &str) {
         let feeds = std::mem::take(&mut *self.feeds.lock().expect("poisoned"));
         self.count.store(0, Ordering::Relaxed);
-        for f in feeds {
+        for f in feeds.into_values().flatten() {
             f.fail(code, reason);
         }
     }

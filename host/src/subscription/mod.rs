@@ -131,7 +131,7 @@ impl Subscriptions {
         spec: FeedSpec,
         last_event_id: Option<String>,
         permit: Permit,
-    ) -> Result<Subscription, Refused> {
+    ) -> Subscription {
         let (tx, rx) = tokio::sync::mpsc::channel(self.limits.buffer_events.max(1));
         let end = Arc::new(OnceLock::new());
         let sub = feed::Subscriber {
@@ -139,39 +139,27 @@ impl Subscriptions {
             end: Arc::clone(&end),
         };
         let scheduler = self.scheduler.lock().expect("poisoned").clone();
-        let (path_key, pstate) = (spec.path_key.clone(), spec.pstate.clone());
+        let at = (spec.pstate.clone(), spec.top_key.clone());
         let mut sub = Some(sub);
         let feed = loop {
-            let feed = store
-                .changes()
-                .feed(&path_key, &pstate, self.limits.linger, || {
-                    Feed::new(
-                        FeedSpec {
-                            path_key: path_key.clone(),
-                            pstate: pstate.clone(),
-                            ..spec.clone()
-                        },
-                        store,
-                        scheduler.clone(),
-                    )
-                });
+            let feed = store.changes().feed(at.clone(), &spec.path_key, || {
+                Feed::new(spec.clone(), store, scheduler.clone(), self.limits.linger)
+            });
+            // A feed that failed between the lookup and the join is dropped by the next
+            // lookup; take a new one.
             match feed.join(sub.take().expect("set"), last_event_id.clone()) {
                 Ok(()) => break feed,
-                // It failed between the lookup and the join: the hub drops it; take a new one.
-                Err(s) => {
-                    sub = Some(s);
-                    store.changes().sweep(self.limits.linger);
-                }
+                Err(s) => sub = Some(s),
             }
         };
         crate::metrics::inc("sluice_subscriptions_total", &[("module", &permit.module)]);
-        Ok(Subscription {
+        Subscription {
             rx: Some(rx),
             end,
             feed,
             closing: self.closing.subscribe(),
             _permit: permit,
-        })
+        }
     }
 
     /// The host is stopping: every subscription ends with a final `closing` event.

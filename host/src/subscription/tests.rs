@@ -111,9 +111,7 @@ fn subscribers_follow_random_histories_exactly() {
                 continue;
             }
             let permit = subs.admit("m").unwrap();
-            let sub = subs
-                .subscribe(&store, spec(pstate, &path), None, permit)
-                .unwrap();
+            let sub = subs.subscribe(&store, spec(pstate, &path), None, permit);
             watching.push((pstate, path, sub, Watched::default()));
         }
         let mut position = 0;
@@ -156,14 +154,12 @@ fn a_position_seen_twice_resets_every_feed() {
     store.changes().started(0, Arc::clone(&catalog));
     let subs = Subscriptions::new(SubscriptionLimits::default());
     let path = vec![Navigator::Key(crate::value::Value::Integer(5.into()))];
-    let mut sub = subs
-        .subscribe(
-            &store,
-            spec("buckets", &path),
-            None,
-            subs.admit("m").unwrap(),
-        )
-        .unwrap();
+    let mut sub = subs.subscribe(
+        &store,
+        spec("buckets", &path),
+        None,
+        subs.admit("m").unwrap(),
+    );
     let mut session = Session::new(Arc::clone(&store), Arc::clone(&catalog), 0, 1, 10_000);
     let put = |session: &mut Session, position: u64, field: &str| {
         let p = vec![
