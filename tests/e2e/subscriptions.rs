@@ -708,3 +708,44 @@ fn a_value_past_the_answer_limit_is_refused_or_ends_the_stream() {
         ("error", &json!("result-too-large"))
     );
 }
+
+#[test]
+fn subscriptions_do_not_take_the_connection_share_of_their_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(
+        &dir.path().join("data"),
+        &["--connections-per-address-max", "3"],
+    );
+    host.deploy_ok("wc", "wordcount", "?partitions=2");
+    // Ten streams from one address whose share is 3 connections…
+    let mut streams: Vec<EventStream> = (0..10)
+        .map(|i| {
+            host.subscribe(
+                "wc",
+                "counts",
+                json!([{ "key": format!("k{i}") }]),
+                "",
+                None,
+            )
+        })
+        .collect();
+    for s in &mut streams {
+        assert_eq!(next(s).event, "value");
+    }
+    // …and ordinary requests still get in, and every stream still gets its changes.
+    for i in 0..10 {
+        wc_append(&host, &format!("k{i}"));
+    }
+    for s in &mut streams {
+        let e = next(s);
+        assert_eq!(
+            (e.event.as_str(), &e.data["changes"][0]["values"]),
+            ("diff", &json!([1]))
+        );
+    }
+    let metrics = String::from_utf8(host.get("/metrics").body).unwrap();
+    assert!(
+        metrics.contains("sluice_subscribers{module=\"wc\"} 10"),
+        "{metrics}"
+    );
+}

@@ -11,9 +11,11 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
@@ -21,14 +23,41 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::{conn, json, wait_ready, ApiError, AppState};
-use crate::subscription::{FeedSpec, Next, Refused};
+use crate::subscription::{FeedSpec, Next, Refused, Subscription};
 
 /// The body of every answer: a whole JSON body, or an event stream.
 pub type Body = Either<Full<Bytes>, SseBody>;
 
-/// An event stream: frames from the subscription's task, as they come.
+/// An event stream: the subscription's events as frames, polled by the connection itself
+/// (no task in between; dropping the body — the client went away — ends the subscription).
 pub struct SseBody {
-    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    state: BodyState,
+    keepalive: Duration,
+}
+
+type NextFuture = Pin<Box<dyn Future<Output = (Subscription, Option<Next>)> + Send>>;
+
+enum BodyState {
+    /// The `retry:` line goes first.
+    Start(Subscription),
+    Waiting(NextFuture),
+    Done,
+}
+
+fn wait_next(mut sub: Subscription, keepalive: Duration) -> NextFuture {
+    Box::pin(async move {
+        let next = sub.next(keepalive).await;
+        (sub, next)
+    })
+}
+
+impl SseBody {
+    fn new(sub: Subscription, keepalive: Duration) -> Self {
+        Self {
+            state: BodyState::Start(sub),
+            keepalive,
+        }
+    }
 }
 
 impl hyper::body::Body for SseBody {
@@ -36,15 +65,37 @@ impl hyper::body::Body for SseBody {
     type Error = Infallible;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx.poll_recv(cx).map(|f| f.map(|b| Ok(Frame::data(b))))
+        let this = self.get_mut();
+        let frame = |b: Bytes| Poll::Ready(Some(Ok(Frame::data(b))));
+        match std::mem::replace(&mut this.state, BodyState::Done) {
+            BodyState::Start(sub) => {
+                this.state = BodyState::Waiting(wait_next(sub, this.keepalive));
+                frame(Bytes::from_static(b"retry: 1000\n\n"))
+            }
+            BodyState::Waiting(mut next) => match next.as_mut().poll(cx) {
+                Poll::Pending => {
+                    this.state = BodyState::Waiting(next);
+                    Poll::Pending
+                }
+                Poll::Ready((sub, n)) => match n {
+                    None => {
+                        this.state = BodyState::Waiting(wait_next(sub, this.keepalive));
+                        frame(Bytes::from_static(b": keep-alive\n\n"))
+                    }
+                    Some(Next::Event(e)) => {
+                        this.state = BodyState::Waiting(wait_next(sub, this.keepalive));
+                        frame(e.frame.clone())
+                    }
+                    Some(Next::End(e)) => frame(e.frame.clone()),
+                },
+            },
+            BodyState::Done => Poll::Ready(None),
+        }
     }
 }
-
-/// Frames queued between the subscription's task and the socket.
-const FRAMES_QUEUED_MAX: usize = 16;
 
 /// Whether `req` is a subscription (answered by [`handle`], not `api::handle`).
 pub fn is_subscribe(req: &Request<Incoming>) -> bool {
@@ -146,21 +197,19 @@ fn params(req: &Request<Incoming>) -> Result<HashMap<String, String>, ApiError> 
 }
 
 fn accepts_event_stream(req: &Request<Incoming>) -> bool {
-    req.headers()
+    let types: Vec<&str> = req
+        .headers()
         .get_all(hyper::header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|v| v.split(';').next().unwrap_or("").trim())
-        .all(|v| v.is_empty())
-        || req
-            .headers()
-            .get_all(hyper::header::ACCEPT)
+        .filter(|v| !v.is_empty())
+        .collect();
+    types.is_empty()
+        || types
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|v| v.split(';').next().unwrap_or("").trim())
-            .any(|v| matches!(v, "text/event-stream" | "text/*" | "*/*"))
+            .any(|v| matches!(*v, "text/event-stream" | "text/*" | "*/*"))
 }
 
 fn refused(e: Refused) -> ApiError {
@@ -287,36 +336,11 @@ async fn start(
     };
     let store = Arc::clone(&module.handles[p as usize].store);
     drop(module);
-    let mut sub = subs.subscribe(&store, spec, last_event_id, permit);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(FRAMES_QUEUED_MAX);
+    let sub = subs.subscribe(&store, spec, last_event_id, permit);
     let keepalive = subs.limits().keepalive;
-    tokio::spawn(async move {
-        // The client's reconnection delay, then the events.
-        if tx
-            .send(Bytes::from_static(b"retry: 1000\n\n"))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        loop {
-            let frame = match sub.next(keepalive).await {
-                None => Bytes::from_static(b": keep-alive\n\n"),
-                Some(Next::Event(e)) => e.frame.clone(),
-                Some(Next::End(e)) => {
-                    if e.kind == "dropped" {
-                        tracing::debug!("a subscriber was dropped: too slow");
-                    }
-                    let _ = tx.send(e.frame.clone()).await;
-                    return;
-                }
-            };
-            if tx.send(frame).await.is_err() {
-                return; // the client went away
-            }
-        }
-    });
-    Ok(Some(stream_response(Either::Right(SseBody { rx }))))
+    Ok(Some(stream_response(Either::Right(SseBody::new(
+        sub, keepalive,
+    )))))
 }
 
 #[cfg(test)]
