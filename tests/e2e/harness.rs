@@ -251,17 +251,7 @@ impl Host {
         path: &serde_json::Value,
         extra: &str,
     ) -> String {
-        let encoded: String = path
-            .to_string()
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
+        let encoded = sluice::client::percent_encode(&path.to_string());
         format!("/v1/modules/{module}/pstates/{pstate}/subscribe?path={encoded}{extra}")
     }
 

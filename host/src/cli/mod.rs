@@ -381,15 +381,7 @@ fn one_line(text: &str) -> String {
 
 /// One path segment of a URL, percent-encoded.
 fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::client::percent_encode(s)
 }
 
 /// `text` parsed as JSON, or an error naming the argument it came from.

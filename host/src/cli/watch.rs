@@ -96,12 +96,8 @@ pub fn run(conn: &Connection, mut target: Target<'_>) -> Result<(), CliError> {
             }
             Err(e) => return Err(CliError::Unreachable { server, source: e }),
         };
-        loop {
-            let e = match stream.next_event() {
-                Ok(Some(e)) => e,
-                // The host went away mid-stream: reconnect and resume.
-                Ok(None) | Err(_) => break,
-            };
+        // Until the host goes away mid-stream (then reconnect and resume) or a final event.
+        while let Ok(Some(e)) = stream.next_event() {
             if e.is_final() {
                 if e.event == "error" {
                     return Err(CliError::Api {

@@ -360,17 +360,7 @@ impl TestModule<'_> {
         path: Value,
         partition: Option<u32>,
     ) -> Result<Subscription> {
-        let encoded: String = path
-            .to_string()
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
+        let encoded = crate::client::percent_encode(&path.to_string());
         let mut url = format!(
             "/v1/modules/{}/pstates/{pstate}/subscribe?path={encoded}",
             self.name
