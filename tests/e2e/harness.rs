@@ -43,10 +43,15 @@ impl Host {
             .append(true)
             .open(data_dir.with_extension("log"))
             .expect("log file");
+        // A free port, unless the arguments name one (to restart on the same address).
+        let listen: &[&str] = if args.iter().any(|a| a == "--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
+            .args(listen)
             .arg("--data-dir")
             .arg(data_dir)
             .args(&args)
@@ -73,6 +78,12 @@ impl Host {
             data_dir: data_dir.to_path_buf(),
             args,
         }
+    }
+
+    /// A free loopback address for `--listen`, so a host can be restarted on the same one.
+    pub fn free_address() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().expect("its address").to_string()
     }
 
     /// `kill -9`, then start again on the same data dir.

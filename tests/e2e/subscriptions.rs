@@ -68,6 +68,22 @@ fn until_equal(s: &mut EventStream, w: &mut Watched, expected: impl Fn() -> Vec<
     }
 }
 
+/// A child's output once it exits; kills it and fails after 30 s.
+fn wait_bounded(mut child: std::process::Child) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "sluice watch did not finish: {:?}",
+                child.wait_with_output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 fn wc_append(host: &Host, word: &str) {
     let r = host.request(
         "POST",
@@ -435,14 +451,22 @@ fn limits_apply_and_a_slow_subscriber_is_dropped_without_slowing_the_writer() {
     let path = json!([{"key": "big"}]);
     // A subscriber that never reads: the stream backs up into its buffer.
     let url = Host::subscribe_url("kv", "kv", &path, "");
-    let mut slow = std::net::TcpStream::connect(&host.addr).unwrap();
+    let slow = std::net::TcpStream::connect(&host.addr).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     write!(
-        slow,
+        &slow,
         "GET {url} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
     )
     .unwrap();
+    // Its answer's head only (it is admitted before the others): from here on it reads nothing.
+    let mut slow = std::io::BufReader::new(slow);
+    let mut line = String::new();
+    while line != "\r\n" {
+        line.clear();
+        std::io::BufRead::read_line(&mut slow, &mut line).unwrap();
+        assert!(!line.is_empty(), "the slow subscriber's answer ended");
+    }
     let mut fast = host.subscribe("kv", "kv", path.clone(), "", None);
     // The limit per module is 2.
     let r = host.try_subscribe(&url, None).err().expect("refused");
@@ -655,7 +679,7 @@ fn sluice_watch_prints_the_value_then_each_diff() {
     }
     wc_append(&host, "plum");
     wc_append(&host, "plum");
-    let out = child.wait_with_output().unwrap();
+    let out = wait_bounded(child);
     assert!(out.status.success());
     let lines: Vec<Value> = String::from_utf8(out.stdout)
         .unwrap()
@@ -747,5 +771,76 @@ fn subscriptions_do_not_take_the_connection_share_of_their_address() {
     assert!(
         metrics.contains("sluice_subscribers{module=\"wc\"} 10"),
         "{metrics}"
+    );
+}
+
+#[test]
+fn sluice_watch_reconnects_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = Host::free_address();
+    let host = Host::start(&dir.path().join("data"), &["--listen", &listen]);
+    host.deploy_ok("wc", "wordcount", "?partitions=2");
+    wc_append(&host, "lime");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "watch",
+            "wc",
+            "counts",
+            r#"[{"key": "lime"}]"#,
+            "--events",
+            "2",
+            "--json",
+        ])
+        .args(["--server", &format!("http://{listen}")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8(host.get("/metrics").body)
+        .unwrap()
+        .contains("sluice_subscribers{module=\"wc\"} 1")
+    {
+        assert!(Instant::now() < deadline, "sluice watch never subscribed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let host = Host::restart(host.stop());
+    wc_append(&host, "lime");
+    let out = wait_bounded(child);
+    assert!(out.status.success());
+    let events: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    // The value, the host's `closing`, then (reconnected with Last-Event-ID) a reset with
+    // the value as it is after the restart — or already with the new append in it.
+    assert_eq!(kinds[..2], ["value", "closing"], "{events:?}");
+    assert_eq!(kinds[2], "reset", "{events:?}");
+    let after = events[2]["data"]["values"][0].as_i64().unwrap();
+    assert!(after == 1 || after == 2, "{events:?}");
+}
+
+#[test]
+fn the_host_wide_subscriber_limit_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("data"), &["--subscribers-max", "2"]);
+    host.deploy_ok("wc", "wordcount", "?partitions=2");
+    host.deploy_ok("kv", "kv", "?partitions=2");
+    let _a = host.subscribe("wc", "counts", json!([{"key": "a"}]), "", None);
+    let _b = host.subscribe("kv", "kv", json!([{"key": "b"}]), "", None);
+    let url = Host::subscribe_url("kv", "kv", &json!([{"key": "c"}]), "");
+    let r = host.try_subscribe(&url, None).err().expect("refused");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (503, "too-many-subscribers")
+    );
+    assert!(
+        r.error_message().contains("subscribers_max"),
+        "{}",
+        r.error_message()
     );
 }
