@@ -13,6 +13,20 @@ use sluice::client::sse::{EventStream, SseEvent, Watched};
 
 use crate::harness::{module_wasm, Host};
 
+/// A host on a fresh data directory (kept as long as the first value lives).
+fn host_with(args: &[&str]) -> (tempfile::TempDir, Host) {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("data"), args);
+    (dir, host)
+}
+
+/// A host with `wordcount` deployed as `wc` on 2 partitions.
+fn wc_host(args: &[&str]) -> (tempfile::TempDir, Host) {
+    let (dir, host) = host_with(args);
+    host.deploy_ok("wc", "wordcount", "?partitions=2");
+    (dir, host)
+}
+
 fn next(s: &mut EventStream) -> SseEvent {
     s.next_event()
         .expect("reading the stream")
@@ -68,8 +82,32 @@ fn until_equal(s: &mut EventStream, w: &mut Watched, expected: impl Fn() -> Vec<
     }
 }
 
-/// A child's output once it exits; kills it and fails after 30 s.
-fn wait_bounded(mut child: std::process::Child) -> std::process::Output {
+/// Starts `sluice watch wc counts [{"key": KEY}] --events N --json` against `server` and
+/// waits until it counts among `host`'s subscribers.
+fn start_watch(host: &Host, server: &str, key: &str, events: u32) -> std::process::Child {
+    let path = json!([{ "key": key }]).to_string();
+    let events = events.to_string();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "watch", "wc", "counts", &path, "--events", &events, "--json",
+        ])
+        .args(["--server", server])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8(host.get("/metrics").body)
+        .unwrap()
+        .contains("sluice_subscribers{module=\"wc\"} 1")
+    {
+        assert!(Instant::now() < deadline, "sluice watch never subscribed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// The JSON events a finished `sluice watch --json` printed; fails after 30 s.
+fn watch_output(mut child: std::process::Child) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -81,7 +119,13 @@ fn wait_bounded(mut child: std::process::Child) -> std::process::Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.wait_with_output().unwrap()
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn wc_append(host: &Host, word: &str) {
@@ -96,9 +140,7 @@ fn wc_append(host: &Host, word: &str) {
 
 #[test]
 fn diffs_under_concurrent_appends_add_up_to_a_fresh_select() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(&dir.path().join("data"), &[]);
-    host.deploy_ok("wc", "wordcount", "?partitions=2");
+    let (_dir, host) = wc_host(&[]);
     // A counter, a whole partition's map, and a sorted range of keys on the other partition.
     let mut counter = host.subscribe("wc", "counts", json!([{"key": "w1"}]), "", None);
     let mut whole = host.subscribe("wc", "counts", json!([]), "&partition=0", None);
@@ -173,12 +215,12 @@ fn diffs_under_concurrent_appends_add_up_to_a_fresh_select() {
 
 #[test]
 fn a_reconnect_resumes_from_last_event_id_without_a_gap() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(&dir.path().join("data"), &[]);
-    host.deploy_ok("wc", "wordcount", "?partitions=2");
+    let (_dir, host) = wc_host(&[]);
+    let apple =
+        |last: Option<&str>| host.subscribe("wc", "counts", json!([{"key": "apple"}]), "", last);
     wc_append(&host, "apple");
     let mut w = Watched::default();
-    let mut s = host.subscribe("wc", "counts", json!([{"key": "apple"}]), "", None);
+    let mut s = apple(None);
     let first = next(&mut s);
     assert_eq!(
         (first.event.as_str(), &first.data["values"]),
@@ -190,13 +232,7 @@ fn a_reconnect_resumes_from_last_event_id_without_a_gap() {
         wc_append(&host, "apple");
     }
     // The missed commits come as diffs, not as a reset.
-    let mut s = host.subscribe(
-        "wc",
-        "counts",
-        json!([{"key": "apple"}]),
-        "",
-        w.last_id.as_deref(),
-    );
+    let mut s = apple(w.last_id.as_deref());
     let mut diffs = 0;
     while w.values != vec![json!(6)] {
         let e = next(&mut s);
@@ -207,13 +243,7 @@ fn a_reconnect_resumes_from_last_event_id_without_a_gap() {
     assert_eq!(diffs, 5, "one diff per commit");
     // Resuming at the newest id sends nothing until the next change.
     drop(s);
-    let mut s = host.subscribe(
-        "wc",
-        "counts",
-        json!([{"key": "apple"}]),
-        "",
-        w.last_id.as_deref(),
-    );
+    let mut s = apple(w.last_id.as_deref());
     wc_append(&host, "apple");
     let e = next(&mut s);
     assert_eq!(
@@ -238,9 +268,7 @@ fn a_reconnect_resumes_from_last_event_id_without_a_gap() {
 
 #[test]
 fn after_kill_9_a_resume_gets_a_reset_with_the_restored_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(&dir.path().join("data"), &[]);
-    host.deploy_ok("wc", "wordcount", "?partitions=2");
+    let (_dir, host) = wc_host(&[]);
     let mut s = host.subscribe("wc", "counts", json!([{"key": "pear"}]), "", None);
     let mut w = Watched::default();
     w.apply(&next(&mut s)).unwrap();
@@ -286,9 +314,7 @@ fn after_kill_9_a_resume_gets_a_reset_with_the_restored_state() {
 
 #[test]
 fn a_clean_stop_ends_streams_with_closing_and_the_resume_resets() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(&dir.path().join("data"), &[]);
-    host.deploy_ok("wc", "wordcount", "?partitions=2");
+    let (_dir, host) = wc_host(&[]);
     wc_append(&host, "fig");
     let mut s = host.subscribe("wc", "counts", json!([{"key": "fig"}]), "", None);
     let first = next(&mut s);
@@ -316,8 +342,7 @@ fn a_clean_stop_ends_streams_with_closing_and_the_resume_resets() {
 
 #[test]
 fn a_subscription_survives_a_module_update() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(&dir.path().join("data"), &[]);
+    let (_dir, host) = host_with(&[]);
     host.deploy_ok("wordcount", "wordcount", "?partitions=2");
     let append = |w: &str| {
         let r = host.append("wordcount", "words", &json!({ "word": w }));
@@ -345,8 +370,7 @@ fn a_subscription_survives_a_module_update() {
 
 #[test]
 fn microbatch_commits_reach_subscribers() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(&dir.path().join("data"), &[]);
+    let (_dir, host) = host_with(&[]);
     host.deploy_ok("bank", "bank", "?partitions=2");
     let path = json!([{"key": "alice"}, {"key": "balance"}]);
     let mut s = host.subscribe("bank", "accounts", path.clone(), "", None);
@@ -369,59 +393,42 @@ fn microbatch_commits_reach_subscribers() {
 
 #[test]
 fn bad_subscriptions_get_precise_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(&dir.path().join("data"), &[]);
-    host.deploy_ok("wc", "wordcount", "?partitions=2");
-    let err = |url: &str| {
-        let r = host
-            .try_subscribe(url, None)
-            .err()
-            .expect("an error answer");
-        (r.status, r.error_code())
-    };
+    let (_dir, host) = wc_host(&[]);
     let url = |path: &Value, extra: &str| Host::subscribe_url("wc", "counts", path, extra);
-    assert_eq!(
-        err("/v1/modules/wc/pstates/counts/subscribe"),
-        (400, "invalid-request".into())
-    );
-    assert_eq!(
-        err("/v1/modules/wc/pstates/counts/subscribe?path=%5B"),
-        (400, "invalid-json".into())
-    );
-    assert_eq!(
-        err(&url(&json!([{"bogus": 1}]), "")),
-        (400, "unknown-navigator".into())
-    );
-    assert_eq!(
-        err(&url(&json!(["all"]), "")),
-        (400, "partition-required".into())
-    );
-    assert_eq!(
-        err(&url(&json!(["all"]), "&partition=9")),
-        (400, "partition-out-of-range".into())
-    );
-    assert_eq!(
-        err(&url(&json!([{"key": 5}]), "")),
-        (400, "schema-mismatch".into())
-    );
-    assert_eq!(
-        err(&Host::subscribe_url(
-            "wc",
-            "nope",
-            &json!([]),
-            "&partition=0"
-        )),
-        (404, "unknown-pstate".into())
-    );
-    assert_eq!(
-        err(&Host::subscribe_url(
-            "nope",
-            "counts",
-            &json!([]),
-            "&partition=0"
-        )),
-        (404, "unknown-module".into())
-    );
+    let cases = [
+        (
+            "/v1/modules/wc/pstates/counts/subscribe".to_string(),
+            400,
+            "invalid-request",
+        ),
+        (
+            "/v1/modules/wc/pstates/counts/subscribe?path=%5B".into(),
+            400,
+            "invalid-json",
+        ),
+        (url(&json!([{"bogus": 1}]), ""), 400, "unknown-navigator"),
+        (url(&json!(["all"]), ""), 400, "partition-required"),
+        (
+            url(&json!(["all"]), "&partition=9"),
+            400,
+            "partition-out-of-range",
+        ),
+        (url(&json!([{"key": 5}]), ""), 400, "schema-mismatch"),
+        (
+            Host::subscribe_url("wc", "nope", &json!([]), "&partition=0"),
+            404,
+            "unknown-pstate",
+        ),
+        (
+            Host::subscribe_url("nope", "counts", &json!([]), "&partition=0"),
+            404,
+            "unknown-module",
+        ),
+    ];
+    for (u, status, code) in cases {
+        let r = host.try_subscribe(&u, None).err().expect("an error answer");
+        assert_eq!((r.status, r.error_code().as_str()), (status, code), "{u}");
+    }
     let ok = url(&json!([{"key": "a"}]), "");
     let r = host.request("POST", &ok, "application/json", b"");
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
@@ -437,16 +444,12 @@ fn bad_subscriptions_get_precise_errors() {
 
 #[test]
 fn limits_apply_and_a_slow_subscriber_is_dropped_without_slowing_the_writer() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(
-        &dir.path().join("data"),
-        &[
-            "--subscribers-per-module-max",
-            "2",
-            "--subscriber-buffer-events",
-            "4",
-        ],
-    );
+    let (_dir, host) = host_with(&[
+        "--subscribers-per-module-max",
+        "2",
+        "--subscriber-buffer-events",
+        "4",
+    ]);
     host.deploy_ok("kv", "kv", "?partitions=2");
     let path = json!([{"key": "big"}]);
     // A subscriber that never reads: the stream backs up into its buffer.
@@ -535,18 +538,14 @@ fn limits_apply_and_a_slow_subscriber_is_dropped_without_slowing_the_writer() {
 
 #[test]
 fn keepalives_and_a_token_in_the_query() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(
-        &dir.path().join("data"),
-        &[
-            "--token",
-            "admin=admin-token-1",
-            "--token",
-            "read=reader-token-1",
-            "--subscription-keepalive-ms",
-            "100",
-        ],
-    );
+    let (_dir, host) = host_with(&[
+        "--token",
+        "admin=admin-token-1",
+        "--token",
+        "read=reader-token-1",
+        "--subscription-keepalive-ms",
+        "100",
+    ]);
     let mut c = sluice::client::Client::new(&format!("http://{}", host.addr))
         .unwrap()
         .with_token(Some("admin-token-1".into()));
@@ -592,9 +591,7 @@ fn keepalives_and_a_token_in_the_query() {
 
 #[test]
 fn deleting_a_module_ends_its_subscriptions() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(&dir.path().join("data"), &[]);
-    host.deploy_ok("wc", "wordcount", "?partitions=2");
+    let (_dir, host) = wc_host(&[]);
     let mut s = host.subscribe("wc", "counts", json!(["all"]), "&partition=1", None);
     assert_eq!(next(&mut s).event, "value");
     let r = host.request("DELETE", "/v1/modules/wc", "application/json", b"");
@@ -609,8 +606,7 @@ fn deleting_a_module_ends_its_subscriptions() {
 
 #[test]
 fn a_home_timeline_is_live() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(&dir.path().join("data"), &[]);
+    let (_dir, host) = host_with(&[]);
     host.deploy_ok("social", "social", "?partitions=4");
     for followee in ["bob", "carol"] {
         let r = host.append(
@@ -650,42 +646,12 @@ fn a_home_timeline_is_live() {
 
 #[test]
 fn sluice_watch_prints_the_value_then_each_diff() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(&dir.path().join("data"), &[]);
-    host.deploy_ok("wc", "wordcount", "?partitions=2");
+    let (_dir, host) = wc_host(&[]);
     wc_append(&host, "plum");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "watch",
-            "wc",
-            "counts",
-            r#"[{"key": "plum"}]"#,
-            "--events",
-            "3",
-            "--json",
-        ])
-        .args(["--server", &format!("http://{}", host.addr)])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The subscription is up once it counts among the subscribers.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !String::from_utf8(host.get("/metrics").body)
-        .unwrap()
-        .contains("sluice_subscribers{module=\"wc\"} 1")
-    {
-        assert!(Instant::now() < deadline, "sluice watch never subscribed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = start_watch(&host, &format!("http://{}", host.addr), "plum", 3);
     wc_append(&host, "plum");
     wc_append(&host, "plum");
-    let out = wait_bounded(child);
-    assert!(out.status.success());
-    let lines: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = watch_output(child);
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert_eq!(
         (lines[0]["event"].as_str(), &lines[0]["data"]["values"]),
@@ -702,8 +668,7 @@ fn sluice_watch_prints_the_value_then_each_diff() {
 
 #[test]
 fn a_value_past_the_answer_limit_is_refused_or_ends_the_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(&dir.path().join("data"), &["--answer-bytes-max", "8000"]);
+    let (_dir, host) = host_with(&["--answer-bytes-max", "8000"]);
     host.deploy_ok("kv", "kv", "?partitions=2");
     let put = |key: &str, field: i64, len: usize| {
         let r = host.append(
@@ -735,12 +700,7 @@ fn a_value_past_the_answer_limit_is_refused_or_ends_the_stream() {
 
 #[test]
 fn subscriptions_do_not_take_the_connection_share_of_their_address() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(
-        &dir.path().join("data"),
-        &["--connections-per-address-max", "3"],
-    );
-    host.deploy_ok("wc", "wordcount", "?partitions=2");
+    let (_dir, host) = wc_host(&["--connections-per-address-max", "3"]);
     // Ten streams from one address whose share is 3 connections…
     let mut streams: Vec<EventStream> = (0..10)
         .map(|i| {
@@ -776,42 +736,13 @@ fn subscriptions_do_not_take_the_connection_share_of_their_address() {
 
 #[test]
 fn sluice_watch_reconnects_across_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
     let listen = Host::free_address();
-    let host = Host::start(&dir.path().join("data"), &["--listen", &listen]);
-    host.deploy_ok("wc", "wordcount", "?partitions=2");
+    let (_dir, host) = wc_host(&["--listen", &listen]);
     wc_append(&host, "lime");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "watch",
-            "wc",
-            "counts",
-            r#"[{"key": "lime"}]"#,
-            "--events",
-            "2",
-            "--json",
-        ])
-        .args(["--server", &format!("http://{listen}")])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !String::from_utf8(host.get("/metrics").body)
-        .unwrap()
-        .contains("sluice_subscribers{module=\"wc\"} 1")
-    {
-        assert!(Instant::now() < deadline, "sluice watch never subscribed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = start_watch(&host, &format!("http://{listen}"), "lime", 2);
     let host = Host::restart(host.stop());
     wc_append(&host, "lime");
-    let out = wait_bounded(child);
-    assert!(out.status.success());
-    let events: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = watch_output(child);
     let kinds: Vec<&str> = events
         .iter()
         .map(|e| e["event"].as_str().unwrap())
@@ -826,8 +757,7 @@ fn sluice_watch_reconnects_across_a_restart() {
 
 #[test]
 fn the_host_wide_subscriber_limit_applies() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(&dir.path().join("data"), &["--subscribers-max", "2"]);
+    let (_dir, host) = host_with(&["--subscribers-max", "2"]);
     host.deploy_ok("wc", "wordcount", "?partitions=2");
     host.deploy_ok("kv", "kv", "?partitions=2");
     let _a = host.subscribe("wc", "counts", json!([{"key": "a"}]), "", None);
