@@ -504,7 +504,13 @@ impl WorkerSpec {
     /// How an incarnation ends on `e`.
     fn exit(&self, e: &PartitionError) -> Exit {
         if e.is_fatal() {
-            Exit::Fatal(self.describe(e))
+            let cause = self.describe(e);
+            // Its subscribers are told: nothing will change here any more.
+            self.store.changes().close(
+                "partition-failed",
+                &format!("partition {} has failed: {cause}", self.cfg.partition),
+            );
+            Exit::Fatal(cause)
         } else {
             Exit::Failed(self.describe(e))
         }
