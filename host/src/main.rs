@@ -95,6 +95,10 @@ struct ServeArgs {
     /// How long an append's `Idempotency-Key` is remembered, in seconds.
     #[arg(long, default_value_t = Limits::default().idempotency_window_ms / 1000)]
     idempotency_window_s: u64,
+    /// An origin browsers may call the API from (CORS), e.g. `https://app.example`; repeat
+    /// for several, `*` for any. Without it, no CORS headers are sent.
+    #[arg(long = "cors-origin")]
+    cors_origins: Vec<String>,
     /// Subscribers (SSE streams) the host serves at once.
     #[arg(long, default_value_t = Limits::default().subscribers_max)]
     subscribers_max: usize,
@@ -250,6 +254,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                 args.reads_concurrent_max,
                 args.queries_concurrent_max,
             ),
+            cors: sluice::api::cors::Cors::new(args.cors_origins.clone()),
         });
         serve(listener, state, shutdown_signal()).await;
         // Subscribers are told the host is stopping (a final `closing` event) before it does.

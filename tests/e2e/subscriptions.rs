@@ -774,3 +774,53 @@ fn the_host_wide_subscriber_limit_applies() {
         r.error_message()
     );
 }
+
+#[test]
+fn browsers_on_an_allowed_origin_may_subscribe_and_call() {
+    let (_dir, host) = wc_host(&["--cors-origin", "http://app.example"]);
+    let url = Host::subscribe_url("wc", "counts", &json!([{"key": "a"}]), "");
+    let ask = |method: &str, path: &str, origin: &str| {
+        sluice::client::Client::new(&host.addr)
+            .unwrap()
+            .request_with_headers(
+                method,
+                path,
+                "application/json",
+                b"",
+                &[
+                    ("Origin", origin),
+                    ("Access-Control-Request-Method", "POST"),
+                ],
+            )
+            .unwrap()
+    };
+    // The stream's headers (HEAD) for an allowed origin carry the permission…
+    let r = ask("HEAD", &url, "http://app.example");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://app.example")
+    );
+    // …and a preflight for a select is answered; another origin gets neither.
+    let r = ask(
+        "OPTIONS",
+        "/v1/modules/wc/pstates/counts/select",
+        "http://app.example",
+    );
+    assert_eq!(r.status, 204);
+    assert!(r
+        .header("access-control-allow-headers")
+        .unwrap()
+        .contains("last-event-id"));
+    let r = ask("HEAD", &url, "http://evil.example");
+    assert_eq!(
+        (r.status, r.header("access-control-allow-origin")),
+        (200, None)
+    );
+    let r = ask(
+        "OPTIONS",
+        "/v1/modules/wc/pstates/counts/select",
+        "http://evil.example",
+    );
+    assert_eq!(r.status, 405);
+}

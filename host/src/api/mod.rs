@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod conn;
+pub mod cors;
 mod error;
 pub mod json;
 #[cfg(test)]
@@ -73,6 +74,8 @@ pub struct AppState {
     pub conn: conn::ConnLimits,
     /// Where blocking reads and query calls run ([`pools`]).
     pub pools: pools::Pools,
+    /// Origins browsers may call from ([`cors`]).
+    pub cors: cors::Cors,
 }
 
 pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
@@ -131,11 +134,17 @@ pub async fn serve(
             let service = hyper::service::service_fn(move |req| {
                 let (state, ticket) = (Arc::clone(&state), Arc::clone(&ticket));
                 async move {
-                    Ok::<_, Infallible>(if subscribe::is_subscribe(&req) {
+                    if let Some(p) = state.cors.preflight(&req) {
+                        return Ok::<_, Infallible>(p.map(http_body_util::Either::Left));
+                    }
+                    let origin = req.headers().get(hyper::header::ORIGIN).cloned();
+                    let mut r = if subscribe::is_subscribe(&req) {
                         subscribe::handle(&state, req, &ticket).await
                     } else {
                         handle(&state, req).await.map(http_body_util::Either::Left)
-                    })
+                    };
+                    state.cors.decorate(origin.as_ref(), &mut r);
+                    Ok(r)
                 }
             });
             let io = hyper_util::rt::TokioIo::new(conn::Watched::new(

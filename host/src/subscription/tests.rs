@@ -226,3 +226,58 @@ fn a_position_seen_twice_resets_every_feed() {
         serde_json::json!([{"a": 1, "b": 1, "c": 1, "d": 1}])
     );
 }
+
+#[test]
+fn a_feed_that_falls_behind_coalesces_and_stays_exact() {
+    use super::feed::{Snap, Subscriber, PENDING_MAX};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(PStateStore::open(&dir.path().join("pstate.redb")).unwrap());
+    let catalog = catalog();
+    store.changes().started(0, Arc::clone(&catalog));
+    let key = crate::value::Value::Integer(1.into());
+    let path = vec![Navigator::Key(key.clone())];
+    // No evaluator thread: the test runs the feed itself, after 100 commits piled up.
+    let (scheduler, _queued) = std::sync::mpsc::channel();
+    let feed = super::Feed::new(spec("buckets", &path), &store, scheduler, Duration::ZERO);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1_000);
+    let end = Arc::new(std::sync::OnceLock::new());
+    assert!(feed.join(Subscriber { tx, end }, None).is_ok());
+    feed.run();
+    let mut session = Session::new(Arc::clone(&store), Arc::clone(&catalog), 0, 1, 10_000);
+    for position in 1..=100u64 {
+        let p = vec![
+            Navigator::Key(key.clone()),
+            Navigator::Key(crate::value::Value::Text(format!("f{}", position % 7))),
+        ];
+        session
+            .transform("buckets", &p, &crate::pstate::TransformOp::Increment(1))
+            .unwrap();
+        session.end_record(true);
+        let c = Commit {
+            writes: session.take_writes(),
+            position,
+            ..Commit::default()
+        };
+        store.commit(&c, false).unwrap();
+        feed.offer(Arc::new(Snap {
+            incarnation: store.changes().incarnation(),
+            position,
+            txn: store.begin_read().unwrap(),
+        }));
+    }
+    feed.run();
+    let mut w = Watched::default();
+    let mut events = 0;
+    while let Ok(e) = rx.try_recv() {
+        w.apply(&parse_frame(&e.frame)).unwrap();
+        events += 1;
+    }
+    // The value, then one diff per snapshot kept: the oldest were dropped, none missed.
+    assert_eq!(events, 1 + PENDING_MAX);
+    assert_eq!(
+        w.last_id.as_deref().unwrap().rsplit('-').next(),
+        Some("100")
+    );
+    let now = select_committed(&store, &catalog, "buckets", &path, 10_000).unwrap();
+    assert_eq!(w.values, now.iter().map(to_json).collect::<Vec<_>>());
+}

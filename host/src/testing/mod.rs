@@ -151,6 +151,7 @@ impl TestHost {
             tokens: Default::default(),
             conn: crate::api::conn::ConnLimits::default(),
             pools: crate::api::pools::Pools::default(),
+            cors: Default::default(),
         });
         runtime.spawn(serve(listener, state, async {
             let _ = stopped.await;
