@@ -260,6 +260,14 @@ fn hostile_modules_at_deploy_and_garbage_through_every_import() {
         String::from_utf8_lossy(&r.body)
     );
     assert_eq!(r.json()["error"]["guest_error"], "deadline-exceeded");
+    let compiles = || {
+        let m = String::from_utf8(host.get("/metrics").body).unwrap();
+        m.lines()
+            .filter(|l| l.starts_with("sluice_component_compiles_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let before = compiles();
     let r = host.deploy("net", &module_wasm("forbidden_net"), "");
     assert_eq!(
         (r.status, r.error_code().as_str()),
@@ -273,6 +281,11 @@ fn hostile_modules_at_deploy_and_garbage_through_every_import() {
             .any(|i| i.as_str().unwrap().starts_with("wasi:sockets/")),
         "{}",
         r.json()
+    );
+    assert_eq!(
+        compiles(),
+        before,
+        "forbidden imports are found without compiling"
     );
     let r = host.deploy("old", &module_wasm("old_contract"), "");
     assert_eq!(
@@ -292,8 +305,27 @@ fn hostile_modules_at_deploy_and_garbage_through_every_import() {
         json!({"modules": []}),
         "nothing of a refused deploy is kept"
     );
+    // Nor its compiled code: only components that pass every check are cached (imports are
+    // checked in the binary, before compiling; the contract version after).
+    let cached = |wasm: &str| {
+        use sha2::Digest;
+        let digest: String = sha2::Sha256::digest(module_wasm(wasm))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::fs::read_dir(dir.path().join("data/cache"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().starts_with(&digest))
+            })
+            .unwrap_or(false)
+    };
+    for refused in ["define_loop", "forbidden_net", "old_contract"] {
+        assert!(!cached(refused), "{refused} was cached");
+    }
 
     host.deploy_ok("garbage", "garbage_imports", "?partitions=2");
+    assert!(cached("garbage_imports"), "a deployed component is cached");
     let r = host.append("garbage", "go", &json!({"key": "g"}));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(

@@ -40,6 +40,7 @@ pub const HELP: &[(&str, &str, &str)] = &[
     ("sluice_queries_total", "counter", "Queries answered, by module, query and outcome."),
     ("sluice_module_version", "gauge", "The running version of each module."),
     ("sluice_http_requests_total", "counter", "HTTP requests answered, by status code."),
+    ("sluice_component_compiles_total", "counter", "Components compiled (not found in the compiled-module cache), by outcome (ok or refused after compiling)."),
     ("sluice_subscribers", "gauge", "Subscribers (SSE streams) connected now, by module."),
     ("sluice_subscriptions_total", "counter", "Subscriptions started, by module."),
     ("sluice_subscription_events_total", "counter", "Subscription events (value, diff, reset) handed to subscribers, by module."),

@@ -977,6 +977,8 @@ impl Registry {
                 (d.clone(), [c("none"), c("append"), c("full")])
             })
             .collect();
+        // Accepted: its compiled code goes to the cache now (never for a refused deploy).
+        self.runtime.keep(wasm)?;
         Ok(Arc::new(Module {
             name: manifest.name.clone(),
             version: manifest.version,

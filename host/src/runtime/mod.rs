@@ -10,9 +10,10 @@ mod bindings;
 mod instance;
 mod output;
 
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -71,7 +72,13 @@ pub struct Runtime {
     linker: Linker<HostState>,
     limits: Limits,
     cache_dir: PathBuf,
+    /// Compiled components not yet accepted by a deploy: (cache path, compiled bytes,
+    /// component), newest last. Written to the cache only by [`Runtime::keep`].
+    pending: Mutex<VecDeque<(PathBuf, Vec<u8>, Component)>>,
 }
+
+/// Compiled components held in memory while their deploy runs `define` and its checks.
+const PENDING_MAX: usize = 4;
 
 impl Runtime {
     pub fn new(limits: Limits, cache_dir: &Path) -> anyhow::Result<Arc<Self>> {
@@ -99,6 +106,7 @@ impl Runtime {
             linker,
             limits,
             cache_dir: cache_dir.to_path_buf(),
+            pending: Mutex::new(VecDeque::new()),
         }))
     }
 
@@ -107,7 +115,9 @@ impl Runtime {
     }
 
     /// Validates and compiles a component, using the compiled-module cache: a component seen
-    /// before (same bytes, same engine settings) loads without compiling.
+    /// before (same bytes, same engine settings) loads without compiling. A new one is held
+    /// in memory until [`Runtime::keep`] (its deploy was accepted) writes it to the cache, so
+    /// a refused component is never cached.
     pub fn compile(&self, wasm: &[u8]) -> Result<Component, CompileError> {
         if wasm.len() > self.limits.module_size_bytes {
             return Err(CompileError::TooLarge {
@@ -115,16 +125,9 @@ impl Runtime {
                 limit: self.limits.module_size_bytes,
             });
         }
-        let mut compat = std::collections::hash_map::DefaultHasher::new();
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut compat);
-        let digest = Sha256::digest(wasm);
-        let name = hex(&digest);
-        let path = self
-            .cache_dir
-            .join(format!("{name}-{:016x}.cwasm", compat.finish()));
-        let component = match self.load_cached(&path) {
+        let path = self.cache_path(wasm);
+        let pending = self.pending_get(&path);
+        let component = match pending.or_else(|| self.load_cached(&path)) {
             Some(c) => c,
             None => {
                 if wasmparser_is_core_module(wasm) {
@@ -132,18 +135,68 @@ impl Runtime {
                         "this is a core WebAssembly module, not a component; build for wasm32-wasip2 (or wrap it with `wasm-tools component new`)".into(),
                     ));
                 }
-                let compiled = self
-                    .engine
-                    .precompile_component(wasm)
-                    .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
-                store_cached(&path, &compiled)?;
+                // Refused imports are found in the binary, before a compile is spent on them.
+                let forbidden = forbidden_imports(component_imports(wasm)?);
+                if !forbidden.is_empty() {
+                    return Err(CompileError::ForbiddenImport(forbidden));
+                }
+                let compiled = self.engine.precompile_component(wasm).map_err(|e| {
+                    crate::metrics::inc(
+                        "sluice_component_compiles_total",
+                        &[("outcome", "refused")],
+                    );
+                    CompileError::Invalid(format!("{e:#}"))
+                })?;
                 // SAFETY: produced just above by this engine.
-                unsafe { Component::deserialize(&self.engine, &compiled) }
-                    .map_err(|e| CompileError::Invalid(e.to_string()))?
+                let component = unsafe { Component::deserialize(&self.engine, &compiled) }
+                    .map_err(|e| CompileError::Invalid(e.to_string()))?;
+                let checked = self.check_imports_and_exports(&component);
+                let outcome = if checked.is_ok() { "ok" } else { "refused" };
+                crate::metrics::inc("sluice_component_compiles_total", &[("outcome", outcome)]);
+                checked?;
+                let mut pending = self.pending.lock().expect("poisoned");
+                if pending.len() >= PENDING_MAX {
+                    pending.pop_front();
+                }
+                pending.push_back((path, compiled, component.clone()));
+                return Ok(component);
             }
         };
         self.check_imports_and_exports(&component)?;
         Ok(component)
+    }
+
+    fn pending_get(&self, path: &Path) -> Option<Component> {
+        let pending = self.pending.lock().expect("poisoned");
+        pending
+            .iter()
+            .find(|(p, _, _)| p == path)
+            .map(|(_, _, c)| c.clone())
+    }
+
+    /// Writes `wasm`'s compiled code to the cache, once its deploy was accepted.
+    pub fn keep(&self, wasm: &[u8]) -> Result<(), CompileError> {
+        let path = self.cache_path(wasm);
+        let entry = {
+            let mut pending = self.pending.lock().expect("poisoned");
+            let i = pending.iter().position(|(p, _, _)| *p == path);
+            i.and_then(|i| pending.remove(i))
+        };
+        if let Some((path, compiled, _)) = entry {
+            store_cached(&path, &compiled)?;
+        }
+        Ok(())
+    }
+
+    /// Where the compiled code of `wasm` is cached (its SHA-256 and the engine's settings).
+    fn cache_path(&self, wasm: &[u8]) -> PathBuf {
+        let mut compat = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut compat);
+        let name = hex(&Sha256::digest(wasm));
+        self.cache_dir
+            .join(format!("{name}-{:016x}.cwasm", compat.finish()))
     }
 
     /// A cached compiled component, if its file matches the digest recorded beside it and
@@ -172,8 +225,11 @@ impl Runtime {
 
     fn check_imports_and_exports(&self, component: &Component) -> Result<(), CompileError> {
         let ty = component.component_type();
-        let mut forbidden = Vec::new();
-        for (name, _) in ty.imports(&self.engine) {
+        let names: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        for name in &names {
             if let Some(rest) = name.strip_prefix("sluice:module/") {
                 let version = rest.split_once('@').map_or("", |(_, v)| v);
                 if version != CONTRACT_VERSION {
@@ -182,10 +238,8 @@ impl Runtime {
                     });
                 }
             }
-            if !ALLOWED_IMPORTS.iter().any(|p| name.starts_with(p)) {
-                forbidden.push(name.to_string());
-            }
         }
+        let forbidden = forbidden_imports(names);
         if !forbidden.is_empty() {
             return Err(CompileError::ForbiddenImport(forbidden));
         }
@@ -220,6 +274,34 @@ impl Runtime {
 }
 
 /// Core modules start with the same magic as components but a different version/layer field.
+/// The imports outside the allow-list among `names`.
+fn forbidden_imports(names: Vec<String>) -> Vec<String> {
+    names
+        .into_iter()
+        .filter(|name| !ALLOWED_IMPORTS.iter().any(|p| name.starts_with(p)))
+        .collect()
+}
+
+/// The names a component imports at its top level, read from its binary (no compiling).
+fn component_imports(wasm: &[u8]) -> Result<Vec<String>, CompileError> {
+    let invalid = |e: wasmparser::BinaryReaderError| CompileError::Invalid(e.to_string());
+    let mut depth = 0usize;
+    let mut names = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload.map_err(invalid)? {
+            wasmparser::Payload::Version { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentImportSection(section) if depth == 1 => {
+                for import in section {
+                    names.push(import.map_err(invalid)?.name.name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(names)
+}
+
 fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
 }
