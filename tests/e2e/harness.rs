@@ -262,8 +262,7 @@ impl Host {
         path: &serde_json::Value,
         extra: &str,
     ) -> String {
-        let encoded = sluice::client::percent_encode(&path.to_string());
-        format!("/v1/modules/{module}/pstates/{pstate}/subscribe?path={encoded}{extra}")
+        sluice::client::subscribe_path(module, pstate, &path.to_string(), None) + extra
     }
 
     /// Opens a subscription (each on a connection of its own; a read waits at most 20 s);

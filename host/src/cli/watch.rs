@@ -11,7 +11,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use super::{segment, CliError, Connection};
+use super::{CliError, Connection};
 use crate::client::sse::{SseEvent, Watched};
 use crate::client::Client;
 
@@ -30,16 +30,7 @@ pub struct Target<'a> {
 }
 
 fn url(t: &Target<'_>) -> String {
-    let mut u = format!(
-        "/v1/modules/{}/pstates/{}/subscribe?path={}",
-        segment(t.module),
-        segment(t.pstate),
-        segment(t.path)
-    );
-    if let Some(p) = t.partition {
-        u.push_str(&format!("&partition={p}"));
-    }
-    u
+    crate::client::subscribe_path(t.module, t.pstate, t.path, t.partition)
 }
 
 fn print(e: &SseEvent, json: bool, out: &mut impl Write) -> std::io::Result<()> {

@@ -25,6 +25,20 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
+/// The URL path of a subscription to `path` (its JSON text) in `pstate` of `module`.
+pub fn subscribe_path(module: &str, pstate: &str, path: &str, partition: Option<u32>) -> String {
+    let mut u = format!(
+        "/v1/modules/{}/pstates/{}/subscribe?path={}",
+        percent_encode(module),
+        percent_encode(pstate),
+        percent_encode(path)
+    );
+    if let Some(p) = partition {
+        u.push_str(&format!("&partition={p}"));
+    }
+    u
+}
+
 /// An HTTP answer.
 #[derive(Debug, Clone)]
 pub struct Response {

@@ -87,6 +87,30 @@ fn catch_up(
     });
 }
 
+/// Increments `buckets[bucket][field]` and commits it, as the partition does, at `position`.
+fn increment_and_commit(
+    store: &PStateStore,
+    session: &mut Session,
+    bucket: i64,
+    field: &str,
+    position: u64,
+) {
+    let p = vec![
+        Navigator::Key(crate::value::Value::Integer(bucket.into())),
+        Navigator::Key(crate::value::Value::Text(field.into())),
+    ];
+    session
+        .transform("buckets", &p, &crate::pstate::TransformOp::Increment(1))
+        .unwrap();
+    session.end_record(true);
+    let c = Commit {
+        writes: session.take_writes(),
+        position,
+        ..Commit::default()
+    };
+    store.commit(&c, false).unwrap();
+}
+
 #[test]
 fn subscribers_follow_random_histories_exactly() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -162,20 +186,7 @@ fn a_position_seen_twice_resets_every_feed() {
     );
     let mut session = Session::new(Arc::clone(&store), Arc::clone(&catalog), 0, 1, 10_000);
     let put = |session: &mut Session, position: u64, field: &str| {
-        let p = vec![
-            Navigator::Key(crate::value::Value::Integer(5.into())),
-            Navigator::Key(crate::value::Value::Text(field.into())),
-        ];
-        session
-            .transform("buckets", &p, &crate::pstate::TransformOp::Increment(1))
-            .unwrap();
-        session.end_record(true);
-        let c = Commit {
-            writes: session.take_writes(),
-            position,
-            ..Commit::default()
-        };
-        store.commit(&c, false).unwrap();
+        increment_and_commit(&store, session, 5, field, position)
     };
     let mut events = Vec::new();
     let take = |sub: &mut super::Subscription, n: usize, events: &mut Vec<SseEvent>| {
@@ -245,20 +256,13 @@ fn a_feed_that_falls_behind_coalesces_and_stays_exact() {
     feed.run();
     let mut session = Session::new(Arc::clone(&store), Arc::clone(&catalog), 0, 1, 10_000);
     for position in 1..=100u64 {
-        let p = vec![
-            Navigator::Key(key.clone()),
-            Navigator::Key(crate::value::Value::Text(format!("f{}", position % 7))),
-        ];
-        session
-            .transform("buckets", &p, &crate::pstate::TransformOp::Increment(1))
-            .unwrap();
-        session.end_record(true);
-        let c = Commit {
-            writes: session.take_writes(),
+        increment_and_commit(
+            &store,
+            &mut session,
+            1,
+            &format!("f{}", position % 7),
             position,
-            ..Commit::default()
-        };
-        store.commit(&c, false).unwrap();
+        );
         feed.offer(Arc::new(Snap {
             incarnation: store.changes().incarnation(),
             position,

@@ -361,14 +361,7 @@ impl TestModule<'_> {
         path: Value,
         partition: Option<u32>,
     ) -> Result<Subscription> {
-        let encoded = crate::client::percent_encode(&path.to_string());
-        let mut url = format!(
-            "/v1/modules/{}/pstates/{pstate}/subscribe?path={encoded}",
-            self.name
-        );
-        if let Some(p) = partition {
-            url.push_str(&format!("&partition={p}"));
-        }
+        let url = crate::client::subscribe_path(&self.name, pstate, &path.to_string(), partition);
         let client = self.host.client.lock().expect("poisoned");
         let stream = client
             .subscribe(&url, None, Some(Duration::from_secs(30)))
