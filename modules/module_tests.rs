@@ -5,5 +5,7 @@
 
 #[path = "bank/tests/module.rs"]
 mod bank;
+#[path = "conformance_tests.rs"]
+mod conformance;
 #[path = "wordcount/tests/module.rs"]
 mod wordcount;

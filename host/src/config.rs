@@ -107,6 +107,15 @@ impl Default for Limits {
     }
 }
 
+impl Config {
+    /// The directory of the compiled-module cache.
+    pub fn compile_cache_dir(&self) -> std::path::PathBuf {
+        self.compile_cache_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("cache"))
+    }
+}
+
 /// Everything a host needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -118,6 +127,10 @@ pub struct Config {
     pub cache_budget_bytes: usize,
     /// Verify every page checksum of every partition file when the host opens it.
     pub verify_on_open: bool,
+    /// Where compiled components are cached; `None`: `<data_dir>/cache`. Hosts may share one
+    /// (entries are written atomically and checked against their digest); it must be as
+    /// trusted as the data directory, since its contents are loaded as machine code.
+    pub compile_cache_dir: Option<std::path::PathBuf>,
 }
 
 /// The default of [`Config::cache_budget_bytes`].

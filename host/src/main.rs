@@ -81,6 +81,10 @@ struct ServeArgs {
     /// file whole at start); `false` starts faster and finds damage only when it is read.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     verify_on_open: bool,
+    /// Where compiled components are cached (default: DATA_DIR/cache). Several hosts may share
+    /// one; it must be private to the hosts' user, since its files are loaded as machine code.
+    #[arg(long)]
+    compile_cache_dir: Option<PathBuf>,
     /// The largest depot-read or select answer in bytes; past it the answer is cut and
     /// carries `next` (a select without `limit` is refused with 413 instead).
     #[arg(long, default_value_t = Limits::default().answer_bytes_max)]
@@ -226,6 +230,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         default_partitions: args.partitions,
         cache_budget_bytes: args.cache_mb << 20,
         verify_on_open: args.verify_on_open,
+        compile_cache_dir: args.compile_cache_dir.clone(),
     };
     let registry = Registry::open(config)
         .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;

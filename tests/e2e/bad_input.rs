@@ -26,7 +26,7 @@ fn bad_modules_are_refused_with_a_reason() {
         .unwrap()
         .contains("core WebAssembly module"));
 
-    let r = host.deploy("forbidden", &module_wasm("forbidden"), "");
+    let r = host.deploy("http", &module_wasm("forbidden_http"), "");
     assert_eq!(
         (r.status, r.error_code().as_str()),
         (400, "forbidden-import"),
@@ -36,7 +36,9 @@ fn bad_modules_are_refused_with_a_reason() {
     assert!(r.json()["error"]["import"]
         .as_str()
         .unwrap()
-        .starts_with("wasi:filesystem/"));
+        .starts_with("wasi:http/"));
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("--disable http"), "{message}");
 
     let r = host.deploy("UPPER", &module_wasm("wordcount"), "");
     assert_eq!((r.status, r.error_code().as_str()), (400, "invalid-name"));

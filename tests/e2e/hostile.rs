@@ -268,7 +268,7 @@ fn hostile_modules_at_deploy_and_garbage_through_every_import() {
             .sum::<u64>()
     };
     let before = compiles();
-    let r = host.deploy("net", &module_wasm("forbidden_net"), "");
+    let r = host.deploy("http", &module_wasm("forbidden_http"), "");
     assert_eq!(
         (r.status, r.error_code().as_str()),
         (400, "forbidden-import")
@@ -278,7 +278,7 @@ fn hostile_modules_at_deploy_and_garbage_through_every_import() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|i| i.as_str().unwrap().starts_with("wasi:sockets/")),
+            .any(|i| i.as_str().unwrap().starts_with("wasi:http/")),
         "{}",
         r.json()
     );
@@ -320,7 +320,7 @@ fn hostile_modules_at_deploy_and_garbage_through_every_import() {
             })
             .unwrap_or(false)
     };
-    for refused in ["define_loop", "forbidden_net", "old_contract"] {
+    for refused in ["define_loop", "forbidden_http", "old_contract"] {
         assert!(!cached(refused), "{refused} was cached");
     }
 
@@ -383,5 +383,39 @@ fn hostile_modules_at_deploy_and_garbage_through_every_import() {
     assert_eq!(
         host.select("hostile", "seen", json!([{"key": "h"}])),
         vec![json!(1)]
+    );
+}
+
+/// `wasi:filesystem` and `wasi:sockets` are linked without authority (SECURITY.md): modules
+/// importing them deploy, and a read of a file that exists, or a connect to a port that
+/// listens, fails inside the guest — no byte read, no connection made.
+#[test]
+fn filesystem_and_socket_imports_carry_no_authority() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("data"), &[]);
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, "the host's secret").unwrap();
+    host.deploy_ok("fs", "forbidden", "?partitions=1");
+    for path in [secret.to_str().unwrap(), "/etc/passwd", "secret.txt", "."] {
+        let r = host.append("fs", "paths", &json!({ "path": path }));
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let answer = r.json()["results"]["read"].as_str().unwrap().to_string();
+        assert!(answer.starts_with("error: "), "{path}: {answer}");
+    }
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    host.deploy_ok("net", "forbidden_net", "?partitions=1");
+    for target in [addr.as_str(), "localhost:80", "[::1]:22"] {
+        let r = host.append("net", "targets", &json!({ "addr": target }));
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let answer = r.json()["results"]["connect"].as_str().unwrap().to_string();
+        assert!(answer.starts_with("error: "), "{target}: {answer}");
+    }
+    assert_eq!(
+        listener.accept().map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::WouldBlock),
+        "the guest's connect reached the listener"
     );
 }

@@ -184,3 +184,33 @@ fn ack_levels_ndjson_batches_and_depot_reads() {
         assert_eq!(r.json()["results"]["wordcount"], n);
     }
 }
+
+/// Hosts given one `--compile-cache-dir` compile a component once between them: the second
+/// host's deploy loads the first host's compiled code (its compile counter stays at zero).
+#[test]
+fn hosts_sharing_a_compile_cache_compile_a_component_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("compiled");
+    let cache_arg = cache.to_str().unwrap();
+    let compiles = |host: &Host| {
+        let m = String::from_utf8(host.get("/metrics").body).unwrap();
+        m.lines()
+            .filter(|l| l.starts_with("sluice_component_compiles_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let first = Host::start(&dir.path().join("a"), &["--compile-cache-dir", cache_arg]);
+    first.deploy_ok("wc", "wordcount", "?partitions=2");
+    assert_eq!(compiles(&first), 1);
+    let second = Host::start(&dir.path().join("b"), &["--compile-cache-dir", cache_arg]);
+    second.deploy_ok("wc", "wordcount", "?partitions=2");
+    assert_eq!(compiles(&second), 0, "the second host recompiled");
+    let r = second.append("wc", "words", &json!({"word": "shared"}));
+    assert_eq!(r.json()["results"]["wordcount"], json!(1));
+    assert!(
+        !dir.path().join("b/cache").exists(),
+        "the host's own cache was used"
+    );
+    let entries = std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(entries, 2, "one compiled component and its digest");
+}

@@ -492,7 +492,7 @@ impl Registry {
     pub fn open(config: Config) -> anyhow::Result<Arc<Self>> {
         let modules_dir = config.data_dir.join("modules");
         std::fs::create_dir_all(&modules_dir)?;
-        let runtime = Runtime::new(config.limits.clone(), &config.data_dir.join("cache"))?;
+        let runtime = Runtime::new(config.limits.clone(), &config.compile_cache_dir())?;
         let subscriptions = crate::subscription::Subscriptions::new(config.limits.subscriptions());
         let registry = Arc::new(Self {
             config,

@@ -419,9 +419,13 @@ fn instantiate(
     imports: Box<dyn HostImports>,
 ) -> Result<(Store<HostState>, Module), GuestError> {
     let output = GuestOutput::new(GUEST_OUTPUT_BYTES_MAX);
+    // No authority (see `ALLOWED_IMPORTS`): no preopens, no environment, no sockets.
     let wasi = WasiCtx::builder()
         .stdout(output.clone())
         .stderr(output.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
         .build();
     let state = HostState {
         wasi,

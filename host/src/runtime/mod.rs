@@ -1,7 +1,8 @@
 //! The WebAssembly runtime: engine, linker, bindings, sandbox limits, compiled-module cache.
 //!
 //! The only module that knows wasmtime. Invariants: a guest gets no ambient authority (WASI
-//! with no preopens, no environment, no network; stdout/stderr into a bounded in-memory pipe);
+//! with no preopens, no environment, TCP/UDP/name lookup off; stdout/stderr into a bounded
+//! in-memory pipe);
 //! a component importing anything outside [`ALLOWED_IMPORTS`] is refused before it runs; every
 //! guest call has an epoch deadline and a memory cap; an instance that failed a call is
 //! discarded and a fresh one instantiated, since a trapped instance cannot be entered again.
@@ -38,8 +39,12 @@ use crate::config::Limits;
 /// How often the engine's epoch advances; guest deadlines are counted in these ticks.
 pub const EPOCH_TICK_MS: u64 = 10;
 
-/// Import namespaces a module may use. The `wasi:cli`/`wasi:io` imports every Rust
-/// `wasm32-wasip2` guest carries are satisfied by a WASI context that grants nothing.
+/// Import namespaces a module may use. The WASI imports language runtimes carry by default
+/// (Rust's `wasm32-wasip2` std, CPython under componentize-py, QuickJS under componentize-js)
+/// are satisfied by a WASI context that grants nothing: no preopened directory (so
+/// `wasi:filesystem` reaches no file), TCP, UDP and name lookup switched off (so
+/// `wasi:sockets` creates no socket), no environment, stdout/stderr into a bounded pipe.
+/// Anything else — `wasi:http` among them — is refused. SECURITY.md argues the choice.
 pub const ALLOWED_IMPORTS: &[&str] = &[
     "sluice:module/types@",
     "sluice:module/host@",
@@ -47,7 +52,18 @@ pub const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:cli/",
     "wasi:clocks/",
     "wasi:random/",
+    "wasi:filesystem/",
+    "wasi:sockets/",
 ];
+
+/// What to tell the author of a component importing `name`, refused: how to build without it.
+fn import_hint(name: &str) -> &'static str {
+    if name.starts_with("wasi:http/") {
+        " (JavaScript: build with componentize-js's QuickJS backend, or StarlingMonkey with `--disable http`; see docs/contract.md)"
+    } else {
+        ""
+    }
+}
 
 /// A module that cannot be accepted.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +72,7 @@ pub enum CompileError {
     TooLarge { size: usize, limit: usize },
     #[error("not a valid WebAssembly component: {0}")]
     Invalid(String),
-    #[error("the component imports {}, which modules may not use (allowed: sluice:module, wasi:io, wasi:cli, wasi:clocks, wasi:random)", .0.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", "))]
+    #[error("the component imports {}, which modules may not use (allowed: sluice:module, wasi:io, wasi:cli, wasi:clocks, wasi:random, wasi:filesystem and wasi:sockets without authority){}", .0.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", "), .0.first().map_or("", |i| import_hint(i)))]
     ForbiddenImport(Vec<String>),
     #[error("the component was built against `{found}`; this host accepts sluice:module@{CONTRACT_VERSION}")]
     ContractVersion { found: String },
@@ -325,8 +341,15 @@ fn store_cached(path: &Path, compiled: &[u8]) -> std::io::Result<()> {
         f.write_all(bytes)?;
         f.sync_all()
     };
-    let tmp = path.with_extension("tmp");
-    let tmp_digest = path.with_extension("sha256.tmp");
+    // Names of this writer's own, so hosts sharing a cache never write one file together.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = format!(
+        "{}.{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let tmp = path.with_extension(format!("{unique}.tmp"));
+    let tmp_digest = path.with_extension(format!("{unique}.sha256.tmp"));
     write(&tmp, compiled)?;
     write(&tmp_digest, hex(&Sha256::digest(compiled)).as_bytes())?;
     std::fs::rename(&tmp_digest, digest_path(path))?;

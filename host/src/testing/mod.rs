@@ -81,18 +81,34 @@ pub fn module_wasm(name: &str) -> PathBuf {
     )
 }
 
+/// The compiled-module cache every [`TestHost`] of this workspace shares:
+/// `target/sluice-compile-cache` beside the built modules (so a large component — a Python
+/// module is ~18 MB — is compiled once, not once per test host); `None` outside a workspace.
+pub fn shared_compile_cache() -> Option<PathBuf> {
+    let start = std::env::current_dir().ok()?;
+    start
+        .ancestors()
+        .map(|dir| dir.join("target"))
+        .find(|target| target.join("wasm32-wasip2").is_dir())
+        .map(|target| target.join("sluice-compile-cache"))
+}
+
 /// Options of a [`TestHost`].
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Partitions of each deployed module.
     pub partitions: u32,
     pub limits: Limits,
+    /// Where compiled components are cached; by default [`shared_compile_cache`] (or the
+    /// host's own data directory outside a workspace).
+    pub compile_cache_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             partitions: 4,
+            compile_cache_dir: shared_compile_cache(),
             limits: Limits {
                 // Tests want quick answers when something loops.
                 call_deadline_ms: 1_000,
@@ -134,6 +150,7 @@ impl TestHost {
             default_partitions: options.partitions,
             cache_budget_bytes: crate::config::CACHE_BUDGET_BYTES_DEFAULT,
             verify_on_open: true,
+            compile_cache_dir: options.compile_cache_dir,
         })
         .expect("opening the test host's data directory");
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -271,11 +288,28 @@ impl TestModule<'_> {
     /// Appends one record and waits until every topology reading the depot processed it
     /// (`full` ack).
     pub fn append<T: Serialize + ?Sized>(&self, depot: &str, record: &T) -> Result<Appended> {
-        let v = self.host.json_call(
-            "POST",
+        self.append_at(
             &format!("/v1/modules/{}/depots/{depot}/append", self.name),
-            &encode(record)?,
-        )?;
+            record,
+        )
+    }
+
+    /// Like [`TestModule::append`], to partition `partition` of a `direct` depot.
+    pub fn append_to<T: Serialize + ?Sized>(
+        &self,
+        depot: &str,
+        partition: u32,
+        record: &T,
+    ) -> Result<Appended> {
+        let url = format!(
+            "/v1/modules/{}/depots/{depot}/append?partition={partition}",
+            self.name
+        );
+        self.append_at(&url, record)
+    }
+
+    fn append_at<T: Serialize + ?Sized>(&self, url: &str, record: &T) -> Result<Appended> {
+        let v = self.host.json_call("POST", url, &encode(record)?)?;
         Ok(Appended {
             partition: v["partition"].as_u64().unwrap_or(0) as u32,
             offset: v["offset"].as_u64().unwrap_or(0),

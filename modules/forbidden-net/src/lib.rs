@@ -1,8 +1,9 @@
-//! A module that opens a TCP connection, which Sluice forbids: deploying it must be refused,
-//! naming the `wasi:sockets` import.
+//! A module that opens a TCP connection. Its `wasi:sockets` import is linked without authority
+//! (TCP, UDP and name lookup off): it deploys, and every connect fails inside the guest before
+//! a socket exists; the error is the handler's ack-return value.
 
 use serde::Deserialize;
-use sluice_sdk::{Ctx, Definition, Error, Module, Partitioner, Result, Schema};
+use sluice_sdk::{AckReturn, Ctx, Definition, Module, Partitioner, Result, Schema};
 
 #[derive(Deserialize)]
 struct Target {
@@ -21,9 +22,11 @@ impl Module for ForbiddenNet {
     }
 }
 
-fn connect(_ctx: &Ctx, t: Target) -> Result<()> {
-    std::net::TcpStream::connect(&t.addr).map_err(|e| Error::new("io", e.to_string()))?;
-    Ok(())
+fn connect(_ctx: &Ctx, t: Target) -> Result<AckReturn<String>> {
+    Ok(AckReturn(match std::net::TcpStream::connect(&t.addr) {
+        Ok(_) => "connected".to_string(),
+        Err(e) => format!("error: {e}"),
+    }))
 }
 
 sluice_sdk::export_module!(ForbiddenNet);

@@ -1,8 +1,9 @@
-//! A module that reads the filesystem, which Sluice forbids: deploying it must be refused,
-//! naming the `wasi:filesystem` import.
+//! A module that reads the filesystem. Its `wasi:filesystem` import is linked without
+//! authority (no preopened directory): it deploys, and every read fails inside the guest; the
+//! error is the handler's ack-return value.
 
 use serde::Deserialize;
-use sluice_sdk::{Ctx, Definition, Error, Module, Partitioner, Result, Schema};
+use sluice_sdk::{AckReturn, Ctx, Definition, Module, Partitioner, Result, Schema};
 
 #[derive(Deserialize)]
 struct Any {
@@ -19,9 +20,11 @@ impl Module for Forbidden {
     }
 }
 
-fn read(_ctx: &Ctx, r: Any) -> Result<()> {
-    let s = std::fs::read_to_string(&r.path).map_err(|e| Error::new("io", e.to_string()))?;
-    Err(Error::new("read", s))
+fn read(_ctx: &Ctx, r: Any) -> Result<AckReturn<String>> {
+    Ok(AckReturn(match std::fs::read_to_string(&r.path) {
+        Ok(s) => format!("read {} bytes", s.len()),
+        Err(e) => format!("error: {e}"),
+    }))
 }
 
 sluice_sdk::export_module!(Forbidden);
