@@ -419,3 +419,26 @@ fn filesystem_and_socket_imports_carry_no_authority() {
         "the guest's connect reached the listener"
     );
 }
+
+/// A memory cap too small for a component to instantiate is named in the deploy's error,
+/// with what the component needs; nothing is kept.
+#[test]
+fn a_memory_cap_too_small_to_instantiate_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("data"), &["--instance-memory-mb", "1"]);
+    let r = host.deploy("wc", &module_wasm("wordcount"), "");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (422, "define-failed"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("instance memory limit of 1.00 MiB (1048576 bytes)")
+            && message.contains("--instance-memory-mb")
+            && message.contains("needs 1.06 MiB"),
+        "{message}"
+    );
+    assert_eq!(host.get("/v1/modules").json(), json!({"modules": []}));
+}

@@ -47,6 +47,8 @@ pub struct GuestError {
 struct MemoryCap {
     max_bytes: usize,
     hit: bool,
+    /// The size of the last growth refused (at instantiation: the memory's minimum).
+    refused_bytes: usize,
 }
 
 impl ResourceLimiter for MemoryCap {
@@ -58,6 +60,7 @@ impl ResourceLimiter for MemoryCap {
     ) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.hit = true;
+            self.refused_bytes = desired;
             return Ok(false);
         }
         Ok(true)
@@ -433,6 +436,7 @@ fn instantiate(
         cap: MemoryCap {
             max_bytes: runtime.limits().instance_memory_bytes,
             hit: false,
+            refused_bytes: 0,
         },
         output,
         imports,
@@ -446,9 +450,26 @@ fn instantiate(
             .div_ceil(EPOCH_TICK_MS)
             .max(1),
     );
-    let bindings = pre.instantiate(&mut store).map_err(|e| GuestError {
-        code: "instantiate".into(),
-        message: format!("{e:#}"),
+    let bindings = pre.instantiate(&mut store).map_err(|e| {
+        let cap = &store.data().cap;
+        let message = if cap.hit {
+            format!(
+                "the component needs {} of linear memory to instantiate, over the instance memory limit of {} (instance_memory_bytes; `sluice serve --instance-memory-mb`)",
+                mib(cap.refused_bytes),
+                mib(cap.max_bytes)
+            )
+        } else {
+            format!("{e:#}")
+        };
+        GuestError {
+            code: "instantiate".into(),
+            message,
+        }
     })?;
     Ok((store, bindings))
+}
+
+/// `bytes` for people: "1.06 MiB (1114112 bytes)".
+fn mib(bytes: usize) -> String {
+    format!("{:.2} MiB ({bytes} bytes)", bytes as f64 / (1 << 20) as f64)
 }
