@@ -45,6 +45,7 @@ bench: modules
 	$(CARGO) bench -p sluice --bench social 2>/dev/null | tee target/bench-social.md
 	$(CARGO) bench -p sluice --bench memory 2>/dev/null | tee target/bench-memory.md
 	$(CARGO) bench -p sluice --bench subscribe 2>/dev/null | tee target/bench-subscribe.md
+	$(CARGO) bench -p sluice --bench languages 2>/dev/null | tee target/bench-languages.md
 
 ## Fuzz every target for FUZZ_SECONDS each (needs the nightly toolchain; installs cargo-fuzz).
 FUZZ_SECONDS ?= 30

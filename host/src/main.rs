@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a host.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     #[command(flatten)]
     Client(sluice::cli::Command),
 }
@@ -168,7 +168,7 @@ struct ServeArgs {
 
 fn main() -> anyhow::Result<()> {
     let args = match Cli::parse().command {
-        Command::Serve(args) => args,
+        Command::Serve(args) => *args,
         Command::Client(command) => std::process::exit(sluice::cli::run(command)),
     };
     tracing_subscriber::fmt()
