@@ -3,14 +3,23 @@ CARGO ?= cargo
 WASM_DIR := target/wasm32-wasip2/release
 LISTEN ?= 127.0.0.1:7470
 
-.PHONY: run test sim modules wasm-target host lint fmt bench fuzz clean
+.PHONY: run test sdk-test sim modules wasm-target host lint fmt bench fuzz clean
 
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
-## The example modules and test fixtures (a separate wasm32-wasip2 workspace).
+## The example modules and test fixtures: the Rust ones (a separate wasm32-wasip2 workspace),
+## then the Python and JavaScript ones (each script installs its pinned toolchain itself and
+## rebuilds only what changed).
 modules: wasm-target
 	cd modules && $(CARGO) build --release
+	./scripts/build-python-modules.sh
+	./scripts/build-js-modules.sh
+
+## The Python and JavaScript SDKs' own tests (CBOR codecs, builders, the README examples).
+sdk-test:
+	python3 -m unittest discover -s guest-sdk/python/tests
+	cd guest-sdk/js && node --test test/
 
 host:
 	$(CARGO) build --release -p sluice
@@ -26,7 +35,7 @@ lint: wasm-target
 	cd modules && $(CARGO) clippy --release -- -D warnings
 
 ## Everything CI runs: lints, unit tests, end-to-end tests against the real binary.
-test: modules lint
+test: modules lint sdk-test
 	$(CARGO) test --workspace
 
 ## The deterministic simulation of the partition protocol with more seeds than `make test`

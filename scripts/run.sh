@@ -12,9 +12,10 @@ for _ in $(seq 1 100); do
   curl -sf "$URL/health" >/dev/null && break
   sleep 0.1
 done
-for m in wordcount kv bank social; do
+# wordcount-py and wordcount-js: the same module written with the Python and JavaScript SDKs.
+for m in wordcount kv bank social wordcount-py wordcount-js; do
   code=$(curl -s -o /tmp/sluice-deploy.json -w '%{http_code}' -X PUT \
-    --data-binary "@target/wasm32-wasip2/release/$m.wasm" "$URL/v1/modules/$m")
+    --data-binary "@target/wasm32-wasip2/release/${m//-/_}.wasm" "$URL/v1/modules/$m")
   case "$code" in
     201) echo "deployed $m" ;;
     200) echo "$m deployed before: now at version $(sed -n 's/.*"version": *\([0-9]*\).*/\1/p' /tmp/sluice-deploy.json | head -1)" ;;
@@ -44,6 +45,8 @@ Sluice is running on $URL (data in ./data). Try:
   curl -s -X POST $URL/v1/modules/bank/depots/transfers/append -d '{"id": "t1", "from": "alice", "to": "bob", "amount": 30}'
   curl -s -X POST $URL/v1/modules/bank/pstates/accounts/select -d '{"path": [{"key": "alice"}, {"key": "balance"}]}'
   curl -s -X POST $URL/v1/modules/wordcount/queries/top-words -d '{"n": 3}'
+  curl -s -X POST $URL/v1/modules/wordcount-py/depots/sentences/append -d '{"text": "the cat and the hat"}'
+  curl -s -X POST $URL/v1/modules/wordcount-js/queries/top-words -d '{"n": 3}'
   curl -s -X POST $URL/v1/modules/bank/queries/total-balance -d '{}'
   curl -s -X POST $URL/v1/modules/social/depots/follows/append -d '{"follower": "ann", "followee": "bob"}'
   curl -s -X POST $URL/v1/modules/social/depots/posts/append -d '{"author": "bob", "id": "p1", "text": "hi", "time": 1}'

@@ -1,0 +1,2 @@
+class Guest:
+    """The `sluice:module/guest` protocol (define, handle, query)."""
