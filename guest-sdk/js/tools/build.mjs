@@ -1,15 +1,16 @@
 #!/usr/bin/env node
 // Builds a Sluice module written with this SDK into a WebAssembly component:
 //   node guest-sdk/js/tools/build.mjs <entry.js|entry.ts> -o <out.wasm> [--root <dir>] [--wit <path>]
-// `--root` (default: the repository root, two levels above guest-sdk/js) is the module root:
-// every file the entry imports (the SDK's sources included) must be under it. `--wit`
+// `--root` (default: the deepest directory holding both the entry and this repository) is the
+// module root: every file the entry imports (the SDK's sources included) must be under it. `--wit`
 // defaults to <repository>/wit/sluice.wit. Needs `npm ci` in guest-sdk/js first.
 //
 // The build: jco componentize with the QuickJS backend (componentize-qjs), its synchronous
 // runtime, and WASI stubbed (the host refuses the wasi:filesystem imports of the unstubbed
 // runtime); a TypeScript entry is bundled (and its types stripped) by jco first.
 import { spawnSync } from "node:child_process";
-import { dirname, extname, resolve } from "node:path";
+import { readFileSync } from "node:fs";
+import { dirname, extname, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -27,7 +28,7 @@ function usage(msg) {
 const args = process.argv.slice(2);
 let entry;
 let out;
-let root = repo;
+let root;
 let wit = resolve(repo, "wit/sluice.wit");
 for (let i = 0; i < args.length; i++) {
   const a = args[i];
@@ -40,6 +41,22 @@ for (let i = 0; i < args.length; i++) {
   else usage(`unexpected argument ${a}`);
 }
 if (!entry || !out) usage();
+
+// The deepest directory above both paths.
+function commonAncestor(a, b) {
+  const pa = a.split(sep);
+  const pb = b.split(sep);
+  let i = 0;
+  while (i < pa.length && i < pb.length && pa[i] === pb[i]) i++;
+  return pa.slice(0, i).join(sep) || sep;
+}
+root ??= commonAncestor(dirname(resolve(entry)), repo);
+
+// Without this export the build succeeds and every deploy traps in `define`.
+const source = readFileSync(resolve(entry), "utf8");
+if (!/export\s+(const|let|var)\s+guest\b|export\s*\{[^}]*\bguest\b[^}]*\}/.test(source)) {
+  usage(`${entry} does not export \`guest\`: end it with \`export const guest = m.guest;\` (the host calls the component's guest interface)`);
+}
 
 const jco = resolve(sdk, "node_modules/@bytecodealliance/jco/dist/jco.js");
 const ts = [".ts", ".mts", ".cts"].includes(extname(entry));

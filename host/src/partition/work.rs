@@ -55,7 +55,7 @@ pub enum ProcessingError {
     /// The record is durable at (partition, offset) but a handler of its event tree failed;
     /// the failed work is in that topology's dead letters.
     #[error(
-        "record {partition}/{offset} is stored, but topology `{topology}` failed on it: {error}"
+        "the record (partition {partition}, offset {offset}) is stored, but topology `{topology}` failed on it: {error}"
     )]
     Topology {
         partition: u32,
@@ -91,7 +91,7 @@ pub enum ProcessingError {
     /// tree restarted before the tree finished: its effects will be applied (exactly once)
     /// when the work resumes, and nobody can say when. Do not append it again.
     #[error(
-        "record {partition}/{offset} is stored, but its processing outcome is unknown: {reason}"
+        "the record (partition {partition}, offset {offset}) is stored, but its processing outcome is unknown: {reason}"
     )]
     OutcomeUnknown {
         partition: u32,
