@@ -1,10 +1,18 @@
-//! Typed declarations: what `define` returns to the host.
+//! What a module declares — depots, PStates, topologies, queries — kept as the dispatch table
+//! of its handlers and returned to the host by `define`.
+//!
+//! Owns the record handler dispatch: the host calls one record handler (`on-record`) per
+//! topology, and the SDK picks the handler given for the record's depot ([`StreamTopology::on`])
+//! or else the topology's catch-all ([`StreamTopology::handler`]). Invariant: the definition
+//! returned to the host depends only on the declarations, never on which handlers are typed.
 
 use std::rc::Rc;
 
 use serde::de::DeserializeOwned;
 
 use crate::bindings::sluice::module::types as wit;
+use crate::schema::{HasSchema, Schema};
+use crate::typed::{Depot, HopName, PStateDef};
 use crate::{decode, encode, Ctx, HandlerOutput, QueryCtx, Result};
 
 /// How a depot routes an appended record to a partition.
@@ -25,65 +33,11 @@ impl Partitioner {
     }
 }
 
-/// The shape of a PState. Build with the constructors; a PState's schema is a `map` whose keys
-/// partition it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Schema(String);
-
-impl Schema {
-    pub fn bool() -> Self {
-        Schema("bool".into())
-    }
-    pub fn int() -> Self {
-        Schema("int".into())
-    }
-    pub fn float() -> Self {
-        Schema("float".into())
-    }
-    pub fn string() -> Self {
-        Schema("string".into())
-    }
-    pub fn bytes() -> Self {
-        Schema("bytes".into())
-    }
-    /// Any value at all (not checked).
-    pub fn any() -> Self {
-        Schema("any".into())
-    }
-    pub fn map(key: Schema, value: Schema) -> Self {
-        Schema(format!("map<{}, {}>", key.0, value.0))
-    }
-    pub fn set(element: Schema) -> Self {
-        Schema(format!("set<{}>", element.0))
-    }
-    pub fn list(element: Schema) -> Self {
-        Schema(format!("list<{}>", element.0))
-    }
-    /// A record: a map with these fixed string fields (each optional).
-    pub fn record(fields: &[(&str, Schema)]) -> Self {
-        let body: Vec<String> = fields
-            .iter()
-            .map(|(n, s)| format!("{n}: {}", s.0))
-            .collect();
-        Schema(format!("{{{}}}", body.join(", ")))
-    }
-    /// Store this collection element by element: it can hold millions of elements, be
-    /// range-read with one seek, and report its size in O(1). Allowed for the PState's value or
-    /// a record field, not inside another subindexed collection.
-    pub fn subindexed(self) -> Self {
-        Schema(format!("subindexed {}", self.0))
-    }
-    /// The schema's text form, as the host shows it.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 type Handler = Rc<dyn Fn(&Ctx, &[u8]) -> Result<Option<Vec<u8>>>>;
 type QueryFn = Rc<dyn Fn(&QueryCtx, &[u8]) -> Result<Vec<u8>>>;
 
 /// The name under which a topology's record handler is declared.
-const RECORD_HANDLER: &str = "on-record";
+pub(crate) const RECORD_HANDLER: &str = "on-record";
 
 /// A stream topology being declared.
 pub struct StreamTopology {
@@ -91,34 +45,66 @@ pub struct StreamTopology {
     name: String,
     depots: Vec<String>,
     handler: Option<Handler>,
+    depot_handlers: Vec<(String, Handler)>,
     hop_handlers: Vec<(String, Handler)>,
+}
+
+fn record_handler<R, O, F>(f: F) -> Handler
+where
+    R: DeserializeOwned,
+    O: HandlerOutput,
+    F: Fn(&Ctx, R) -> Result<O> + 'static,
+{
+    Rc::new(move |ctx, bytes| {
+        let record: R = decode(bytes, "the record")?;
+        f(ctx, record)?.into_ack()
+    })
 }
 
 impl StreamTopology {
     /// Subscribe to a depot: the handler runs for each record appended to it.
-    pub fn reads(&mut self, depot: &str) -> &mut Self {
-        self.depots.push(depot.to_string());
+    pub fn reads(&mut self, depot: impl AsRef<str>) -> &mut Self {
+        self.depots.push(depot.as_ref().to_string());
         self
     }
 
-    /// The function run for each record, decoded into `R`.
+    /// Subscribe to `depot` with its own handler: `f` runs for each of its records, decoded
+    /// into the depot's record type (a handler for another type does not compile). Chain one
+    /// `on` per depot; a topology with both `on` and [`handler`](Self::handler) runs the
+    /// latter for the depots that have no `on`.
+    pub fn on<R, O, F>(&mut self, depot: Depot<R>, f: F) -> &mut Self
+    where
+        R: DeserializeOwned,
+        O: HandlerOutput,
+        F: Fn(&Ctx, R) -> Result<O> + 'static,
+    {
+        if !self.depots.iter().any(|d| d == depot.name()) {
+            self.depots.push(depot.name().to_string());
+        }
+        self.depot_handlers.retain(|(d, _)| d != depot.name());
+        self.depot_handlers
+            .push((depot.name().to_string(), record_handler(f)));
+        self
+    }
+
+    /// The function run for each record of every depot read with [`reads`](Self::reads),
+    /// decoded into `R` (the untyped API: prefer one [`on`](Self::on) per depot).
     pub fn handler<R, O, F>(&mut self, f: F) -> &mut Self
     where
         R: DeserializeOwned,
         O: HandlerOutput,
         F: Fn(&Ctx, R) -> Result<O> + 'static,
     {
-        self.handler = Some(Rc::new(move |ctx, bytes| {
-            let record: R = decode(bytes, "the record")?;
-            f(ctx, record)?.into_ack()
-        }));
+        self.handler = Some(record_handler(f));
         self
     }
 
     /// A handler that [`Ctx::hop`] can continue on another partition, decoding the hop's
-    /// payload into `P`.
-    pub fn hop_handler<P, O, F>(&mut self, name: &str, f: F) -> &mut Self
+    /// payload into `P`. `name` is a [`Hop<P>`](crate::Hop) (the payload type is checked at
+    /// both ends) or a `&str`.
+    pub fn hop_handler<H, P, O, F>(&mut self, name: H, f: F) -> &mut Self
     where
+        H: HopName<P>,
         P: DeserializeOwned,
         O: HandlerOutput,
         F: Fn(&Ctx, P) -> Result<O> + 'static,
@@ -127,23 +113,33 @@ impl StreamTopology {
             let payload: P = decode(bytes, "the hop payload")?;
             f(ctx, payload)?.into_ack()
         });
-        self.hop_handlers.push((name.to_string(), handler));
+        self.hop_handlers
+            .push((name.hop_name().to_string(), handler));
         self
     }
 }
 
 impl StreamTopology {
     fn to_wit(&self) -> wit::StreamTopologyDef {
+        let has_record_handler = self.handler.is_some() || !self.depot_handlers.is_empty();
         wit::StreamTopologyDef {
             name: self.name.clone(),
             depots: self.depots.clone(),
-            handler: if self.handler.is_some() {
+            handler: if has_record_handler {
                 RECORD_HANDLER.to_string()
             } else {
                 String::new()
             },
             hop_handlers: self.hop_handlers.iter().map(|(n, _)| n.clone()).collect(),
         }
+    }
+
+    fn record_handler_for(&self, depot: &str) -> Option<Handler> {
+        self.depot_handlers
+            .iter()
+            .find(|(d, _)| d == depot)
+            .map(|(_, h)| h.clone())
+            .or_else(|| self.handler.clone())
     }
 }
 
@@ -158,25 +154,36 @@ pub struct Definition {
 }
 
 impl Definition {
-    /// Declare a depot.
-    pub fn depot(&mut self, name: &str, partitioner: Partitioner) -> &mut Self {
-        self.depots.push((name.to_string(), partitioner));
+    /// Declare a depot: a [`Depot<R>`](crate::Depot) or its name.
+    pub fn depot(&mut self, depot: impl AsRef<str>, partitioner: Partitioner) -> &mut Self {
+        self.depots.push((depot.as_ref().to_string(), partitioner));
         self
     }
 
-    /// Declare a PState.
+    /// Declare a PState with a schema written by hand (prefer [`pstate_of`](Self::pstate_of)).
     pub fn pstate(&mut self, name: &str, schema: Schema) -> &mut Self {
         self.pstates.push((name.to_string(), schema));
         self
     }
 
-    /// Declare a stream topology; chain `.reads(depot)` and `.handler(f)`.
+    /// Declare the PState `def`, with the schema `map<K, V>` derived from its types.
+    pub fn pstate_of<K, V>(&mut self, def: PStateDef<K, V>) -> &mut Self
+    where
+        K: HasSchema,
+        V: HasSchema,
+    {
+        self.pstate(def.name(), Schema::map(K::schema(), V::schema()))
+    }
+
+    /// Declare a stream topology; chain one `.on(depot, f)` per depot (or, untyped,
+    /// `.reads(depot)` and `.handler(f)`) and its `.hop_handler(hop, f)`s.
     pub fn stream_topology(&mut self, name: &str) -> &mut StreamTopology {
         self.topologies.push(StreamTopology {
             microbatch: false,
             name: name.to_string(),
             depots: Vec::new(),
             handler: None,
+            depot_handlers: Vec::new(),
             hop_handlers: Vec::new(),
         });
         self.topologies.last_mut().expect("just pushed")
@@ -222,10 +229,11 @@ impl Definition {
         self
     }
 
-    pub(crate) fn handler(&self, topology: &str, handler: &str) -> Option<Handler> {
+    /// The handler the host calls as `handler` of `topology` for a record of `depot`.
+    pub(crate) fn handler(&self, topology: &str, handler: &str, depot: &str) -> Option<Handler> {
         let t = self.topologies.iter().find(|t| t.name == topology)?;
         if handler == RECORD_HANDLER {
-            return t.handler.clone();
+            return t.record_handler_for(depot);
         }
         t.hop_handlers
             .iter()
@@ -252,7 +260,7 @@ impl Definition {
                 .iter()
                 .map(|(name, s)| wit::PstateDef {
                     name: name.clone(),
-                    schema: s.0.clone(),
+                    schema: s.as_str().to_string(),
                 })
                 .collect(),
             stream_topologies: self
@@ -270,5 +278,129 @@ impl Definition {
             partitions_hint: self.partitions_hint,
             queries: self.queries.iter().map(|(n, _)| n.clone()).collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::{AckReturn, Hop, RecordInfo};
+
+    #[derive(Deserialize)]
+    struct Deposit {
+        amount: i64,
+    }
+
+    #[derive(Deserialize)]
+    struct Transfer {
+        id: String,
+    }
+
+    const DEPOSITS: Depot<Deposit> = Depot::new("deposits");
+    const TRANSFERS: Depot<Transfer> = Depot::new("transfers");
+    const CREDIT: Hop<i64> = Hop::new("credit");
+
+    /// Runs `handler` of topology `t` as the host would for a record of `depot`; `None` when
+    /// the definition has no such handler.
+    fn run(m: &Definition, handler: &str, depot: &str, input: &ciborium::Value) -> Option<String> {
+        let ctx = Ctx {
+            record: RecordInfo {
+                depot: depot.to_string(),
+                partition: 0,
+                offset: 0,
+                partitions: 1,
+                batch_id: None,
+            },
+        };
+        let f = m.handler("t", handler, depot)?;
+        let ack = f(&ctx, &encode(input).unwrap()).unwrap().unwrap();
+        Some(
+            decode::<ciborium::Value>(&ack, "ack")
+                .unwrap()
+                .as_text()?
+                .to_string(),
+        )
+    }
+
+    fn record(field: &str, v: ciborium::Value) -> ciborium::Value {
+        ciborium::Value::Map(vec![(field.into(), v)])
+    }
+
+    #[test]
+    fn each_depot_has_its_own_record_handler() {
+        let mut m = Definition::default();
+        m.microbatch_topology("t")
+            .on(DEPOSITS, |_, d: Deposit| {
+                Ok(AckReturn(format!("deposit {}", d.amount)))
+            })
+            .on(TRANSFERS, |_, t: Transfer| {
+                Ok(AckReturn(format!("transfer {}", t.id)))
+            })
+            .hop_handler(CREDIT, |_, n: i64| Ok(AckReturn(format!("credit {n}"))));
+        let t = &m.to_wit().microbatch_topologies[0];
+        assert_eq!(t.depots, ["deposits", "transfers"]);
+        assert_eq!(t.handler, RECORD_HANDLER);
+        assert_eq!(t.hop_handlers, ["credit"]);
+
+        let deposit = record("amount", 5.into());
+        let transfer = record("id", "t1".into());
+        assert_eq!(
+            run(&m, RECORD_HANDLER, "deposits", &deposit).as_deref(),
+            Some("deposit 5")
+        );
+        assert_eq!(
+            run(&m, RECORD_HANDLER, "transfers", &transfer).as_deref(),
+            Some("transfer t1")
+        );
+        // A hop handler runs whatever depot its tree started from.
+        assert_eq!(
+            run(&m, "credit", "deposits", &7.into()).as_deref(),
+            Some("credit 7")
+        );
+        assert!(run(&m, RECORD_HANDLER, "elsewhere", &deposit).is_none());
+        assert!(run(&m, "debit", "deposits", &7.into()).is_none());
+    }
+
+    #[test]
+    fn a_catch_all_handler_takes_the_depots_without_their_own() {
+        let mut m = Definition::default();
+        m.stream_topology("t")
+            .reads("deposits")
+            .reads(TRANSFERS)
+            .handler(|_, _: ciborium::Value| Ok(AckReturn("any")))
+            .on(DEPOSITS, |_, _: Deposit| Ok(AckReturn("first")))
+            .on(DEPOSITS, |_, _: Deposit| Ok(AckReturn("deposit")));
+        let t = &m.to_wit().stream_topologies[0];
+        assert_eq!(
+            t.depots,
+            ["deposits", "transfers"],
+            "`on` adds no depot twice"
+        );
+        let deposit = record("amount", 5.into());
+        assert_eq!(
+            run(&m, RECORD_HANDLER, "deposits", &deposit).as_deref(),
+            Some("deposit")
+        );
+        assert_eq!(
+            run(&m, RECORD_HANDLER, "transfers", &deposit).as_deref(),
+            Some("any")
+        );
+    }
+
+    #[test]
+    fn typed_and_untyped_declarations_define_the_same() {
+        const COUNTS: PStateDef<String, i64> = PStateDef::new("counts");
+        let mut typed = Definition::default();
+        typed.depot(DEPOSITS, Partitioner::hash("account"));
+        typed.pstate_of(COUNTS);
+        let mut untyped = Definition::default();
+        untyped.depot("deposits", Partitioner::hash("account"));
+        untyped.pstate("counts", Schema::map(Schema::string(), Schema::int()));
+        let (a, b) = (typed.to_wit(), untyped.to_wit());
+        assert_eq!(a.depots[0].name, b.depots[0].name);
+        assert_eq!(a.pstates[0].name, b.pstates[0].name);
+        assert_eq!(a.pstates[0].schema, b.pstates[0].schema);
     }
 }

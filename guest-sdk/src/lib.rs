@@ -5,27 +5,76 @@
 //! appended to the depots they read). This crate hides the WIT contract, the CBOR encoding and
 //! the ABI: you write serde types and functions.
 //!
+//! The recommended way is **typed**: every depot, PState and hop handler is a `const` that
+//! names it once, with the Rust types it holds. Schemas are derived from the types, each depot
+//! has its own record handler, and a misspelt name, a payload of the wrong type or a write from
+//! a query is a compile error rather than a dead letter:
+//!
 //! ```no_run
 //! use serde::Deserialize;
-//! use sluice_sdk::{Ctx, Definition, Module, Partitioner, Path, Result, Schema};
+//! use sluice_sdk::{
+//!     AckReturn, Ctx, Definition, Depot, Hop, HopTarget, Module, PStateDef, Partitioner, Path,
+//!     QueryCtx, Result,
+//! };
 //!
 //! #[derive(Deserialize)]
 //! struct Word {
 //!     word: String,
 //! }
 //!
+//! #[derive(Deserialize)]
+//! struct Sentence {
+//!     text: String,
+//! }
+//!
+//! const WORDS: Depot<Word> = Depot::new("words");
+//! const SENTENCES: Depot<Sentence> = Depot::new("sentences");
+//! // Declared as `map<string, int>`: the schema comes from the types.
+//! const COUNTS: PStateDef<String, i64> = PStateDef::new("counts");
+//! const COUNT_WORD: Hop<String> = Hop::new("count-word");
+//!
 //! struct Wordcount;
 //!
 //! impl Module for Wordcount {
 //!     fn define(m: &mut Definition) {
-//!         m.depot("words", Partitioner::hash("word"));
-//!         m.pstate("counts", Schema::map(Schema::string(), Schema::int()));
-//!         m.stream_topology("wordcount").reads("words").handler(count);
+//!         m.depot(WORDS, Partitioner::hash("word"));
+//!         m.depot(SENTENCES, Partitioner::Random);
+//!         m.pstate_of(COUNTS);
+//!         m.stream_topology("wordcount").on(WORDS, count);
+//!         m.stream_topology("sentences")
+//!             .on(SENTENCES, split)
+//!             .hop_handler(COUNT_WORD, count_word);
+//!         m.query("total", total);
 //!     }
 //! }
 //!
-//! fn count(ctx: &Ctx, record: Word) -> Result<()> {
-//!     ctx.pstate("counts").increment(&Path::key(&record.word), 1)
+//! /// Runs on the partition owning `w.word`: its count is local.
+//! fn count(ctx: &Ctx, w: Word) -> Result<AckReturn<i64>> {
+//!     let counts = ctx.pstate(COUNTS);
+//!     counts.increment(&w.word, 1)?;
+//!     Ok(AckReturn(counts.get(&w.word)?.unwrap_or(0)))
+//! }
+//!
+//! /// A sentence lands anywhere; each word hops to the partition owning it.
+//! fn split(ctx: &Ctx, s: Sentence) -> Result<()> {
+//!     for word in s.text.split_whitespace() {
+//!         let word = word.to_lowercase();
+//!         ctx.hop(HopTarget::Key(&word), COUNT_WORD, &word)?;
+//!     }
+//!     Ok(())
+//! }
+//!
+//! fn count_word(ctx: &Ctx, word: String) -> Result<()> {
+//!     ctx.pstate(COUNTS).increment(&word, 1)
+//! }
+//!
+//! #[derive(Deserialize)]
+//! struct NoArgs {}
+//!
+//! /// A query reads every partition (in parallel, one snapshot each); it cannot write.
+//! fn total(q: &QueryCtx, _: NoArgs) -> Result<i64> {
+//!     let per_partition = q.pstate(COUNTS).select_all::<i64>(&Path::new().map_vals())?;
+//!     Ok(per_partition.into_iter().flatten().sum())
 //! }
 //!
 //! sluice_sdk::export_module!(Wordcount);
@@ -34,28 +83,74 @@
 //! Build it with `cargo build --release --target wasm32-wasip2` and deploy the `.wasm`:
 //! `curl -X PUT --data-binary @wordcount.wasm http://127.0.0.1:7470/v1/modules/wordcount`.
 //!
-//! A module can also declare **query topologies**, answered on demand
-//! (`POST /v1/modules/{m}/queries/{name}` with JSON arguments) from every partition:
+//! ## Declarations
 //!
-//! ```no_run
-//! # use sluice_sdk::{Definition, Path, QueryCtx, Result};
-//! # fn declare(m: &mut Definition) {
-//! m.query("total", total);
-//! # }
-//! #[derive(serde::Deserialize)]
-//! struct NoArgs {}
+//! - [`Depot<R>`]: records decode into `R`. [`Definition::depot`] declares it with its
+//!   [`Partitioner`]; [`StreamTopology::on`]`(DEPOT, f)` subscribes a topology with a handler
+//!   `f(&Ctx, R)` for that depot alone, so a topology reading two depots has two handlers (the
+//!   host still calls one record handler; the SDK dispatches on the record's depot).
+//! - [`PStateDef<K, V>`]: [`Definition::pstate_of`] declares the schema `map<K, V>` from
+//!   [`HasSchema`]. Derive it for your records with `#[derive(Schema)]` (the derive of crate
+//!   `sluice-sdk-macros`, re-exported here beside the [`Schema`](struct@Schema) type as serde's
+//!   derives sit beside its traits): fields become `{field: T, ...}` under serde's names
+//!   (`rename`, `rename_all`), an `Option<T>` field is an optional field (it must be skipped when
+//!   `None`: the schema language has no null), a unit enum is a `string`, and what a schema
+//!   cannot describe (`flatten`, data-carrying enums) is a compile error. Mark big collections
+//!   [`Subindexed`] (or `#[sluice(subindexed)]` on a field), unchecked values [`Any`] (or
+//!   `#[sluice(any)]`), byte strings [`Bytes`].
+//! - [`Hop<P>`]: [`StreamTopology::hop_handler`]`(HOP, f)` with `f(&Ctx, P)`, and
+//!   [`Ctx::hop`]`(target, HOP, &p)` with a `&P`.
 //!
-//! fn total(q: &QueryCtx, _: NoArgs) -> Result<i64> {
-//!     // One list per partition, read in parallel by the host from one snapshot each.
-//!     let per_partition = q.pstate("counts").select_all::<i64>(&Path::new().map_vals())?;
-//!     Ok(per_partition.into_iter().flatten().sum())
+//! ```
+//! use std::collections::BTreeMap;
+//! use sluice_sdk::{HasSchema, PStateDef, Schema, Subindexed};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize, Schema)]
+//! #[serde(rename_all = "camelCase")]
+//! struct Account {
+//!     balance: i64,
+//!     #[serde(default, skip_serializing_if = "Option::is_none")]
+//!     display_name: Option<String>,
+//!     history: Subindexed<Vec<sluice_sdk::Any>>,
 //! }
+//!
+//! assert_eq!(
+//!     Account::schema().as_str(),
+//!     "{balance: int, displayName: string, history: subindexed list<any>}"
+//! );
+//! // Declared by `m.pstate_of(LEDGERS)` as `map<string, subindexed map<list<any>, int>>`
+//! // (a tuple is a `list<any>`: the schema language has no tuples).
+//! const LEDGERS: PStateDef<String, Subindexed<BTreeMap<(i64, String), i64>>> =
+//!     PStateDef::new("ledgers");
 //! ```
 //!
-//! Queries are read-only (a transform answers `read-only`) and bounded by the host's query
-//! deadline. To test a module, use `sluice::testing::TestHost` from the host crate in ordinary
-//! `cargo test` tests: it runs a real host in the test process (see the repository README,
-//! "Testing a module", and `modules/*/tests/module.rs`).
+//! ## Handles
+//!
+//! [`Ctx::pstate`]`(DEF)` in a handler opens a [`HandlerPState<K, V>`]: reads and writes on the
+//! current partition — `get`, `exists`, `set`, `merge`, `remove`, and by value type `increment`
+//! (integers), `insert`/`contains`/`remove_element` (sets), `push` (lists),
+//! `get_entry`/`set_entry`/`has_entry`/`remove_entry` (maps), `count`, `range` and `keep_last`
+//! (collections). [`QueryCtx::pstate`]`(DEF)` in a query opens a [`QueryPState<K, V>`]: the same
+//! reads, on the partition owning each key, plus `select_from`/`select_all` over partitions, and
+//! no writes. Deeper paths go through [`PStateHandle::path`] and the `*_at` methods (see
+//! [`Path`]). [`group_by_partition`] groups keys by the partition owning them, for a fan-out of
+//! one hop per partition.
+//!
+//! ## The untyped API
+//!
+//! Everything can also be named by strings — `m.pstate("counts", Schema::map(...))`,
+//! `.reads("words").handler(f)`, `ctx.pstate("counts")` (a [`PState`] over [`Path`]s),
+//! `ctx.hop(target, "count-word", &payload)` — which is what the typed API sends. It stays for
+//! modules written before it and for what the types cannot say (one handler over depots of
+//! different record shapes, say), but names and payloads are then only checked at run time.
+//!
+//! ## Queries, testing, partitions
+//!
+//! Query topologies ([`Definition::query`]) are answered on demand
+//! (`POST /v1/modules/{m}/queries/{name}` with JSON arguments), read-only and bounded by the
+//! host's query deadline. To test a module, use `sluice::testing::TestHost` from the host crate
+//! in ordinary `cargo test` tests: it runs a real host in the test process (see the repository
+//! README, "Testing a module", and `modules/*/tests/module.rs`).
 //!
 //! Handlers run on the partition that owns the record (a `hash` depot routes by the key's
 //! stable hash, the same function that partitions PStates by their top-level key), so a
@@ -63,6 +158,9 @@
 //! another partition is an error. A handler that returns an error, panics, loops past its
 //! deadline or runs out of memory has its writes rolled back; after retries the record goes to
 //! the topology's dead letters.
+
+// The derive names `::sluice_sdk`; this lets the crate's own tests use it.
+extern crate self as sluice_sdk;
 
 #[doc(hidden)]
 pub mod bindings {
@@ -79,11 +177,22 @@ mod definition;
 mod error;
 mod partition;
 mod pstate;
+mod schema;
+mod typed;
 
-pub use definition::{Definition, Partitioner, Schema, StreamTopology};
+pub use definition::{Definition, Partitioner, StreamTopology};
 pub use error::{Error, Result};
-pub use partition::partition_of_key;
+pub use partition::{group_by_partition, partition_of_key};
 pub use pstate::{KeyRange, PState, Path};
+pub use schema::{
+    Any, Bytes, Collection, HasSchema, Integer, ListLike, MapLike, Schema, SetLike, Sorted,
+    Subindexed,
+};
+/// `#[derive(Schema)]`: implements [`HasSchema`] from a struct's fields (see the crate docs).
+pub use sluice_sdk_macros::Schema;
+pub use typed::{
+    access, Depot, HandlerPState, Hop, HopName, PStateDef, PStateHandle, PStateName, QueryPState,
+};
 
 use std::cell::RefCell;
 
@@ -142,23 +251,37 @@ pub enum HopTarget<'a, K: serde::Serialize + ?Sized> {
     Partition(u32),
 }
 
+impl<'a> HopTarget<'a, ()> {
+    /// [`HopTarget::Partition`] without naming a key type.
+    pub const fn partition(p: u32) -> Self {
+        HopTarget::Partition(p)
+    }
+    /// [`HopTarget::All`] without naming a key type.
+    pub const fn all() -> Self {
+        HopTarget::All
+    }
+}
+
 impl Ctx {
     /// Continue this record's event tree with the hop handler `handler` of the current
-    /// topology on the target partition(s), carrying `payload`. The hop is sent only if the
+    /// topology on the target partition(s), carrying `payload`. `handler` is a [`Hop<P>`]
+    /// (so `payload` must be a `&P`) or, untyped, a `&str`. The hop is sent only if the
     /// current handler returns `Ok`, after its writes commit; a `full` ack waits for it.
-    pub fn hop<K, P>(&self, target: HopTarget<'_, K>, handler: &str, payload: &P) -> Result<()>
+    pub fn hop<K, H, P>(&self, target: HopTarget<'_, K>, handler: H, payload: &P) -> Result<()>
     where
         K: serde::Serialize + ?Sized,
+        H: HopName<P>,
         P: serde::Serialize + ?Sized,
     {
         use bindings::sluice::module::host;
-        host::hop(&wit_target(target)?, handler, &encode(payload)?)
+        host::hop(&wit_target(target)?, handler.hop_name(), &encode(payload)?)
             .map_err(|e| Error::new(e.code, e.message))
     }
 
-    /// A handle on the PState `name` of the current partition.
-    pub fn pstate(&self, name: &str) -> PState {
-        PState::new(name)
+    /// A handle on a PState of the current partition: for a [`PStateDef`], a typed
+    /// [`HandlerPState`]; for a name, an untyped [`PState`].
+    pub fn pstate<N: PStateName>(&self, pstate: N) -> N::Handler {
+        pstate.handler_handle()
     }
 
     /// The record's depot, partition and offset.
@@ -181,9 +304,11 @@ pub struct QueryCtx {
 }
 
 impl QueryCtx {
-    /// A read-only handle on the PState `name`, on any partition.
-    pub fn pstate(&self, name: &str) -> PState {
-        PState::new(name)
+    /// A read-only handle on a PState, on any partition: for a [`PStateDef`], a typed
+    /// [`QueryPState`] (which has no write methods); for a name, an untyped [`PState`] (whose
+    /// writes the host refuses with `read-only`).
+    pub fn pstate<N: PStateName>(&self, pstate: N) -> N::Query {
+        pstate.query_handle()
     }
 
     /// The module's partition count.
@@ -280,11 +405,18 @@ pub mod __private {
                 batch_id: ctx.batch_id,
             },
         };
-        let f = with_definition::<M, _>(|d| d.handler(&topology, &handler));
+        let f = with_definition::<M, _>(|d| d.handler(&topology, &handler, &ctx.record.depot));
         let Some(f) = f else {
             return Err(wit::Error {
                 code: "unknown-handler".into(),
-                message: format!("topology `{topology}` has no handler `{handler}`"),
+                message: if handler == definition::RECORD_HANDLER {
+                    format!(
+                        "topology `{topology}` has no handler for records of depot `{}`",
+                        ctx.record.depot
+                    )
+                } else {
+                    format!("topology `{topology}` has no handler `{handler}`")
+                },
             });
         };
         f(&ctx, &input).map_err(|e| wit::Error {

@@ -3,14 +3,16 @@
 //! Owns [`partition_of_key`], a mirror of the host's `partition::partition_of` over the host's
 //! order-preserving key encoding (`host/src/partition.rs`, `host/src/pstate/key.rs`,
 //! `docs/key-encoding.md`). A handler that must reach many keys (a post fanned out to 100,000
-//! followers) groups them by partition and sends one [`HopTarget::Partition`] hop per group
-//! instead of one hop per key. Invariant: for every key value and partition count, the result
+//! followers) groups them by partition ([`group_by_partition`]) and sends one
+//! [`HopTarget::Partition`] hop per group instead of one hop per key. Invariant: for every key value and partition count, the result
 //! equals the partition the host routes [`HopTarget::Key`] hops, depot records and PState keys
 //! to; both sides pin the same hash and encoding values in their tests, and the social module's
 //! end-to-end tests fail with `wrong-partition` if they ever disagree.
 //!
 //! [`HopTarget::Partition`]: crate::HopTarget::Partition
 //! [`HopTarget::Key`]: crate::HopTarget::Key
+
+use std::collections::BTreeMap;
 
 use ciborium::Value;
 use serde::Serialize;
@@ -32,6 +34,31 @@ pub fn partition_of_key<K: Serialize + ?Sized>(key: &K, partitions: u32) -> Resu
     let mut bytes = Vec::with_capacity(16);
     encode_key(&value, &mut bytes)?;
     Ok(partition_of(&bytes, partitions))
+}
+
+/// `keys` grouped by the partition (of `partitions`) owning each, partitions in ascending
+/// order and keys in the order given: for a fan-out that sends one
+/// [`HopTarget::Partition`] hop per group instead of one hop per key.
+///
+/// ```
+/// let groups = sluice_sdk::group_by_partition(["ann", "bob", "cy"], 4)?;
+/// assert_eq!(groups.values().map(Vec::len).sum::<usize>(), 3);
+/// # Ok::<(), sluice_sdk::Error>(())
+/// ```
+///
+/// [`HopTarget::Partition`]: crate::HopTarget::Partition
+pub fn group_by_partition<K: Serialize>(
+    keys: impl IntoIterator<Item = K>,
+    partitions: u32,
+) -> Result<BTreeMap<u32, Vec<K>>> {
+    let mut groups: BTreeMap<u32, Vec<K>> = BTreeMap::new();
+    for k in keys {
+        groups
+            .entry(partition_of_key(&k, partitions)?)
+            .or_default()
+            .push(k);
+    }
+    Ok(groups)
 }
 
 /// The stable 64-bit hash of a key's encoded bytes: FNV-1a 64, then the splitmix64 finalizer.
@@ -174,6 +201,24 @@ mod tests {
             }
         }
         assert_eq!(acc, 1_065_759_859_041_447_187, "fingerprint");
+    }
+
+    #[test]
+    fn groups_keys_by_their_partition() {
+        let keys: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
+        let groups = group_by_partition(keys.iter(), 8).unwrap();
+        assert_eq!(groups.values().map(Vec::len).sum::<usize>(), 100);
+        let position = |k: &String| keys.iter().position(|x| x == k).unwrap();
+        for (p, ks) in &groups {
+            assert!(
+                ks.windows(2).all(|w| position(w[0]) < position(w[1])),
+                "keys keep their order"
+            );
+            for k in ks {
+                assert_eq!(partition_of_key(k, 8).unwrap(), *p);
+            }
+        }
+        assert!(group_by_partition([u64::MAX], 8).is_err());
     }
 
     #[test]

@@ -195,6 +195,10 @@ impl PState {
         }
     }
 
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Every value the path selects.
     pub fn select<T: DeserializeOwned>(&self, path: &Path) -> Result<Vec<T>> {
         let values = host::select(&self.name, &path.navigators()?).map_err(from_wit)?;

@@ -2,7 +2,10 @@
 //! update fixture, which adds to it).
 
 use serde::{Deserialize, Serialize};
-use sluice_sdk::{Ctx, Definition, HopTarget, Partitioner, Path, QueryCtx, Result, Schema};
+use sluice_sdk::{
+    Any, Ctx, Definition, Depot, Hop, HopTarget, PStateDef, Partitioner, Path, QueryCtx, Result,
+    Schema, Subindexed,
+};
 
 #[derive(Deserialize)]
 struct Deposit {
@@ -18,6 +21,14 @@ struct Transfer {
     amount: i64,
 }
 
+/// An account; handlers reach its fields by path, so the history is never read whole.
+#[derive(Deserialize, Serialize, Schema)]
+struct Account {
+    balance: i64,
+    /// [`Entry`]s, stored unchecked.
+    history: Subindexed<Vec<Any>>,
+}
+
 #[derive(Serialize)]
 struct Entry<'a> {
     kind: &'a str,
@@ -26,25 +37,31 @@ struct Entry<'a> {
     reason: Option<&'a str>,
 }
 
+impl<'a> Entry<'a> {
+    fn of(kind: &'a str, t: &'a Transfer) -> Self {
+        Entry {
+            kind,
+            id: Some(&t.id),
+            amount: t.amount,
+            reason: None,
+        }
+    }
+}
+
+const DEPOSITS: Depot<Deposit> = Depot::new("deposits");
+const TRANSFERS: Depot<Transfer> = Depot::new("transfers");
+const ACCOUNTS: PStateDef<String, Account> = PStateDef::new("accounts");
+const CREDIT: Hop<Transfer> = Hop::new("credit");
+
 /// Declares the bank's depots, PState, microbatch topology and query.
 pub fn define(m: &mut Definition) {
-    m.depot("deposits", Partitioner::hash("account"));
-    m.depot("transfers", Partitioner::hash("from"));
-    m.pstate(
-        "accounts",
-        Schema::map(
-            Schema::string(),
-            Schema::record(&[
-                ("balance", Schema::int()),
-                ("history", Schema::list(Schema::any()).subindexed()),
-            ]),
-        ),
-    );
+    m.depot(DEPOSITS, Partitioner::hash("account"));
+    m.depot(TRANSFERS, Partitioner::hash("from"));
+    m.pstate_of(ACCOUNTS);
     m.microbatch_topology("bank")
-        .reads("deposits")
-        .reads("transfers")
-        .handler(apply)
-        .hop_handler("credit", credit);
+        .on(DEPOSITS, deposit)
+        .on(TRANSFERS, transfer)
+        .hop_handler(CREDIT, credit);
     m.query("total-balance", total_balance);
 }
 
@@ -54,72 +71,50 @@ pub struct NoArgs {}
 
 fn total_balance(q: &QueryCtx, _: NoArgs) -> Result<i64> {
     let balances = q
-        .pstate("accounts")
+        .pstate(ACCOUNTS)
         .select_all::<i64>(&Path::new().map_vals().then_key("balance"))?;
     Ok(balances.into_iter().flatten().sum())
 }
 
-/// Records of both depots arrive here; a transfer has an `id`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Record {
-    Transfer(Transfer),
-    Deposit(Deposit),
+/// Adds `amount` to the balance of `account` and records `entry` in its history.
+fn book(ctx: &Ctx, account: &str, amount: i64, entry: &Entry) -> Result<()> {
+    let accounts = ctx.pstate(ACCOUNTS);
+    accounts.increment_at(&accounts.path(account).then_key("balance"), amount)?;
+    accounts.push_at(&accounts.path(account).then_key("history"), entry)
 }
 
-fn apply(ctx: &Ctx, r: Record) -> Result<()> {
-    let accounts = ctx.pstate("accounts");
-    match r {
-        Record::Deposit(d) => {
-            accounts.increment(&Path::key(&d.account).then_key("balance"), d.amount)?;
-            let e = Entry {
-                kind: "deposit",
-                id: None,
-                amount: d.amount,
-                reason: None,
-            };
-            accounts.push(&Path::key(&d.account).then_key("history"), &e)
-        }
-        Record::Transfer(t) => {
-            let balance: i64 = accounts
-                .get(&Path::key(&t.from).then_key("balance"))?
-                .unwrap_or(0);
-            let history = Path::key(&t.from).then_key("history");
-            if t.amount <= 0 || balance < t.amount {
-                let reason = if t.amount <= 0 {
-                    "non-positive amount"
-                } else {
-                    "overdraft"
-                };
-                let e = Entry {
-                    kind: "refused",
-                    id: Some(&t.id),
-                    amount: t.amount,
-                    reason: Some(reason),
-                };
-                return accounts.push(&history, &e);
-            }
-            accounts.increment(&Path::key(&t.from).then_key("balance"), -t.amount)?;
-            let e = Entry {
-                kind: "debit",
-                id: Some(&t.id),
-                amount: t.amount,
-                reason: None,
-            };
-            accounts.push(&history, &e)?;
-            ctx.hop(HopTarget::Key(&t.to), "credit", &t)
-        }
+fn deposit(ctx: &Ctx, d: Deposit) -> Result<()> {
+    let e = Entry {
+        kind: "deposit",
+        id: None,
+        amount: d.amount,
+        reason: None,
+    };
+    book(ctx, &d.account, d.amount, &e)
+}
+
+fn transfer(ctx: &Ctx, t: Transfer) -> Result<()> {
+    let accounts = ctx.pstate(ACCOUNTS);
+    let from = accounts.path(&t.from);
+    let balance: i64 = accounts
+        .get_at(&from.clone().then_key("balance"))?
+        .unwrap_or(0);
+    let refused = if t.amount <= 0 {
+        Some("non-positive amount")
+    } else {
+        (balance < t.amount).then_some("overdraft")
+    };
+    if let Some(reason) = refused {
+        let e = Entry {
+            reason: Some(reason),
+            ..Entry::of("refused", &t)
+        };
+        return accounts.push_at(&from.then_key("history"), &e);
     }
+    book(ctx, &t.from, -t.amount, &Entry::of("debit", &t))?;
+    ctx.hop(HopTarget::Key(&t.to), CREDIT, &t)
 }
 
 fn credit(ctx: &Ctx, t: Transfer) -> Result<()> {
-    let accounts = ctx.pstate("accounts");
-    accounts.increment(&Path::key(&t.to).then_key("balance"), t.amount)?;
-    let e = Entry {
-        kind: "credit",
-        id: Some(&t.id),
-        amount: t.amount,
-        reason: None,
-    };
-    accounts.push(&Path::key(&t.to).then_key("history"), &e)
+    book(ctx, &t.to, t.amount, &Entry::of("credit", &t))
 }

@@ -4,8 +4,12 @@
 //! millions of fields, range-read with one seek), and a stream topology applying the puts. The
 //! handler answers with the key's field count (O(1), from the subindex).
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
-use sluice_sdk::{AckReturn, Ctx, Definition, Module, Partitioner, Path, Result, Schema};
+use sluice_sdk::{
+    AckReturn, Ctx, Definition, Depot, Module, PStateDef, Partitioner, Result, Subindexed,
+};
 
 #[derive(Deserialize)]
 struct Put {
@@ -14,36 +18,32 @@ struct Put {
     value: Option<String>,
 }
 
+const PUTS: Depot<Put> = Depot::new("puts");
+// The same puts, but the appender names the partition (`?partition=k`); a put whose key lives
+// elsewhere fails with `wrong-partition`.
+const DIRECT_PUTS: Depot<Put> = Depot::new("direct-puts");
+const KV: PStateDef<String, Subindexed<BTreeMap<i64, String>>> = PStateDef::new("kv");
+
 struct Kv;
 
 impl Module for Kv {
     fn define(m: &mut Definition) {
-        m.depot("puts", Partitioner::hash("key"));
-        // The same puts, but the appender names the partition (`?partition=k`); a put whose
-        // key lives elsewhere fails with `wrong-partition`.
-        m.depot("direct-puts", Partitioner::Direct);
-        m.pstate(
-            "kv",
-            Schema::map(
-                Schema::string(),
-                Schema::map(Schema::int(), Schema::string()).subindexed(),
-            ),
-        );
+        m.depot(PUTS, Partitioner::hash("key"));
+        m.depot(DIRECT_PUTS, Partitioner::Direct);
+        m.pstate_of(KV);
         m.stream_topology("apply")
-            .reads("puts")
-            .reads("direct-puts")
-            .handler(apply);
+            .on(PUTS, apply)
+            .on(DIRECT_PUTS, apply);
     }
 }
 
 fn apply(ctx: &Ctx, put: Put) -> Result<AckReturn<u64>> {
-    let kv = ctx.pstate("kv");
-    let path = Path::key(&put.key).then_key(&put.field);
+    let kv = ctx.pstate(KV);
     match &put.value {
-        Some(v) => kv.set(&path, v)?,
-        None => kv.remove(&path)?,
+        Some(v) => kv.set_entry(&put.key, &put.field, v)?,
+        None => kv.remove_entry(&put.key, &put.field)?,
     }
-    Ok(AckReturn(kv.count(&Path::key(&put.key))?))
+    Ok(AckReturn(kv.count(&put.key)?))
 }
 
 sluice_sdk::export_module!(Kv);

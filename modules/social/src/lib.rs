@@ -8,7 +8,7 @@
 //!   `author`), topology `posts`: stores the post in `posts-by-author[author]` and fans it out
 //!   to the home timeline of every account following the author at that moment. Followers are
 //!   read `FANOUT_CHUNK_FOLLOWERS` at a time; each chunk is grouped by the followers' partitions
-//!   ([`sluice_sdk::partition_of_key`]) into one `deliver` hop per partition, and the next chunk
+//!   ([`sluice_sdk::group_by_partition`]) into one `deliver` hop per partition, and the next chunk
 //!   is a `fan-out` hop back to the author's partition, so a 100,000-follower post is spread
 //!   over many short handler calls with other work interleaved. The post's ack-return value is
 //!   the number of timelines it is delivered to. A post whose `(time, id)` the author already
@@ -33,11 +33,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use sluice_sdk::{
-    partition_of_key, AckReturn, Ctx, Definition, Error, HopTarget, KeyRange, Module, Partitioner,
-    Path, QueryCtx, Result, Schema,
+    group_by_partition, AckReturn, Ctx, Definition, Depot, Error, Hop, HopTarget, KeyRange, Module,
+    PStateDef, Partitioner, QueryCtx, Result, Schema, Subindexed,
 };
 
 /// A home timeline keeps this many newest entries.
@@ -77,12 +76,21 @@ struct Edge {
     followee: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug, Schema)]
 pub struct Post {
     pub author: String,
     pub id: String,
     pub text: String,
     pub time: i64,
+}
+
+/// A profile's fields, each optional: an update sets those it has.
+#[derive(Serialize, Deserialize, Default, Schema)]
+struct Profile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bio: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -107,67 +115,52 @@ struct Delivery {
     to: Vec<String>,
 }
 
+/// A post's key among its author's: `[time, id]`, so posts sort oldest first.
+type PostKey = (i64, String);
+/// A timeline entry's key: `[time, author, id]`.
+type TimelineKey = (i64, String, String);
+
+const FOLLOWS: Depot<Follow> = Depot::new("follows");
+const POSTS: Depot<Post> = Depot::new("posts");
+const PROFILE_UPDATES: Depot<ProfileUpdate> = Depot::new("profiles");
+/// followee -> follower -> how many posts the followee had when the follow arrived.
+const FOLLOWERS: PStateDef<String, Subindexed<BTreeMap<String, u64>>> = PStateDef::new("followers");
+/// follower -> followees
+const FOLLOWING: PStateDef<String, Subindexed<BTreeSet<String>>> = PStateDef::new("following");
+/// author -> post key -> post
+const POSTS_BY_AUTHOR: PStateDef<String, Subindexed<BTreeMap<PostKey, Post>>> =
+    PStateDef::new("posts-by-author");
+/// account -> timeline key -> post, the newest `TIMELINE_ENTRIES_MAX`
+const HOME_TIMELINES: PStateDef<String, Subindexed<BTreeMap<TimelineKey, Post>>> =
+    PStateDef::new("home-timelines");
+const PROFILES: PStateDef<String, Profile> = PStateDef::new("profiles");
+const ADD_FOLLOWER: Hop<Edge> = Hop::new("add-follower");
+const REMOVE_FOLLOWER: Hop<Edge> = Hop::new("remove-follower");
+const FAN_OUT: Hop<FanOut> = Hop::new("fan-out");
+const DELIVER: Hop<Delivery> = Hop::new("deliver");
+
 struct Social;
 
 impl Module for Social {
     fn define(m: &mut Definition) {
-        m.depot("follows", Partitioner::hash("follower"));
-        m.depot("posts", Partitioner::hash("author"));
-        m.depot("profiles", Partitioner::hash("account"));
-        let post = Schema::record(&[
-            ("author", Schema::string()),
-            ("id", Schema::string()),
-            ("text", Schema::string()),
-            ("time", Schema::int()),
-        ]);
-        // follower -> how many posts the followee had when the follow arrived.
-        m.pstate(
-            "followers",
-            Schema::map(
-                Schema::string(),
-                Schema::map(Schema::string(), Schema::int()).subindexed(),
-            ),
-        );
-        m.pstate(
-            "following",
-            Schema::map(Schema::string(), Schema::set(Schema::string()).subindexed()),
-        );
-        // [time, id] -> post
-        m.pstate(
-            "posts-by-author",
-            Schema::map(
-                Schema::string(),
-                Schema::map(Schema::list(Schema::any()), post.clone()).subindexed(),
-            ),
-        );
-        // [time, author, id] -> post
-        m.pstate(
-            "home-timelines",
-            Schema::map(
-                Schema::string(),
-                Schema::map(Schema::list(Schema::any()), post).subindexed(),
-            ),
-        );
-        m.pstate(
-            "profiles",
-            Schema::map(
-                Schema::string(),
-                Schema::record(&[("name", Schema::string()), ("bio", Schema::string())]),
-            ),
-        );
+        m.depot(FOLLOWS, Partitioner::hash("follower"));
+        m.depot(POSTS, Partitioner::hash("author"));
+        m.depot(PROFILE_UPDATES, Partitioner::hash("account"));
+        m.pstate_of(FOLLOWERS);
+        m.pstate_of(FOLLOWING);
+        m.pstate_of(POSTS_BY_AUTHOR);
+        m.pstate_of(HOME_TIMELINES);
+        m.pstate_of(PROFILES);
         m.stream_topology("follows")
-            .reads("follows")
-            .handler(on_follow)
-            .hop_handler("add-follower", add_follower)
-            .hop_handler("remove-follower", remove_follower);
+            .on(FOLLOWS, on_follow)
+            .hop_handler(ADD_FOLLOWER, add_follower)
+            .hop_handler(REMOVE_FOLLOWER, remove_follower);
         m.stream_topology("posts")
-            .reads("posts")
-            .handler(on_post)
-            .hop_handler("fan-out", fan_out)
-            .hop_handler("deliver", deliver);
+            .on(POSTS, on_post)
+            .hop_handler(FAN_OUT, fan_out)
+            .hop_handler(DELIVER, deliver);
         m.stream_topology("profiles")
-            .reads("profiles")
-            .handler(on_profile);
+            .on(PROFILE_UPDATES, on_profile);
         m.query("timeline", timeline);
         m.query("profile", profile);
         m.query("who-to-follow", who_to_follow);
@@ -178,52 +171,47 @@ fn on_follow(ctx: &Ctx, f: Follow) -> Result<()> {
     if f.follower == f.followee {
         return Ok(());
     }
-    let following = ctx.pstate("following");
-    let mine = Path::key(&f.follower);
-    let edge = Edge {
-        follower: f.follower.clone(),
-        followee: f.followee.clone(),
-    };
-    if f.op == FollowOp::Follow {
-        following.insert(&mine, &f.followee)?;
-        ctx.hop(HopTarget::Key(&f.followee), "add-follower", &edge)
+    let following = ctx.pstate(FOLLOWING);
+    let hop = if f.op == FollowOp::Follow {
+        following.insert(&f.follower, &f.followee)?;
+        ADD_FOLLOWER
     } else {
-        let only = KeyRange::all().from(&f.followee).through(&f.followee);
-        following.remove(&mine.sorted_range(only))?;
-        ctx.hop(HopTarget::Key(&f.followee), "remove-follower", &edge)
-    }
+        following.remove_element(&f.follower, &f.followee)?;
+        REMOVE_FOLLOWER
+    };
+    let edge = Edge {
+        follower: f.follower,
+        followee: f.followee,
+    };
+    ctx.hop(HopTarget::Key(&edge.followee), hop, &edge)
 }
 
 fn add_follower(ctx: &Ctx, e: Edge) -> Result<()> {
-    let followers = ctx.pstate("followers");
-    let entry = Path::key(&e.followee).then_key(&e.follower);
-    if followers.get::<IgnoredAny>(&entry)?.is_some() {
+    let followers = ctx.pstate(FOLLOWERS);
+    if followers.has_entry(&e.followee, &e.follower)? {
         return Ok(()); // already following: keep the original position
     }
-    let posts = ctx
-        .pstate("posts-by-author")
-        .count(&Path::key(&e.followee))?;
-    followers.set(&entry, &posts)
+    let posts = ctx.pstate(POSTS_BY_AUTHOR).count(&e.followee)?;
+    followers.set_entry(&e.followee, &e.follower, &posts)
 }
 
 fn remove_follower(ctx: &Ctx, e: Edge) -> Result<()> {
-    ctx.pstate("followers")
-        .remove(&Path::key(&e.followee).then_key(&e.follower))
+    ctx.pstate(FOLLOWERS).remove_entry(&e.followee, &e.follower)
 }
 
 fn on_post(ctx: &Ctx, post: Post) -> Result<AckReturn<u64>> {
     if post.id.is_empty() {
         return Err(Error::new("invalid-post", "a post needs a non-empty `id`"));
     }
-    let posts = ctx.pstate("posts-by-author");
-    let entry = Path::key(&post.author).then_key(&(post.time, &post.id));
-    if posts.get::<IgnoredAny>(&entry)?.is_some() {
+    let posts = ctx.pstate(POSTS_BY_AUTHOR);
+    let key = (post.time, post.id.clone());
+    if posts.has_entry(&post.author, &key)? {
         return Ok(AckReturn(0));
     }
-    let seq = posts.count(&Path::key(&post.author))?;
-    posts.set(&entry, &post)?;
+    let seq = posts.count(&post.author)?;
+    posts.set_entry(&post.author, &key, &post)?;
     // Everyone following now has a position <= seq: this many timelines receive the post.
-    let recipients = ctx.pstate("followers").count(&Path::key(&post.author))?;
+    let recipients = ctx.pstate(FOLLOWERS).count(&post.author)?;
     fan_out_chunk(ctx, post, seq, None)?;
     Ok(AckReturn(recipients))
 }
@@ -239,30 +227,22 @@ fn fan_out_chunk(ctx: &Ctx, post: Post, seq: u64, after: Option<&str>) -> Result
     if let Some(a) = after {
         range = range.after(a);
     }
-    let chunk: Vec<(String, u64)> = ctx
-        .pstate("followers")
-        .select(&Path::key(&post.author).sorted_range(range).all())?;
-    let partitions = ctx.record().partitions;
-    let mut groups: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    for (follower, since) in &chunk {
-        if *since <= seq {
-            let p = partition_of_key(follower, partitions)?;
-            groups.entry(p).or_default().push(follower.clone());
-        }
-    }
-    for (p, to) in groups {
+    let chunk = ctx.pstate(FOLLOWERS).range(&post.author, range)?;
+    let current = chunk.iter().filter(|(_, since)| *since <= seq);
+    let recipients = current.map(|(follower, _)| follower.clone());
+    for (p, to) in group_by_partition(recipients, ctx.record().partitions)? {
         let d = Delivery {
             post: post.clone(),
             to,
         };
-        ctx.hop(HopTarget::<()>::Partition(p), "deliver", &d)?;
+        ctx.hop(HopTarget::partition(p), DELIVER, &d)?;
     }
     if chunk.len() as u64 == FANOUT_CHUNK_FOLLOWERS {
         let after = chunk.last().map(|(f, _)| f.clone()).unwrap_or_default();
         let author = post.author.clone();
         ctx.hop(
             HopTarget::Key(&author),
-            "fan-out",
+            FAN_OUT,
             &FanOut { post, seq, after },
         )?;
     }
@@ -270,30 +250,24 @@ fn fan_out_chunk(ctx: &Ctx, post: Post, seq: u64, after: Option<&str>) -> Result
 }
 
 fn deliver(ctx: &Ctx, d: Delivery) -> Result<()> {
-    let timelines = ctx.pstate("home-timelines");
-    let key = (d.post.time, &d.post.author, &d.post.id);
+    let timelines = ctx.pstate(HOME_TIMELINES);
+    let key = (d.post.time, d.post.author.clone(), d.post.id.clone());
     for account in &d.to {
-        let timeline = Path::key(account);
-        timelines.set(&timeline.clone().then_key(&key), &d.post)?;
-        let n = timelines.count(&timeline)?;
-        if n > TIMELINE_ENTRIES_MAX {
-            let oldest = KeyRange::all().limit(n - TIMELINE_ENTRIES_MAX);
-            timelines.remove(&timeline.sorted_range(oldest))?;
-        }
+        timelines.set_entry(account, &key, &d.post)?;
+        timelines.keep_last(account, TIMELINE_ENTRIES_MAX)?;
     }
     Ok(())
 }
 
 fn on_profile(ctx: &Ctx, p: ProfileUpdate) -> Result<()> {
-    let profiles = ctx.pstate("profiles");
-    let entry = Path::key(&p.account);
-    if let Some(name) = &p.name {
-        profiles.set(&entry.clone().then_key("name"), name)?;
+    if p.name.is_none() && p.bio.is_none() {
+        return Ok(());
     }
-    if let Some(bio) = &p.bio {
-        profiles.set(&entry.then_key("bio"), bio)?;
-    }
-    Ok(())
+    let fields = Profile {
+        name: p.name,
+        bio: p.bio,
+    };
+    ctx.pstate(PROFILES).merge(&p.account, &fields)
 }
 
 /// Where a timeline page ends: before this time, or before this entry (a page's `next`).
@@ -301,7 +275,7 @@ fn on_profile(ctx: &Ctx, p: ProfileUpdate) -> Result<()> {
 #[serde(untagged)]
 enum Before {
     Time(i64),
-    Entry((i64, String, String)),
+    Entry(TimelineKey),
 }
 
 #[derive(Deserialize)]
@@ -315,7 +289,7 @@ struct TimelineArgs {
 struct TimelinePage {
     posts: Vec<Post>,
     /// The last entry's key, to pass as `before` for the next page; `null` on the last page.
-    next: Option<(i64, String, String)>,
+    next: Option<TimelineKey>,
 }
 
 fn timeline(q: &QueryCtx, args: TimelineArgs) -> Result<TimelinePage> {
@@ -330,29 +304,18 @@ fn timeline(q: &QueryCtx, args: TimelineArgs) -> Result<TimelinePage> {
         Some(Before::Time(t)) => range.to(&[*t]),
         Some(Before::Entry(k)) => range.to(k),
     };
-    let entries: Vec<(IgnoredAny, Post)> = q
-        .pstate("home-timelines")
-        .select(&Path::key(&args.account).sorted_range(range).all())?;
-    let posts: Vec<Post> = entries.into_iter().map(|(_, p)| p).collect();
-    let next = if posts.len() as u64 == limit {
-        posts
-            .last()
-            .map(|p| (p.time, p.author.clone(), p.id.clone()))
-    } else {
-        None
+    let entries = q.pstate(HOME_TIMELINES).range(&args.account, range)?;
+    let next = match entries.last() {
+        Some((key, _)) if entries.len() as u64 == limit => Some(key.clone()),
+        _ => None,
     };
+    let posts = entries.into_iter().map(|(_, p)| p).collect();
     Ok(TimelinePage { posts, next })
 }
 
 #[derive(Deserialize)]
 struct AccountArgs {
     account: String,
-}
-
-#[derive(Deserialize, Default)]
-struct ProfileFields {
-    name: Option<String>,
-    bio: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -366,12 +329,11 @@ struct ProfileView {
 }
 
 fn profile(q: &QueryCtx, args: AccountArgs) -> Result<ProfileView> {
-    let key = Path::key(&args.account);
-    let fields: ProfileFields = q.pstate("profiles").get(&key)?.unwrap_or_default();
+    let fields = q.pstate(PROFILES).get(&args.account)?.unwrap_or_default();
     Ok(ProfileView {
-        followers: q.pstate("followers").count(&key)?,
-        following: q.pstate("following").count(&key)?,
-        posts: q.pstate("posts-by-author").count(&key)?,
+        followers: q.pstate(FOLLOWERS).count(&args.account)?,
+        following: q.pstate(FOLLOWING).count(&args.account)?,
+        posts: q.pstate(POSTS_BY_AUTHOR).count(&args.account)?,
         name: fields.name,
         bio: fields.bio,
         account: args.account,
@@ -396,16 +358,13 @@ fn who_to_follow(q: &QueryCtx, args: WhoToFollowArgs) -> Result<Vec<Suggestion>>
         .limit
         .unwrap_or(WHO_TO_FOLLOW_DEFAULT)
         .clamp(1, WHO_TO_FOLLOW_MAX);
-    let following = q.pstate("following");
-    let followees = |account: &str, max: u64| -> Result<Vec<String>> {
-        let range = KeyRange::all().limit(max);
-        following.select(&Path::key(account).sorted_range(range).all())
-    };
+    let following = q.pstate(FOLLOWING);
+    // Each read goes to the partition owning that account's entry.
+    let followees = |account: &str, max: u64| following.range(account, KeyRange::all().limit(max));
     let mine: BTreeSet<String> = followees(&args.account, WHO_TO_FOLLOW_EXCLUDED_MAX)?
         .into_iter()
         .collect();
     let mut shared: BTreeMap<String, u64> = BTreeMap::new();
-    // Each read goes to the partition owning that followee's entry.
     for f in mine.iter().take(WHO_TO_FOLLOW_FOLLOWEES_MAX as usize) {
         for candidate in followees(f, WHO_TO_FOLLOW_PER_FOLLOWEE_MAX)? {
             if candidate != args.account && !mine.contains(&candidate) {

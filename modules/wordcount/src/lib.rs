@@ -11,7 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 use sluice_sdk::{
-    AckReturn, Ctx, Definition, HopTarget, Module, Partitioner, Path, QueryCtx, Result, Schema,
+    AckReturn, Ctx, Definition, Depot, Hop, HopTarget, Module, PStateDef, Partitioner, Path,
+    QueryCtx, Result,
 };
 
 #[derive(Deserialize)]
@@ -24,18 +25,22 @@ struct Sentence {
     text: String,
 }
 
+const WORDS: Depot<Word> = Depot::new("words");
+const SENTENCES: Depot<Sentence> = Depot::new("sentences");
+const COUNTS: PStateDef<String, i64> = PStateDef::new("counts");
+const COUNT_WORD: Hop<String> = Hop::new("count-word");
+
 struct Wordcount;
 
 impl Module for Wordcount {
     fn define(m: &mut Definition) {
-        m.depot("words", Partitioner::hash("word"));
-        m.depot("sentences", Partitioner::Random);
-        m.pstate("counts", Schema::map(Schema::string(), Schema::int()));
-        m.stream_topology("wordcount").reads("words").handler(count);
+        m.depot(WORDS, Partitioner::hash("word"));
+        m.depot(SENTENCES, Partitioner::Random);
+        m.pstate_of(COUNTS);
+        m.stream_topology("wordcount").on(WORDS, count);
         m.stream_topology("sentences")
-            .reads("sentences")
-            .handler(split)
-            .hop_handler("count-word", count_word);
+            .on(SENTENCES, split)
+            .hop_handler(COUNT_WORD, count_word);
         m.query("top-words", top_words);
     }
 }
@@ -59,7 +64,7 @@ pub struct WordCount {
 fn top_words(q: &QueryCtx, args: TopArgs) -> Result<Vec<WordCount>> {
     // Every partition's entries, read in parallel by the host; each partition sorted, merged.
     let mut all: Vec<WordCount> = q
-        .pstate("counts")
+        .pstate(COUNTS)
         .select_all::<(String, i64)>(&Path::new().all())?
         .into_iter()
         .flatten()
@@ -70,23 +75,22 @@ fn top_words(q: &QueryCtx, args: TopArgs) -> Result<Vec<WordCount>> {
     Ok(all)
 }
 
-fn count(ctx: &Ctx, record: Word) -> Result<AckReturn<i64>> {
-    let counts = ctx.pstate("counts");
-    let path = Path::key(&record.word);
-    counts.increment(&path, 1)?;
-    Ok(AckReturn(counts.get(&path)?.unwrap_or(0)))
+fn count(ctx: &Ctx, w: Word) -> Result<AckReturn<i64>> {
+    let counts = ctx.pstate(COUNTS);
+    counts.increment(&w.word, 1)?;
+    Ok(AckReturn(counts.get(&w.word)?.unwrap_or(0)))
 }
 
 fn split(ctx: &Ctx, s: Sentence) -> Result<()> {
     for word in s.text.split_whitespace() {
         let word = word.to_lowercase();
-        ctx.hop(HopTarget::Key(&word), "count-word", &word)?;
+        ctx.hop(HopTarget::Key(&word), COUNT_WORD, &word)?;
     }
     Ok(())
 }
 
 fn count_word(ctx: &Ctx, word: String) -> Result<()> {
-    ctx.pstate("counts").increment(&Path::key(&word), 1)
+    ctx.pstate(COUNTS).increment(&word, 1)
 }
 
 sluice_sdk::export_module!(Wordcount);
