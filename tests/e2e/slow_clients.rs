@@ -171,7 +171,10 @@ fn clients_that_never_read_are_cut_off() {
     std::thread::sleep(Duration::from_millis(300));
     let (status, _) = request_from("127.0.0.7", &host.addr, "/health");
     assert_eq!(status, 200, "others are served while the answers stall");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Long enough for the host to produce the four answers up to the point where the socket
+    // buffers are full, even on a loaded machine (a debug build makes 32 MB of JSON slowly):
+    // a client read while its answer is still being produced would let it make progress.
+    std::thread::sleep(Duration::from_millis(6000));
     // Now read: what the kernel buffered, then the end — well before the whole answer.
     for (i, s) in stalled.iter_mut().enumerate() {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -185,7 +188,10 @@ fn clients_that_never_read_are_cut_off() {
                 Err(_) => break false,
             }
         };
-        assert!(ended, "stalled client {i}: the connection was not closed");
+        assert!(
+            ended,
+            "stalled client {i}: the connection was not closed (got {got} of {full_answer})"
+        );
         assert!(
             got < full_answer,
             "stalled client {i} got the whole answer ({got} bytes)"
