@@ -11,7 +11,7 @@ mod harness;
 
 use std::time::Instant;
 
-use harness::{module_wasm, Conn, Host};
+use harness::{module_wasm, Host};
 
 const WORDS: usize = 20_000;
 const SENTENCES: usize = 2_000;
@@ -36,31 +36,8 @@ fn sentence(i: usize) -> String {
         .join(" ")
 }
 
-/// Sends `n` records as NDJSON bodies of `BATCH` lines from `CLIENTS` connections; records/s.
 fn drive(host: &Host, path: &str, n: usize, line: &(dyn Fn(usize) -> String + Sync)) -> f64 {
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for c in 0..CLIENTS {
-            s.spawn(move || {
-                let mut conn = Conn::open(&host.addr);
-                let mut b = c;
-                while b * BATCH < n {
-                    let body: String = (b * BATCH..((b + 1) * BATCH).min(n))
-                        .map(|i| line(i) + "\n")
-                        .collect();
-                    let r = conn.request("POST", path, "application/x-ndjson", body.as_bytes());
-                    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-                    assert!(
-                        !r.body.windows(8).any(|w| w == b"\"error\":"),
-                        "{}",
-                        String::from_utf8_lossy(&r.body)
-                    );
-                    b += CLIENTS;
-                }
-            });
-        }
-    });
-    n as f64 / start.elapsed().as_secs_f64()
+    host.drive_ndjson(path, n, BATCH, CLIENTS, line)
 }
 
 fn rss_mib(pid: u32) -> f64 {

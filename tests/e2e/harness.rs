@@ -301,6 +301,52 @@ impl Host {
         })
     }
 
+    /// The sum of every series of the metric `name` (a counter's labels added up).
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        let m = String::from_utf8(self.get("/metrics").body).unwrap();
+        m.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Sends `n` records (`line(i)` each) to the append route `path` as NDJSON bodies of
+    /// `batch` lines from `clients` keep-alive connections, asserting every line was accepted;
+    /// answers records/s. (Used by the benchmarks, which include this file.)
+    #[allow(dead_code)]
+    pub fn drive_ndjson(
+        &self,
+        path: &str,
+        n: usize,
+        batch: usize,
+        clients: usize,
+        line: &(dyn Fn(usize) -> String + Sync),
+    ) -> f64 {
+        let start = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for c in 0..clients {
+                s.spawn(move || {
+                    let mut conn = Conn::open(&self.addr);
+                    let mut b = c;
+                    while b * batch < n {
+                        let body: String = (b * batch..((b + 1) * batch).min(n))
+                            .map(|i| line(i) + "\n")
+                            .collect();
+                        let r = conn.request("POST", path, "application/x-ndjson", body.as_bytes());
+                        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                        assert!(
+                            !r.body.windows(8).any(|w| w == b"\"error\":"),
+                            "{}",
+                            String::from_utf8_lossy(&r.body)
+                        );
+                        b += clients;
+                    }
+                });
+            }
+        });
+        n as f64 / start.elapsed().as_secs_f64()
+    }
+
     /// The values a select returns; panics on an error.
     pub fn select(
         &self,

@@ -260,13 +260,7 @@ fn hostile_modules_at_deploy_and_garbage_through_every_import() {
         String::from_utf8_lossy(&r.body)
     );
     assert_eq!(r.json()["error"]["guest_error"], "deadline-exceeded");
-    let compiles = || {
-        let m = String::from_utf8(host.get("/metrics").body).unwrap();
-        m.lines()
-            .filter(|l| l.starts_with("sluice_component_compiles_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum::<u64>()
-    };
+    let compiles = || host.metric_sum("sluice_component_compiles_total");
     let before = compiles();
     let r = host.deploy("http", &module_wasm("forbidden_http"), "");
     assert_eq!(

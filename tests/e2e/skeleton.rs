@@ -192,19 +192,13 @@ fn hosts_sharing_a_compile_cache_compile_a_component_once() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("compiled");
     let cache_arg = cache.to_str().unwrap();
-    let compiles = |host: &Host| {
-        let m = String::from_utf8(host.get("/metrics").body).unwrap();
-        m.lines()
-            .filter(|l| l.starts_with("sluice_component_compiles_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum::<u64>()
-    };
+    let compiles = |host: &Host| host.metric_sum("sluice_component_compiles_total");
     let first = Host::start(&dir.path().join("a"), &["--compile-cache-dir", cache_arg]);
     first.deploy_ok("wc", "wordcount", "?partitions=2");
-    assert_eq!(compiles(&first), 1);
+    assert_eq!(compiles(&first), 1.0);
     let second = Host::start(&dir.path().join("b"), &["--compile-cache-dir", cache_arg]);
     second.deploy_ok("wc", "wordcount", "?partitions=2");
-    assert_eq!(compiles(&second), 0, "the second host recompiled");
+    assert_eq!(compiles(&second), 0.0, "the second host recompiled");
     let r = second.append("wc", "words", &json!({"word": "shared"}));
     assert_eq!(r.json()["results"]["wordcount"], json!(1));
     assert!(
