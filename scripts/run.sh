@@ -13,7 +13,7 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 # wordcount-py and wordcount-js: the same module written with the Python and JavaScript SDKs.
-for m in wordcount kv bank social wordcount-py wordcount-js; do
+for m in wordcount kv bank social analytics wordcount-py wordcount-js; do
   code=$(curl -s -o /tmp/sluice-deploy.json -w '%{http_code}' -X PUT \
     --data-binary "@target/wasm32-wasip2/release/${m//-/_}.wasm" "$URL/v1/modules/$m")
   case "$code" in
@@ -51,6 +51,8 @@ Sluice is running on $URL (data in ./data). Try:
   curl -s -X POST $URL/v1/modules/social/depots/follows/append -d '{"follower": "ann", "followee": "bob"}'
   curl -s -X POST $URL/v1/modules/social/depots/posts/append -d '{"author": "bob", "id": "p1", "text": "hi", "time": 1}'
   curl -s -X POST $URL/v1/modules/social/queries/timeline -d '{"account": "ann"}'
+  curl -s -X POST $URL/v1/modules/analytics/depots/views/append -d '{"page": "home", "at": 1700000000000}'
+  curl -s -X POST $URL/v1/modules/analytics/pstates/daily/select -d '{"path": [{"key": 1699920000000}]}'
   curl -s $URL/metrics | grep sluice_appends_total
 
 Live (Server-Sent Events; in another terminal, then append as above):

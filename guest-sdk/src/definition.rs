@@ -10,6 +10,7 @@ use std::rc::Rc;
 
 use serde::de::DeserializeOwned;
 
+use crate::bindings::exports::sluice::module::extensions as ext;
 use crate::bindings::sluice::module::types as wit;
 use crate::schema::{HasSchema, Schema};
 use crate::typed::{Depot, HopName, PStateDef};
@@ -30,6 +31,33 @@ impl Partitioner {
     /// Hash by the field at this dotted path, e.g. `"word"` or `"user.id"`.
     pub fn hash(field: &str) -> Self {
         Partitioner::Hash(field.split('.').map(str::to_string).collect())
+    }
+}
+
+/// The partition holding a module's global PStates (the host's choice, mirrored).
+pub const GLOBAL_PARTITION: u32 = 0;
+
+/// What the host appends to a tick depot ([`Definition::tick_depot`]) on every partition:
+/// the tick's logical time, from the log (so a replay sees the same time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tick {
+    /// The tick's time, in ms since the Unix epoch: a multiple of the interval.
+    pub time: u64,
+    /// The previous tick's time on this partition (`None` for the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    /// Intervals this tick covers: `(time - since) / interval`, more than 1 when the host was
+    /// down over some (missed ticks are not run one by one: this one carries the gap).
+    pub ticks: u64,
+}
+
+impl crate::HasSchema for Tick {
+    fn schema() -> Schema {
+        Schema::record(&[
+            ("time", Schema::int()),
+            ("since", Schema::int()),
+            ("ticks", Schema::int()),
+        ])
     }
 }
 
@@ -151,6 +179,8 @@ pub struct Definition {
     topologies: Vec<StreamTopology>,
     queries: Vec<(String, QueryFn)>,
     partitions_hint: Option<u32>,
+    globals: Vec<String>,
+    ticks: Vec<(String, u64)>,
 }
 
 impl Definition {
@@ -173,6 +203,27 @@ impl Definition {
         V: HasSchema,
     {
         self.pstate(def.name(), Schema::map(K::schema(), V::schema()))
+    }
+
+    /// Declare a global PState: stored whole on [`GLOBAL_PARTITION`], for module-wide state
+    /// (a counter over every record). Handlers on other partitions reach it with a hop to
+    /// [`HopTarget::Global`](crate::HopTarget::Global); selects and queries read it without
+    /// naming a partition.
+    pub fn global_pstate_of<K, V>(&mut self, def: PStateDef<K, V>) -> &mut Self
+    where
+        K: HasSchema,
+        V: HasSchema,
+    {
+        self.globals.push(def.name().to_string());
+        self.pstate_of(def)
+    }
+
+    /// Declare a tick depot: the host appends a [`Tick`] to it on every partition every
+    /// `interval_ms` (at least 10); topologies read it like any depot. Clients cannot
+    /// append to it.
+    pub fn tick_depot(&mut self, depot: Depot<Tick>, interval_ms: u64) -> &mut Self {
+        self.ticks.push((depot.name().to_string(), interval_ms));
+        self.depot(depot, Partitioner::Direct)
     }
 
     /// Declare a stream topology; chain one `.on(depot, f)` per depot (or, untyped,
@@ -277,6 +328,22 @@ impl Definition {
                 .collect(),
             partitions_hint: self.partitions_hint,
             queries: self.queries.iter().map(|(n, _)| n.clone()).collect(),
+        }
+    }
+
+    pub(crate) fn extensions_to_wit(&self) -> ext::ExtensionsDef {
+        ext::ExtensionsDef {
+            global_pstates: self.globals.clone(),
+            ticks: self
+                .ticks
+                .iter()
+                .map(|(depot, interval_ms)| ext::TickDef {
+                    depot: depot.clone(),
+                    interval_ms: *interval_ms,
+                })
+                .collect(),
+            retention: Vec::new(),
+            migrations: Vec::new(),
         }
     }
 }

@@ -166,7 +166,7 @@ extern crate self as sluice_sdk;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "module",
+        world: "module-ext",
         pub_export_macro: true,
         export_macro_name: "__export_sluice_world",
         default_bindings_module: "::sluice_sdk::bindings",
@@ -180,7 +180,7 @@ mod pstate;
 mod schema;
 mod typed;
 
-pub use definition::{Definition, Partitioner, StreamTopology};
+pub use definition::{Definition, Partitioner, StreamTopology, Tick, GLOBAL_PARTITION};
 pub use error::{Error, Result};
 pub use partition::{group_by_partition, partition_of_key};
 pub use pstate::{KeyRange, PState, Path};
@@ -249,6 +249,8 @@ pub enum HopTarget<'a, K: serde::Serialize + ?Sized> {
     All,
     /// This partition index.
     Partition(u32),
+    /// The partition holding the module's global PStates ([`GLOBAL_PARTITION`]).
+    Global,
 }
 
 impl<'a> HopTarget<'a, ()> {
@@ -259,6 +261,10 @@ impl<'a> HopTarget<'a, ()> {
     /// [`HopTarget::All`] without naming a key type.
     pub const fn all() -> Self {
         HopTarget::All
+    }
+    /// [`HopTarget::Global`] without naming a key type.
+    pub const fn global() -> Self {
+        HopTarget::Global
     }
 }
 
@@ -295,6 +301,7 @@ pub(crate) fn wit_target<K: serde::Serialize + ?Sized>(t: HopTarget<'_, K>) -> R
         HopTarget::Key(k) => wit::Target::Key(encode(k)?),
         HopTarget::All => wit::Target::All,
         HopTarget::Partition(p) => wit::Target::Partition(p),
+        HopTarget::Global => wit::Target::Partition(GLOBAL_PARTITION),
     })
 }
 
@@ -355,6 +362,7 @@ thread_local! {
 #[doc(hidden)]
 pub mod __private {
     use super::*;
+    use crate::bindings::exports::sluice::module::extensions as ext;
 
     fn with_definition<M: Module, R>(f: impl FnOnce(&Definition) -> R) -> R {
         DEFINITION.with(|d| {
@@ -388,6 +396,23 @@ pub mod __private {
 
     pub fn define<M: Module>() -> wit::ModuleDefinition {
         with_definition::<M, _>(|d| d.to_wit())
+    }
+
+    pub fn define_extensions<M: Module>() -> ext::ExtensionsDef {
+        with_definition::<M, _>(|d| d.extensions_to_wit())
+    }
+
+    pub fn migrate<M: Module>(
+        pstate: String,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> core::result::Result<Vec<u8>, wit::Error> {
+        // No migration can be declared yet (the host does not run them): nothing to call.
+        let _ = (key, value);
+        Err(wit::Error {
+            code: "no-migration".into(),
+            message: format!("PState `{pstate}` declares no migration"),
+        })
     }
 
     pub fn handle<M: Module>(
@@ -455,6 +480,22 @@ macro_rules! export_module {
                 $crate::bindings::sluice::module::types::Error,
             > {
                 $crate::__private::query::<$module>(name, args, partitions)
+            }
+        }
+        impl $crate::bindings::exports::sluice::module::extensions::Guest for __SluiceGuest {
+            fn define_extensions(
+            ) -> $crate::bindings::exports::sluice::module::extensions::ExtensionsDef {
+                $crate::__private::define_extensions::<$module>()
+            }
+            fn migrate(
+                pstate: ::std::string::String,
+                key: ::std::vec::Vec<u8>,
+                value: ::std::vec::Vec<u8>,
+            ) -> ::core::result::Result<
+                ::std::vec::Vec<u8>,
+                $crate::bindings::sluice::module::types::Error,
+            > {
+                $crate::__private::migrate::<$module>(pstate, key, value)
             }
         }
         $crate::bindings::__export_sluice_world!(__SluiceGuest);

@@ -131,6 +131,9 @@ pub struct Config {
     /// (entries are written atomically and checked against their digest); it must be as
     /// trusted as the data directory, since its contents are loaded as machine code.
     pub compile_cache_dir: Option<std::path::PathBuf>,
+    /// A clock that moves only when told (tests: tick depots without sleeping); `None`: the
+    /// system clock.
+    pub manual_clock: Option<std::sync::Arc<crate::partition::seams::ManualClock>>,
 }
 
 /// The default of [`Config::cache_budget_bytes`].

@@ -85,6 +85,10 @@ struct ServeArgs {
     /// one; it must be private to the hosts' user, since its files are loaded as machine code.
     #[arg(long)]
     compile_cache_dir: Option<PathBuf>,
+    /// For tests: run on a wall clock starting at this time (ms since the Unix epoch) that
+    /// moves only by `POST /v1/clock {"advance_ms": N}` (tick depots without sleeping).
+    #[arg(long)]
+    manual_clock_ms: Option<u64>,
     /// The largest depot-read or select answer in bytes; past it the answer is cut and
     /// carries `next` (a select without `limit` is refused with 413 instead).
     #[arg(long, default_value_t = Limits::default().answer_bytes_max)]
@@ -231,6 +235,9 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         cache_budget_bytes: args.cache_mb << 20,
         verify_on_open: args.verify_on_open,
         compile_cache_dir: args.compile_cache_dir.clone(),
+        manual_clock: args
+            .manual_clock_ms
+            .map(|ms| Arc::new(sluice::partition::seams::ManualClock::new(ms))),
     };
     let registry = Registry::open(config)
         .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;

@@ -8,6 +8,7 @@ mod crash;
 mod crash_hops;
 mod damage;
 mod disk_full;
+mod global_ticks;
 mod harness;
 mod hostile;
 mod idempotency;

@@ -218,7 +218,11 @@ fn check_operation(host: &Host, template: &str, method: &str, op: &Value) -> Vec
 #[test]
 fn every_documented_operation_is_routed_and_answers_as_documented() {
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(&dir.path().join("data"), &[]);
+    // A manual clock, so that `POST /v1/clock` has something to move.
+    let host = Host::start(
+        &dir.path().join("data"),
+        &["--manual-clock-ms", "1700000000000"],
+    );
     let r = host.deploy("wordcount", &module_wasm("wordcount"), "");
     assert_eq!(r.status, 201, "{}", text(&r));
     let r = host.append("wordcount", "words", &json!({"word": "apple"}));

@@ -130,6 +130,7 @@ fn required_role(method: &Method, segments: &[&str]) -> Role {
     match (method, segments) {
         (&Method::PUT | &Method::DELETE, ["v1", "modules", _]) => Role::Admin,
         (_, [.., "dead-letters", "replay"]) => Role::Admin,
+        (&Method::POST, ["v1", "clock"]) => Role::Admin,
         (&Method::POST, [.., "append"]) => Role::Write,
         _ => Role::Read,
     }

@@ -101,6 +101,9 @@ impl From<AppendError> for ApiError {
         let message = e.to_string();
         match e {
             AppendError::UnknownDepot { .. } => ApiError::not_found("unknown-depot", message),
+            AppendError::TickDepot { .. } => {
+                ApiError::new(hyper::StatusCode::CONFLICT, "tick-depot", message)
+            }
             AppendError::Route(r) => ApiError::bad_request(
                 match r {
                     RouteError::MissingKey(_) => "missing-key",

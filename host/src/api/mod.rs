@@ -41,6 +41,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/metrics"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/v1/modules"),
+    ("POST", "/v1/clock"),
     ("PUT", "/v1/modules/{module}"),
     ("GET", "/v1/modules/{module}"),
     ("DELETE", "/v1/modules/{module}"),
@@ -347,6 +348,31 @@ fn parse_partition(params: &HashMap<String, String>) -> Result<Option<u32>, ApiE
         .transpose()
 }
 
+/// `POST /v1/clock {"advance_ms": N}`: moves a manual clock (`--manual-clock-ms`) forward.
+async fn advance_clock(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let Some(clock) = state.registry.manual_clock() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no-manual-clock",
+            "this host runs on the system clock; start it with --manual-clock-ms to move its clock by hand",
+        ));
+    };
+    let body = read_body(state, req, 4096, "clock_body_bytes").await?;
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid-json", format!("the body is not JSON: {e}")))?;
+    let Some(ms) = v.get("advance_ms").and_then(serde_json::Value::as_u64) else {
+        return Err(ApiError::bad_request(
+            "invalid-body",
+            "expected {\"advance_ms\": N} with N a non-negative integer",
+        ));
+    };
+    let time = clock.advance(ms);
+    Ok(json_response(StatusCode::OK, &json!({ "time_ms": time })))
+}
+
 async fn route(
     state: &AppState,
     req: Request<Incoming>,
@@ -393,6 +419,12 @@ async fn route(
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from_static(OPENAPI_JSON.as_bytes())))
                 .expect("valid response"))
+        }
+        ["v1", "clock"] => {
+            if method != Method::POST {
+                return Err(not_allowed());
+            }
+            advance_clock(state, req).await
         }
         ["v1", "modules"] => {
             match method {

@@ -52,6 +52,8 @@ pub enum RouteError {
 pub struct Depot {
     pub name: String,
     pub partitioner: Partitioner,
+    /// A tick depot: the host appends a tick to every partition this often; clients cannot.
+    pub tick_interval_ms: Option<u64>,
     round_robin: AtomicU64,
 }
 
@@ -60,6 +62,7 @@ impl Depot {
         Self {
             name,
             partitioner,
+            tick_interval_ms: None,
             round_robin: AtomicU64::new(0),
         }
     }

@@ -206,7 +206,7 @@ impl wit::Host for Imports {
             Err(e) => return Ok(Err(e)),
         };
         if let Some(reads) = self.query.as_ref() {
-            let partition = match crate::pstate::leading_partition(&path, reads.partitions()) {
+            let partition = match reads.home_partition(&pstate, &path) {
                 Ok(Some(p)) => p,
                 Ok(None) => {
                     return Ok(Err(wit_error(

@@ -14,13 +14,45 @@ use crate::topology::{Topology, TopologyKind};
 pub struct DepotDecl {
     pub name: String,
     pub partitioner: Partitioner,
+    /// A tick depot: the host appends a tick to every partition this often.
+    pub tick_interval_ms: Option<u64>,
+    /// How long its records are kept (declared by the module; a deployment may override).
+    pub retention: Retention,
+}
+
+/// How long a depot keeps its records, per partition; `None`: no bound of that kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Retention {
+    pub max_records: Option<u64>,
+    pub max_age_ms: Option<u64>,
+}
+
+impl Retention {
+    pub fn is_unbounded(&self) -> bool {
+        self.max_records.is_none() && self.max_age_ms.is_none()
+    }
+
+    pub fn describe(&self) -> serde_json::Value {
+        if self.is_unbounded() {
+            return serde_json::Value::Null;
+        }
+        serde_json::json!({"max_records": self.max_records, "max_age_ms": self.max_age_ms})
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct PStateDecl {
     pub name: String,
     pub schema: String,
+    /// Stored whole on [`GLOBAL_PARTITION`].
+    pub global: bool,
+    /// The module's `migrate` rewrites this PState's stored values on update.
+    pub migrate: bool,
 }
+
+pub use crate::pstate::GLOBAL_PARTITION;
+/// The shortest tick interval a tick depot may declare.
+pub const TICK_INTERVAL_MS_MIN: u64 = 10;
 
 #[derive(Debug, Clone)]
 pub struct TopologyDecl {
@@ -93,6 +125,26 @@ impl Definition {
         let mut seen = BTreeSet::new();
         for d in &self.depots {
             check("depot", &d.name, &mut seen)?;
+            if let Some(ms) = d.tick_interval_ms {
+                if ms < TICK_INTERVAL_MS_MIN {
+                    return Err(format!(
+                        "tick depot `{}`: interval {ms} ms is below the minimum of {TICK_INTERVAL_MS_MIN} ms",
+                        d.name
+                    ));
+                }
+                if d.partitioner != Partitioner::Direct {
+                    return Err(format!(
+                        "tick depot `{}`: the host appends to every partition itself; declare it with the `direct` partitioner",
+                        d.name
+                    ));
+                }
+            }
+            if d.retention.max_records == Some(0) {
+                return Err(format!(
+                    "depot `{}`: retention of 0 records would keep nothing; leave it unset to keep every record",
+                    d.name
+                ));
+            }
             if let Partitioner::Hash(fields) = &d.partitioner {
                 if fields.is_empty() || fields.iter().any(|f| f.is_empty()) {
                     return Err(format!(
@@ -101,15 +153,26 @@ impl Definition {
                     ));
                 }
             }
-            depots.insert(
-                d.name.clone(),
-                Depot::new(d.name.clone(), d.partitioner.clone()),
-            );
+            if !d.retention.is_unbounded() {
+                return Err(format!(
+                    "depot `{}` declares retention: this host does not trim depots yet",
+                    d.name
+                ));
+            }
+            let mut depot = Depot::new(d.name.clone(), d.partitioner.clone());
+            depot.tick_interval_ms = d.tick_interval_ms;
+            depots.insert(d.name.clone(), depot);
         }
         let mut catalog = Catalog::default();
         let mut seen = BTreeSet::new();
         for p in &self.pstates {
             check("PState", &p.name, &mut seen)?;
+            if p.migrate {
+                return Err(format!(
+                    "PState `{}` declares a migration: this host does not run PState migrations yet",
+                    p.name
+                ));
+            }
             let schema =
                 Schema::parse(&p.schema).map_err(|e| format!("PState `{}`: {e}", p.name))?;
             if schema.as_top_level().is_none() {
@@ -119,6 +182,9 @@ impl Definition {
                 ));
             }
             catalog.schemas.insert(p.name.clone(), schema);
+            if p.global {
+                catalog.globals.insert(p.name.clone());
+            }
         }
         let mut topologies = Vec::new();
         let mut seen = BTreeSet::new();
@@ -200,6 +266,12 @@ impl Definition {
                         n.partitioner.describe()
                     ))
                 }
+                Some(n) if n.tick_interval_ms.is_some() != d.tick_interval_ms.is_some() => {
+                    return Err(format!(
+                        "depot `{}` changes between a tick depot and an appended one; its records would mix both (give the new one another name)",
+                        d.name
+                    ))
+                }
                 Some(_) => {}
             }
         }
@@ -210,6 +282,17 @@ impl Definition {
                     p.name
                 ));
             };
+            if n.global != p.global {
+                let (from, to) = if p.global {
+                    ("global", "partitioned")
+                } else {
+                    ("partitioned", "global")
+                };
+                return Err(format!(
+                    "PState `{}` changes from {from} to {to}: its stored entries would be on the wrong partitions (give the new one another name)",
+                    p.name
+                ));
+            }
             let (old, new_schema) = match (Schema::parse(&p.schema), Schema::parse(&n.schema)) {
                 (Ok(o), Ok(n)) => (o, n),
                 (_, Err(e)) => return Err(format!("PState `{}`: {e}", p.name)),
@@ -249,10 +332,25 @@ impl Definition {
     /// The JSON shape `describe` shows.
     pub fn describe(&self) -> serde_json::Value {
         serde_json::json!({
-            "depots": self.depots.iter().map(|d| serde_json::json!({
-                "name": d.name, "partitioner": d.partitioner.describe()})).collect::<Vec<_>>(),
-            "pstates": self.pstates.iter().map(|p| serde_json::json!({
-                "name": p.name, "schema": Schema::parse(&p.schema).map(|s| s.to_string()).unwrap_or_else(|_| p.schema.clone())})).collect::<Vec<_>>(),
+            "depots": self.depots.iter().map(|d| {
+                let mut v = serde_json::json!({"name": d.name, "partitioner": d.partitioner.describe()});
+                if let Some(ms) = d.tick_interval_ms {
+                    v["tick_interval_ms"] = ms.into();
+                }
+                if !d.retention.is_unbounded() {
+                    v["retention"] = d.retention.describe();
+                }
+                v
+            }).collect::<Vec<_>>(),
+            "pstates": self.pstates.iter().map(|p| {
+                let mut v = serde_json::json!({
+                    "name": p.name, "schema": Schema::parse(&p.schema).map(|s| s.to_string()).unwrap_or_else(|_| p.schema.clone())});
+                if p.global {
+                    v["global"] = true.into();
+                    v["partition"] = GLOBAL_PARTITION.into();
+                }
+                v
+            }).collect::<Vec<_>>(),
             "topologies": self.stream_topologies.iter().map(|t| ("stream", t))
                 .chain(self.microbatch_topologies.iter().map(|t| ("microbatch", t)))
                 .map(|(kind, t)| serde_json::json!({
@@ -272,13 +370,54 @@ fn topology_decl(t: wit::StreamTopologyDef) -> TopologyDecl {
 }
 
 impl Definition {
-    /// The declarations a module's `define` returned (not yet validated).
-    pub fn from_wit(def: wit::ModuleDefinition) -> Definition {
-        Definition {
+    /// The declarations a module's `define` and `define-extensions` returned (not yet
+    /// validated). An extension naming an undeclared depot or PState is an error.
+    pub fn from_wit(
+        def: wit::ModuleDefinition,
+        ext: wit::ExtensionsDef,
+    ) -> Result<Definition, String> {
+        let depot_names: BTreeSet<&str> = def.depots.iter().map(|d| d.name.as_str()).collect();
+        let pstate_names: BTreeSet<&str> = def.pstates.iter().map(|p| p.name.as_str()).collect();
+        let mut ticks = BTreeMap::new();
+        for t in &ext.ticks {
+            if !depot_names.contains(t.depot.as_str()) {
+                return Err(format!("tick depot `{}` is not a declared depot", t.depot));
+            }
+            if ticks.insert(t.depot.clone(), t.interval_ms).is_some() {
+                return Err(format!("tick depot `{}` is declared twice", t.depot));
+            }
+        }
+        let mut retention = BTreeMap::new();
+        for r in &ext.retention {
+            if !depot_names.contains(r.depot.as_str()) {
+                return Err(format!(
+                    "retention for `{}`, which is not a declared depot",
+                    r.depot
+                ));
+            }
+            let bound = Retention {
+                max_records: r.max_records,
+                max_age_ms: r.max_age_ms,
+            };
+            if retention.insert(r.depot.clone(), bound).is_some() {
+                return Err(format!(
+                    "retention for depot `{}` is declared twice",
+                    r.depot
+                ));
+            }
+        }
+        for p in ext.global_pstates.iter().chain(&ext.migrations) {
+            if !pstate_names.contains(p.as_str()) {
+                return Err(format!("`{p}` is not a declared PState"));
+            }
+        }
+        Ok(Definition {
             depots: def
                 .depots
                 .into_iter()
                 .map(|d| DepotDecl {
+                    tick_interval_ms: ticks.get(&d.name).copied(),
+                    retention: retention.get(&d.name).copied().unwrap_or_default(),
                     name: d.name,
                     partitioner: match d.partitioner {
                         wit::Partitioner::Hash(fields) => Partitioner::Hash(fields),
@@ -291,6 +430,8 @@ impl Definition {
                 .pstates
                 .into_iter()
                 .map(|p| PStateDecl {
+                    global: ext.global_pstates.contains(&p.name),
+                    migrate: ext.migrations.contains(&p.name),
                     name: p.name,
                     schema: p.schema,
                 })
@@ -307,6 +448,6 @@ impl Definition {
                 .collect(),
             partitions_hint: def.partitions_hint,
             queries: def.queries,
-        }
+        })
     }
 }

@@ -79,6 +79,8 @@ pub enum DeployError {
 pub enum AppendError {
     #[error("module `{module}` has no depot `{depot}`")]
     UnknownDepot { module: String, depot: String },
+    #[error("depot `{depot}` is a tick depot: the host appends a tick to it every {interval_ms} ms, and clients cannot")]
+    TickDepot { depot: String, interval_ms: u64 },
     #[error(transparent)]
     Route(#[from] RouteError),
     #[error("the record is {size} bytes, over the record_size_bytes limit of {limit}")]
@@ -186,6 +188,12 @@ impl Module {
                 module: self.name.clone(),
                 depot: depot.to_string(),
             })?;
+        if let Some(interval_ms) = d.tick_interval_ms {
+            return Err(AppendError::TickDepot {
+                depot: depot.to_string(),
+                interval_ms,
+            });
+        }
         let p = match key {
             // A keyed append to a random depot goes where its key hashes, so a retry finds
             // the key on the partition the first attempt went to.
@@ -307,7 +315,9 @@ impl Module {
             return Ok(p);
         }
         pstate::check_leading_key(schema, pstate, path)?;
-        pstate::leading_partition(path, self.partitions)?.ok_or_else(|| {
+        self.catalog
+            .home_partition(pstate, path, self.partitions)?
+            .ok_or_else(|| {
             AccessError::new(
                 "partition-required",
                 "the path does not start with `key`/`must`: name a partition (\"partition\": k or \"all\")",
@@ -483,9 +493,16 @@ pub struct Registry {
     deploy_lock: Mutex<()>,
     /// Every subscription on the host ([`crate::subscription`]).
     subscriptions: Arc<crate::subscription::Subscriptions>,
+    /// The clock every partition uses.
+    clock: Arc<dyn crate::partition::seams::Clock>,
 }
 
 impl Registry {
+    /// The manual clock the host runs on, if it was started with one.
+    pub fn manual_clock(&self) -> Option<&Arc<crate::partition::seams::ManualClock>> {
+        self.config.manual_clock.as_ref()
+    }
+
     /// Opens the data directory and starts every module found in it. A module that cannot
     /// be loaded (a damaged or missing file, a stray directory) is recorded as failed with the
     /// reason and the others start; only an unusable data directory is an error.
@@ -494,7 +511,12 @@ impl Registry {
         std::fs::create_dir_all(&modules_dir)?;
         let runtime = Runtime::new(config.limits.clone(), &config.compile_cache_dir())?;
         let subscriptions = crate::subscription::Subscriptions::new(config.limits.subscriptions());
+        let clock: Arc<dyn crate::partition::seams::Clock> = match &config.manual_clock {
+            Some(c) => Arc::clone(c) as _,
+            None => Arc::new(crate::partition::seams::SystemClock::default()),
+        };
         let registry = Arc::new(Self {
+            clock,
             config,
             runtime,
             modules: RwLock::new(BTreeMap::new()),
@@ -832,7 +854,8 @@ impl Registry {
             GuestInstance::new(Arc::clone(&self.runtime), pre, name, Box::new(imports))
                 .map_err(DeployError::Define)?;
         let def = instance.define().map_err(DeployError::Define)?;
-        Ok(Definition::from_wit(def))
+        let ext = instance.define_extensions().map_err(DeployError::Define)?;
+        Definition::from_wit(def, ext).map_err(DeployError::InvalidDefinition)
     }
 
     /// Starts a module's workers on its partitions' files: already open (an update), or
@@ -850,6 +873,14 @@ impl Registry {
         let validated = definition
             .validate()
             .map_err(DeployError::InvalidDefinition)?;
+        let ticks: Vec<(Arc<str>, u64)> = validated
+            .depots
+            .values()
+            .filter_map(|d| {
+                d.tick_interval_ms
+                    .map(|ms| (Arc::from(d.name.as_str()), ms))
+            })
+            .collect();
         let catalog = Arc::new(validated.catalog);
         let topologies = Arc::new(validated.topologies);
         let limits = self.runtime.limits().clone();
@@ -896,6 +927,7 @@ impl Registry {
                     flush_interval_ms: limits.pstate_flush_interval_ms,
                     retry_backoff_base_ms: RETRY_BACKOFF_BASE_MS,
                     deadline_penalty_ms: limits.call_deadline_ms,
+                    ticks: ticks.clone(),
                 },
                 topologies: Arc::clone(&topologies),
                 log: Arc::clone(&log),
@@ -911,6 +943,7 @@ impl Registry {
                 queued_appends: Arc::clone(&queued_appends),
                 open_trees: Arc::clone(&open_trees),
                 status: Arc::clone(&status),
+                clock: Arc::clone(&self.clock),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("{}-p{p}", manifest.name))

@@ -36,6 +36,8 @@ pub struct PartitionConfig {
     pub retry_backoff_base_ms: u64,
     /// How long the partition pauses after a guest call stopped at its deadline.
     pub deadline_penalty_ms: u64,
+    /// Tick depots: (depot, interval ms).
+    pub ticks: Vec<(Arc<str>, u64)>,
 }
 
 /// Why a partition stopped; it must be restarted from its store.
@@ -176,6 +178,8 @@ pub struct Partition<X, L, S, T> {
     /// Hops a target's queue could not take yet, per target in seq order (all durable in the
     /// outbox: holding them loses nothing). Offered again at every step and tick.
     pub(super) held: BTreeMap<u32, VecDeque<Hop>>,
+    /// Per tick depot: the time of the last tick in its log (read at start).
+    pub(super) tick_last: HashMap<Arc<str>, Option<u64>>,
 }
 
 /// An append taken from the queue, not yet in the log.
@@ -237,6 +241,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
             position: 0,
             durable_position: 0,
             held: BTreeMap::new(),
+            tick_last: HashMap::new(),
         }
     }
 
@@ -261,12 +266,24 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
             }
         }
         self.recover(&progress.offsets)?;
+        self.load_ticks()?;
         self.make_durable()
     }
 
     /// Processes one drained batch of work (appends, peer messages; microbatch steps and
     /// dead-letter replays are run by the caller). Returns whether a `Stop` was among it.
     pub fn step(&mut self, work: Vec<Work>) -> Result<bool, PartitionError> {
+        let stopping = self.step_work(work)?;
+        self.append_due_ticks()?;
+        Ok(stopping)
+    }
+
+    /// Appends the ticks' records and processes them, as a step of appends.
+    pub(super) fn step_appends(&mut self, work: Vec<Work>) -> Result<(), PartitionError> {
+        self.step_work(work).map(|_| ())
+    }
+
+    fn step_work(&mut self, work: Vec<Work>) -> Result<bool, PartitionError> {
         self.offer_held();
         let mut stopping = false;
         let mut appends = Vec::new();
@@ -313,9 +330,11 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
         Ok(stopping)
     }
 
-    /// The flush timer: makes earlier commits durable once the flush interval has passed.
+    /// The flush timer: makes earlier commits durable once the flush interval has passed,
+    /// and appends the ticks that are due.
     pub fn tick(&mut self) -> Result<(), PartitionError> {
         self.offer_held();
+        self.append_due_ticks()?;
         if self.flush_due() {
             self.make_durable()?;
         }

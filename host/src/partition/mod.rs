@@ -28,6 +28,7 @@ pub mod microbatch;
 pub mod progress;
 pub mod recovery;
 pub mod seams;
+pub mod ticks;
 pub mod tree;
 pub mod work;
 pub mod worker;

@@ -173,9 +173,51 @@ pub trait Executor {
     }
 }
 
-/// Milliseconds on a monotonic clock (injectable, so tests need not sleep).
+/// Milliseconds on a monotonic clock, and the wall-clock time tick depots are stamped with
+/// (injectable, so tests need not sleep).
 pub trait Clock: Send + Sync {
     fn now_ms(&self) -> u64;
+    /// Milliseconds since the Unix epoch.
+    fn wall_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+/// A clock whose wall time moves only when told ([`ManualClock::advance`]), so tests drive
+/// tick depots without sleeping; its monotonic time is the system's (flush timing stays
+/// real). `sluice serve --manual-clock-ms` and `TestHost` (`Options::manual_clock_ms`) use it.
+#[derive(Debug)]
+pub struct ManualClock {
+    started: std::time::Instant,
+    wall_ms: std::sync::atomic::AtomicU64,
+}
+
+impl ManualClock {
+    pub fn new(wall_ms: u64) -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            wall_ms: std::sync::atomic::AtomicU64::new(wall_ms),
+        }
+    }
+
+    /// Moves the wall time `ms` forward; returns the new time.
+    pub fn advance(&self, ms: u64) -> u64 {
+        self.wall_ms
+            .fetch_add(ms, std::sync::atomic::Ordering::SeqCst)
+            + ms
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn wall_ms(&self) -> u64 {
+        self.wall_ms.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// The process's monotonic clock.

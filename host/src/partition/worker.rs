@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use super::core::{Partition, PartitionConfig, PartitionError};
 use super::microbatch::HostPartition;
-use super::seams::{HopTransport, SystemClock};
+use super::seams::{Clock, HopTransport};
 use super::work::{BatchReply, PeerMessage, Work};
 use super::Topology;
 use crate::depot::log::DepotLog;
@@ -159,6 +159,8 @@ pub struct WorkerSpec {
     pub queued_appends: Arc<AtomicUsize>,
     pub open_trees: Arc<AtomicUsize>,
     pub status: Arc<PartitionStatus>,
+    /// The host's clock (flush timing, tick times).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// How soon hops held for a full queue are offered again when nothing else arrives.
@@ -351,7 +353,7 @@ impl WorkerSpec {
                 hops_queued: Arc::clone(&self.hops_queued),
                 hop_queue_max: self.hop_queue_max,
             },
-            Arc::new(SystemClock::default()),
+            Arc::clone(&self.clock),
             Arc::clone(&self.open_trees),
         );
         let claims = Arc::clone(&self.claims);
@@ -397,11 +399,14 @@ impl WorkerSpec {
             let mut work = std::mem::take(carry);
             if work.is_empty() {
                 // Held hops are offered again soon, not at the next flush.
-                let tick = if p.hops_held() > 0 {
+                let mut tick = if p.hops_held() > 0 {
                     Duration::from_millis(HELD_RETRY_MS)
                 } else {
                     flush_tick
                 };
+                if let Some(ms) = p.next_tick_in_ms() {
+                    tick = tick.min(Duration::from_millis(ms.max(1)));
+                }
                 match rx.recv_timeout(tick) {
                     Ok(w) => work.push(w),
                     Err(RecvTimeoutError::Timeout) => {

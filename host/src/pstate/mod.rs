@@ -29,7 +29,13 @@ use crate::value::Value;
 #[derive(Debug, Default)]
 pub struct Catalog {
     pub schemas: BTreeMap<String, Schema>,
+    /// The global PStates: stored whole on `module::GLOBAL_PARTITION`.
+    pub globals: std::collections::BTreeSet<String>,
 }
+
+/// The partition a global PState lives on: the first, so it exists for every partition
+/// count and never moves whatever count is chosen at deploy.
+pub const GLOBAL_PARTITION: u32 = 0;
 
 /// A PState access refused, with a stable code returned to the guest or HTTP client.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -69,6 +75,24 @@ impl Catalog {
         self.schemas.get(pstate).ok_or_else(|| {
             AccessError::new("unknown-pstate", format!("no PState named `{pstate}`"))
         })
+    }
+
+    pub fn is_global(&self, pstate: &str) -> bool {
+        self.globals.contains(pstate)
+    }
+
+    /// The partition holding `path` of `pstate`: [`GLOBAL_PARTITION`] for a global PState,
+    /// else the owner of the path's leading key (`None` when it has none).
+    pub fn home_partition(
+        &self,
+        pstate: &str,
+        path: &[Navigator],
+        partitions: u32,
+    ) -> Result<Option<u32>, AccessError> {
+        if self.is_global(pstate) {
+            return Ok(Some(GLOBAL_PARTITION));
+        }
+        leading_partition(path, partitions)
     }
 }
 

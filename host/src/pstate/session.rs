@@ -138,6 +138,21 @@ impl Session {
     }
 
     fn check_partition(&self, pstate: &str, path: &[Navigator]) -> Result<(), AccessError> {
+        if self.catalog.is_global(pstate) {
+            // Every key of a global PState lives on its one partition.
+            if self.partition != super::GLOBAL_PARTITION {
+                return Err(AccessError::new(
+                    "wrong-partition",
+                    format!(
+                        "PState `{pstate}` is global: it lives on partition {}, but this handler runs on partition {}; hop to partition {} first",
+                        super::GLOBAL_PARTITION,
+                        self.partition,
+                        super::GLOBAL_PARTITION
+                    ),
+                ));
+            }
+            return Ok(());
+        }
         let Some(Navigator::Key(k) | Navigator::Must(k)) = path.first() else {
             return Ok(());
         };

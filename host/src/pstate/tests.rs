@@ -447,3 +447,66 @@ fn stored_pstates_match_the_in_memory_model() {
         }
     }
 }
+
+#[test]
+fn a_global_pstate_is_written_only_on_the_global_partition_whatever_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(PStateStore::open(&dir.path().join("pstate.redb")).unwrap());
+    let mut catalog = Catalog::default();
+    catalog
+        .schemas
+        .insert("totals".into(), Schema::parse("map<string, int>").unwrap());
+    catalog.globals.insert("totals".into());
+    let catalog = Arc::new(catalog);
+    // Keys owned by every partition of 4 (under the partitioned rule) are written on 0.
+    let keys: Vec<Value> = (0..16).map(|i| Value::Text(format!("k{i}"))).collect();
+    let owners: std::collections::BTreeSet<u32> = keys
+        .iter()
+        .map(|k| super::partition_of_key(k, 4).unwrap())
+        .collect();
+    assert_eq!(owners.len(), 4, "the keys spread over every partition");
+    let mut home = Session::new(Arc::clone(&store), Arc::clone(&catalog), 0, 4, 10_000);
+    for k in &keys {
+        home.transform(
+            "totals",
+            &[Navigator::Key(k.clone())],
+            &TransformOp::Increment(1),
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        home.select("totals", &[Navigator::Key(keys[3].clone())])
+            .unwrap(),
+        vec![Value::Integer(1.into())]
+    );
+    // Elsewhere every access is refused, even for a key that partition would own.
+    let mut other = Session::new(Arc::clone(&store), Arc::clone(&catalog), 2, 4, 10_000);
+    let own_key = keys
+        .iter()
+        .find(|k| super::partition_of_key(k, 4).unwrap() == 2)
+        .unwrap();
+    let e = other
+        .transform(
+            "totals",
+            &[Navigator::Key(own_key.clone())],
+            &TransformOp::Increment(1),
+        )
+        .unwrap_err();
+    assert_eq!(e.code, "wrong-partition");
+    assert!(
+        e.message.contains("is global: it lives on partition 0"),
+        "{}",
+        e.message
+    );
+    let e = other.select("totals", &[Navigator::All]).unwrap_err();
+    assert_eq!(e.code, "wrong-partition");
+    // Readers route every path of it to partition 0.
+    assert_eq!(
+        catalog.home_partition("totals", &[Navigator::Key(own_key.clone())], 4),
+        Ok(Some(0))
+    );
+    assert_eq!(
+        catalog.home_partition("totals", &[Navigator::All], 4),
+        Ok(Some(0))
+    );
+}

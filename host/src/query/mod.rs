@@ -52,6 +52,15 @@ impl QueryReads {
         })
     }
 
+    /// The partition holding `path` of `pstate` (see [`Catalog::home_partition`]).
+    pub fn home_partition(
+        &self,
+        pstate: &str,
+        path: &[crate::pstate::Navigator],
+    ) -> Result<Option<u32>, crate::pstate::AccessError> {
+        self.catalog.home_partition(pstate, path, self.partitions())
+    }
+
     pub fn partitions(&self) -> u32 {
         self.snapshots.len() as u32
     }

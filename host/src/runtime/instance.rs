@@ -10,6 +10,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::bindings::ext::{Extensions, ExtensionsDef, ExtensionsIndices};
 use super::bindings::sluice::module::types;
 use super::bindings::{Module, ModulePre};
 use super::output::GuestOutput;
@@ -17,8 +18,33 @@ use super::wit;
 use super::{Runtime, EPOCH_TICK_MS};
 use crate::metrics::{histogram, Histogram};
 
-/// A component linked and ready to instantiate.
-pub type Pre = ModulePre<HostState>;
+/// A component linked and ready to instantiate, with its `extensions` export if it has one.
+#[derive(Clone)]
+pub struct Pre {
+    module: ModulePre<HostState>,
+    extensions: Option<ExtensionsIndices>,
+}
+
+impl Pre {
+    pub(super) fn new(pre: wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<Pre> {
+        let extensions = ExtensionsIndices::new(&pre).ok();
+        Ok(Pre {
+            module: ModulePre::new(pre)?,
+            extensions,
+        })
+    }
+
+    /// Whether the component exports the `extensions` interface.
+    pub fn has_extensions(&self) -> bool {
+        self.extensions.is_some()
+    }
+}
+
+/// The instantiated exports.
+struct Bindings {
+    module: Module,
+    extensions: Option<Extensions>,
+}
 
 /// Bytes of guest stdout/stderr kept per call, newest last (panic messages end up here).
 const GUEST_OUTPUT_BYTES_MAX: usize = 64 << 10;
@@ -223,7 +249,7 @@ pub struct GuestInstance {
     pre: Pre,
     module: Arc<str>,
     store: Store<HostState>,
-    bindings: Module,
+    bindings: Bindings,
     /// Call durations: define, handle, query.
     durations: [Arc<Histogram>; 3],
 }
@@ -269,10 +295,49 @@ impl GuestInstance {
         let started = std::time::Instant::now();
         let result = self
             .bindings
+            .module
             .sluice_module_guest()
             .call_define(&mut self.store);
         self.durations[0].observe(started.elapsed());
         self.settle(result)
+    }
+
+    /// Calls `define-extensions`, if the component exports the interface (else the empty
+    /// declarations).
+    pub fn define_extensions(&mut self) -> Result<ExtensionsDef, GuestError> {
+        let Some(ext) = self.bindings.extensions.as_ref() else {
+            return Ok(ExtensionsDef {
+                global_pstates: Vec::new(),
+                ticks: Vec::new(),
+                retention: Vec::new(),
+                migrations: Vec::new(),
+            });
+        };
+        let ext = ext.clone();
+        self.arm();
+        let result = ext.call_define_extensions(&mut self.store);
+        self.settle(result)
+    }
+
+    /// Calls `migrate` on one stored value (CBOR); the inner error is the guest's own.
+    #[allow(clippy::type_complexity)]
+    pub fn migrate(
+        &mut self,
+        pstate: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Result<Vec<u8>, (String, String)>, GuestError> {
+        let Some(ext) = self.bindings.extensions.as_ref() else {
+            return Ok(Err((
+                "no-migration".into(),
+                "the component does not export `sluice:module/extensions`".into(),
+            )));
+        };
+        let ext = ext.clone();
+        self.arm();
+        let result = ext.call_migrate(&mut self.store, pstate, &key.to_vec(), &value.to_vec());
+        let result = self.settle(result);
+        Ok(result?.map_err(|e| (clip(&e.code, 64), clip(&e.message, GUEST_ERROR_CHARS_MAX))))
     }
 
     /// Runs one handler on one record; returns the handler's ack-return value (CBOR).
@@ -293,7 +358,7 @@ impl GuestInstance {
         };
         self.store.data_mut().imports.begin_call(topology);
         let started = std::time::Instant::now();
-        let result = self.bindings.sluice_module_guest().call_handle(
+        let result = self.bindings.module.sluice_module_guest().call_handle(
             &mut self.store,
             topology,
             handler,
@@ -332,7 +397,7 @@ impl GuestInstance {
         self.arm_for(self.runtime.limits().query_deadline_ms);
         self.store.data_mut().imports.begin_call(name);
         let started = std::time::Instant::now();
-        let result = self.bindings.sluice_module_guest().call_query(
+        let result = self.bindings.module.sluice_module_guest().call_query(
             &mut self.store,
             name,
             &args.to_vec(),
@@ -420,7 +485,7 @@ fn instantiate(
     runtime: &Runtime,
     pre: &Pre,
     imports: Box<dyn HostImports>,
-) -> Result<(Store<HostState>, Module), GuestError> {
+) -> Result<(Store<HostState>, Bindings), GuestError> {
     let output = GuestOutput::new(GUEST_OUTPUT_BYTES_MAX);
     // No authority (see `ALLOWED_IMPORTS`): no preopens, no environment, no sockets.
     let wasi = WasiCtx::builder()
@@ -450,7 +515,17 @@ fn instantiate(
             .div_ceil(EPOCH_TICK_MS)
             .max(1),
     );
-    let bindings = pre.instantiate(&mut store).map_err(|e| {
+    let instance = pre.module.instance_pre().instantiate(&mut store);
+    let bindings = instance
+        .and_then(|instance| {
+            let module = Module::new(&mut store, &instance)?;
+            let extensions = match &pre.extensions {
+                Some(indices) => Some(indices.load(&mut store, &instance)?),
+                None => None,
+            };
+            Ok(Bindings { module, extensions })
+        })
+        .map_err(|e| {
         let cap = &store.data().cap;
         let message = if cap.hit {
             format!(

@@ -27,6 +27,7 @@ pub use instance::{GuestError, GuestInstance, HostImports, HostState, Pre, Recor
 /// The contract's generated types and `host` interface, for the code that implements the host
 /// imports ([`crate::imports`]) and reads a module's definition ([`crate::module`]).
 pub mod wit {
+    pub use super::bindings::ext::{ExtensionsDef, RetentionDef, TickDef};
     pub use super::bindings::sluice::module::host::Host;
     pub use super::bindings::sluice::module::types::*;
     /// What a host import returns: `Err` traps the guest (a host bug); the inner `Result` is

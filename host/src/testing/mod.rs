@@ -102,12 +102,16 @@ pub struct Options {
     /// Where compiled components are cached; by default [`shared_compile_cache`] (or the
     /// host's own data directory outside a workspace).
     pub compile_cache_dir: Option<PathBuf>,
+    /// Start with a wall clock at this time (ms since the Unix epoch) that moves only by
+    /// [`TestHost::advance_clock`] (tick depots without sleeping); `None`: the system clock.
+    pub manual_clock_ms: Option<u64>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             partitions: 4,
+            manual_clock_ms: None,
             compile_cache_dir: shared_compile_cache(),
             limits: Limits {
                 // Tests want quick answers when something loops.
@@ -128,6 +132,7 @@ pub struct TestHost {
     runtime: Option<tokio::runtime::Runtime>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     client: Mutex<Client>,
+    clock: Option<Arc<crate::partition::seams::ManualClock>>,
 }
 
 impl TestHost {
@@ -144,7 +149,11 @@ impl TestHost {
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&dir);
+        let clock = options
+            .manual_clock_ms
+            .map(|ms| Arc::new(crate::partition::seams::ManualClock::new(ms)));
         let registry = Registry::open(Config {
+            manual_clock: clock.clone(),
             data_dir: dir.clone(),
             limits: options.limits,
             default_partitions: options.partitions,
@@ -181,7 +190,20 @@ impl TestHost {
             runtime: Some(runtime),
             stop: Some(stop),
             client: Mutex::new(client),
+            clock,
         }
+    }
+
+    /// Moves the manual wall clock ([`Options::manual_clock_ms`]) forward by `ms`; tick depots
+    /// see it within a flush interval. Returns the new time.
+    ///
+    /// # Panics
+    /// If the host was started without a manual clock.
+    pub fn advance_clock(&self, ms: u64) -> u64 {
+        self.clock
+            .as_ref()
+            .expect("TestHost started without Options::manual_clock_ms")
+            .advance(ms)
     }
 
     /// `http://127.0.0.1:PORT`, for any HTTP client.

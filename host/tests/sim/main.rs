@@ -146,6 +146,7 @@ impl Sim {
                 flush_interval_ms: self.flush_interval_ms,
                 retry_backoff_base_ms: 0,
                 deadline_penalty_ms: 0,
+                ticks: Vec::new(),
             };
             let mut part = Partition::new(
                 cfg,
