@@ -61,6 +61,40 @@ impl crate::HasSchema for Tick {
     }
 }
 
+/// How long a depot keeps its records on each partition ([`Definition::retention`]). Records
+/// a topology has not processed yet, or that a dead letter names, are kept regardless.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    max_records: Option<u64>,
+    max_age_ms: Option<u64>,
+}
+
+impl Retention {
+    /// Keep the newest `n` records of each partition.
+    pub const fn records(n: u64) -> Self {
+        Retention {
+            max_records: Some(n),
+            max_age_ms: None,
+        }
+    }
+
+    /// Keep the records appended in the last `ms` milliseconds.
+    pub const fn max_age_ms(ms: u64) -> Self {
+        Retention {
+            max_records: None,
+            max_age_ms: Some(ms),
+        }
+    }
+
+    /// Also bound by age: a record goes when either bound says so.
+    pub const fn and_max_age_ms(self, ms: u64) -> Self {
+        Retention {
+            max_records: self.max_records,
+            max_age_ms: Some(ms),
+        }
+    }
+}
+
 type Handler = Rc<dyn Fn(&Ctx, &[u8]) -> Result<Option<Vec<u8>>>>;
 type QueryFn = Rc<dyn Fn(&QueryCtx, &[u8]) -> Result<Vec<u8>>>;
 
@@ -181,6 +215,7 @@ pub struct Definition {
     partitions_hint: Option<u32>,
     globals: Vec<String>,
     ticks: Vec<(String, u64)>,
+    retention: Vec<(String, Retention)>,
 }
 
 impl Definition {
@@ -224,6 +259,12 @@ impl Definition {
     pub fn tick_depot(&mut self, depot: Depot<Tick>, interval_ms: u64) -> &mut Self {
         self.ticks.push((depot.name().to_string(), interval_ms));
         self.depot(depot, Partitioner::Direct)
+    }
+
+    /// Bound how long `depot` keeps its records (a deployment may set another bound).
+    pub fn retention(&mut self, depot: impl AsRef<str>, retention: Retention) -> &mut Self {
+        self.retention.push((depot.as_ref().to_string(), retention));
+        self
     }
 
     /// Declare a stream topology; chain one `.on(depot, f)` per depot (or, untyped,
@@ -342,7 +383,15 @@ impl Definition {
                     interval_ms: *interval_ms,
                 })
                 .collect(),
-            retention: Vec::new(),
+            retention: self
+                .retention
+                .iter()
+                .map(|(depot, r)| ext::RetentionDef {
+                    depot: depot.clone(),
+                    max_records: r.max_records,
+                    max_age_ms: r.max_age_ms,
+                })
+                .collect(),
             migrations: Vec::new(),
         }
     }

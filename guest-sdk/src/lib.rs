@@ -180,7 +180,7 @@ mod pstate;
 mod schema;
 mod typed;
 
-pub use definition::{Definition, Partitioner, StreamTopology, Tick, GLOBAL_PARTITION};
+pub use definition::{Definition, Partitioner, Retention, StreamTopology, Tick, GLOBAL_PARTITION};
 pub use error::{Error, Result};
 pub use partition::{group_by_partition, partition_of_key};
 pub use pstate::{KeyRange, PState, Path};

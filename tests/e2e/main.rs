@@ -17,6 +17,7 @@ mod observability;
 mod openapi;
 mod pstates;
 mod queries;
+mod retention;
 mod security;
 mod skeleton;
 mod slow_clients;

@@ -887,7 +887,8 @@ fn depot_info(module: &Module, depot: &str) -> Result<Response<Full<Bytes>>, Api
     let mut parts = Vec::new();
     for (k, h) in module.handles.iter().enumerate() {
         let end = h.log.end_offset(depot).map_err(error::storage)?;
-        parts.push(json!({"partition": k, "start": 0, "end": end}));
+        let start = h.log.start_offset(depot).map_err(error::storage)?;
+        parts.push(json!({"partition": k, "start": start, "end": end}));
     }
     Ok(json_response(
         StatusCode::OK,
@@ -922,6 +923,16 @@ fn depot_read(
         .map_or(100, |l| l as usize)
         .min(read_max);
     let log = &module.handles[p].log;
+    let start = log.start_offset(depot).map_err(error::storage)?;
+    if from < start {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "offset-trimmed",
+            format!(
+                "offset {from} of depot `{depot}` partition {p} was trimmed by its retention; the partition starts at offset {start}"
+            ),
+        ));
+    }
     let records = log.read(depot, from, limit).map_err(error::storage)?;
     let next = records.last().map_or(from, |(o, _)| o + 1);
     let mut records = records

@@ -7,6 +7,13 @@
 //! an append is acknowledged only after the commit holding it returned with fsync
 //! (`Durability::Immediate`).
 //!
+//! Retention: table `depot-bounds` maps a depot to `(start, end)` once it was trimmed: records
+//! below `start` are gone, and `end` keeps the next offset even when every record is trimmed
+//! (so offsets are never reused). Table `depot-times` maps `(depot, offset)` to the time (ms
+//! since the epoch) of the append commit that stored that offset first, for age bounds.
+//! [`DepotLog::trim`] removes records in one durable transaction, at most
+//! [`TRIM_RECORDS_MAX`] at a time; it never goes past the offset its caller must keep.
+//!
 //! Idempotency keys: table `idempotency` maps `depot ‖ 0 ‖ key` to the offset its record got,
 //! the record's fingerprint and the time (ms since the epoch) it was stored, sealed; it is
 //! written in the same transaction as the record, so a key is present exactly when its record
@@ -27,6 +34,10 @@ fn table_name(depot: &str) -> String {
 }
 
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+const BOUNDS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("depot-bounds");
+const TIMES: TableDefinition<(&str, u64), u64> = TableDefinition::new("depot-times");
+/// The most records one [`DepotLog::trim`] removes (one transaction; the rest go later).
+pub const TRIM_RECORDS_MAX: u64 = 10_000;
 const KEYS_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("idempotency-expiry");
 /// Expired keys one append removes at most (the rest go with later appends).
 const EXPIRED_PER_APPEND_MAX: usize = 64;
@@ -192,17 +203,73 @@ impl DepotLog {
         self.db.path()
     }
 
-    /// The offset the next record of `depot` will get (the number of records so far).
+    /// The offset the next record of `depot` will get (the number of records ever appended).
     pub fn end_offset(&self, depot: &str) -> Result<u64, redb::Error> {
         let txn = self.db.begin_read()?;
+        let (_, trimmed_end) = bounds(&txn, depot)?;
         let name = table_name(depot);
         let table = match txn.open_table(TableDefinition::<u64, &[u8]>::new(&name)) {
             Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(trimmed_end),
             Err(e) => return Err(e.into()),
         };
         let end = table.last()?.map_or(0, |(k, _)| k.value() + 1);
-        Ok(end)
+        Ok(end.max(trimmed_end))
+    }
+
+    /// The first offset of `depot` still stored: records below it were trimmed by retention.
+    pub fn start_offset(&self, depot: &str) -> Result<u64, redb::Error> {
+        Ok(bounds(&self.db.begin_read()?, depot)?.0)
+    }
+
+    /// The first stored offset of `depot` appended at or after `time_ms` (the end if none).
+    pub fn first_offset_since(&self, depot: &str, time_ms: u64) -> Result<u64, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(TIMES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return self.end_offset(depot),
+            Err(e) => return Err(e.into()),
+        };
+        let (start, _) = bounds(&txn, depot)?;
+        for item in table.range((depot, 0u64)..=(depot, u64::MAX))? {
+            let (k, t) = item?;
+            if t.value() >= time_ms {
+                return Ok(k.value().1.max(start));
+            }
+        }
+        self.end_offset(depot)
+    }
+
+    /// Removes the records of `depot` below `below` (at most [`TRIM_RECORDS_MAX`] of them, and
+    /// none at or past the end) in one durable transaction; returns the new start.
+    pub fn trim(&self, depot: &str, below: u64) -> Result<u64, redb::Error> {
+        let end = self.end_offset(depot)?;
+        let start = self.start_offset(depot)?;
+        let new_start = below.min(end).min(start.saturating_add(TRIM_RECORDS_MAX));
+        if new_start <= start {
+            return Ok(start);
+        }
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let name = table_name(depot);
+            let mut records = txn.open_table(TableDefinition::<u64, &[u8]>::new(&name))?;
+            for o in start..new_start {
+                records.remove(o)?;
+            }
+            let mut times = txn.open_table(TIMES)?;
+            // Keep the entry covering `new_start` (its batch may have begun below it).
+            let stale: Vec<u64> = times
+                .range((depot, 0u64)..(depot, new_start))?
+                .map(|r| r.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            for o in stale.iter().rev().skip(1) {
+                times.remove((depot, *o))?;
+            }
+            txn.open_table(BOUNDS)?.insert(depot, (new_start, end))?;
+        }
+        txn.commit()?;
+        Ok(new_start)
     }
 
     /// Appends records durably in one transaction (one fsync); returns their offsets.
@@ -212,6 +279,18 @@ impl DepotLog {
         records: &[(&str, &[u8])],
         keys: &[KeyedRecord<'_>],
         next: &mut HashMap<String, u64>,
+    ) -> Result<Vec<u64>, redb::Error> {
+        self.append_at(records, keys, next, now_ms())
+    }
+
+    /// [`append`](Self::append), recording `time_ms` as the records' append time (what age
+    /// retention compares with the host's clock).
+    pub fn append_at(
+        &self,
+        records: &[(&str, &[u8])],
+        keys: &[KeyedRecord<'_>],
+        next: &mut HashMap<String, u64>,
+        time_ms: u64,
     ) -> Result<Vec<u64>, redb::Error> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
@@ -241,6 +320,18 @@ impl DepotLog {
         }
         if !keys.is_empty() {
             self.write_keys(&txn, records, &offsets, keys)?;
+        }
+        {
+            // When this commit's first record of each depot was stored (age retention).
+            let now = time_ms;
+            let mut times = txn.open_table(TIMES)?;
+            let mut seen: Vec<&str> = Vec::new();
+            for ((depot, _), offset) in records.iter().zip(&offsets) {
+                if !seen.contains(depot) {
+                    seen.push(depot);
+                    times.insert((*depot, *offset), now)?;
+                }
+            }
         }
         txn.commit()?;
         for (depot, n) in advanced {
@@ -281,9 +372,48 @@ impl DepotLog {
     }
 }
 
+/// A depot's `(start, end)` as last trimmed (`(0, 0)`: never trimmed).
+pub(crate) fn bounds(txn: &redb::ReadTransaction, depot: &str) -> Result<(u64, u64), redb::Error> {
+    let table = match txn.open_table(BOUNDS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((0, 0)),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(table.get(depot)?.map_or((0, 0), |v| v.value()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trimming_keeps_offsets_and_never_reuses_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = DepotLog::open(&dir.path().join("depot.redb")).unwrap();
+        let mut next = HashMap::new();
+        let recs: Vec<(&str, &[u8])> = (0..10).map(|_| ("d", &b"r"[..])).collect();
+        log.append(&recs, &[], &mut next).unwrap();
+        assert_eq!(log.trim("d", 4).unwrap(), 4);
+        assert_eq!(
+            (log.start_offset("d").unwrap(), log.end_offset("d").unwrap()),
+            (4, 10)
+        );
+        assert_eq!(log.read("d", 0, 100).unwrap()[0].0, 4);
+        // Trimming everything keeps the end: the next record gets offset 10, even reopened.
+        assert_eq!(log.trim("d", 99).unwrap(), 10);
+        assert!(log.read("d", 0, 100).unwrap().is_empty());
+        drop(log);
+        let log = DepotLog::open(&dir.path().join("depot.redb")).unwrap();
+        assert_eq!(log.end_offset("d").unwrap(), 10);
+        let offsets = log
+            .append(&[("d", b"s")], &[], &mut HashMap::new())
+            .unwrap();
+        assert_eq!(offsets, vec![10]);
+        assert_eq!(log.start_offset("d").unwrap(), 10);
+        // Every stored offset was appended at or after a time before now.
+        assert_eq!(log.first_offset_since("d", 0).unwrap(), 10);
+        assert_eq!(log.first_offset_since("d", u64::MAX).unwrap(), 11);
+    }
 
     #[test]
     fn offsets_are_dense_per_depot_and_survive_reopen() {

@@ -54,7 +54,30 @@ pub struct Depot {
     pub partitioner: Partitioner,
     /// A tick depot: the host appends a tick to every partition this often; clients cannot.
     pub tick_interval_ms: Option<u64>,
+    /// How long its records are kept.
+    pub retention: Retention,
     round_robin: AtomicU64,
+}
+
+/// How long a depot keeps its records, per partition; `None`: no bound of that kind. Records a
+/// topology has not processed, or that a dead letter names, are kept whatever the bounds say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub max_records: Option<u64>,
+    pub max_age_ms: Option<u64>,
+}
+
+impl Retention {
+    pub fn is_unbounded(&self) -> bool {
+        self.max_records.is_none() && self.max_age_ms.is_none()
+    }
+
+    pub fn describe(&self) -> serde_json::Value {
+        if self.is_unbounded() {
+            return serde_json::Value::Null;
+        }
+        serde_json::json!({"max_records": self.max_records, "max_age_ms": self.max_age_ms})
+    }
 }
 
 impl Depot {
@@ -63,6 +86,7 @@ impl Depot {
             name,
             partitioner,
             tick_interval_ms: None,
+            retention: Retention::default(),
             round_robin: AtomicU64::new(0),
         }
     }

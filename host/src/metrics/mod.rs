@@ -30,6 +30,7 @@ pub const HELP: &[(&str, &str, &str)] = &[
     ("sluice_partition_durable_position", "gauge", "A partition's durable commit position (its commits are numbered; every one up to this survives a crash), by module and partition."),
     ("sluice_partition_restarts_total", "counter", "Partition failures that made the supervisor restart the partition, by module."),
     ("sluice_hops_held_total", "counter", "Hops a partition held because the target partition's queue had --hop-queue-max hops, by module."),
+    ("sluice_depot_records_trimmed_total", "counter", "Depot records removed by retention, by module and depot."),
     ("sluice_microbatches_total", "counter", "Microbatches applied on every partition, by module and topology."),
     ("sluice_partition_failures_total", "counter", "Partitions that failed for good (damaged files, lost acked data), by module."),
     ("sluice_module_load_failures_total", "counter", "Modules that failed to load at start (damaged or missing files), by module."),

@@ -20,25 +20,7 @@ pub struct DepotDecl {
     pub retention: Retention,
 }
 
-/// How long a depot keeps its records, per partition; `None`: no bound of that kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Retention {
-    pub max_records: Option<u64>,
-    pub max_age_ms: Option<u64>,
-}
-
-impl Retention {
-    pub fn is_unbounded(&self) -> bool {
-        self.max_records.is_none() && self.max_age_ms.is_none()
-    }
-
-    pub fn describe(&self) -> serde_json::Value {
-        if self.is_unbounded() {
-            return serde_json::Value::Null;
-        }
-        serde_json::json!({"max_records": self.max_records, "max_age_ms": self.max_age_ms})
-    }
-}
+pub use crate::depot::Retention;
 
 #[derive(Debug, Clone)]
 pub struct PStateDecl {
@@ -153,14 +135,9 @@ impl Definition {
                     ));
                 }
             }
-            if !d.retention.is_unbounded() {
-                return Err(format!(
-                    "depot `{}` declares retention: this host does not trim depots yet",
-                    d.name
-                ));
-            }
             let mut depot = Depot::new(d.name.clone(), d.partitioner.clone());
             depot.tick_interval_ms = d.tick_interval_ms;
+            depot.retention = d.retention;
             depots.insert(d.name.clone(), depot);
         }
         let mut catalog = Catalog::default();

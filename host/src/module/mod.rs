@@ -881,6 +881,12 @@ impl Registry {
                     .map(|ms| (Arc::from(d.name.as_str()), ms))
             })
             .collect();
+        let retention: Vec<(Arc<str>, crate::depot::Retention)> = validated
+            .depots
+            .values()
+            .filter(|d| !d.retention.is_unbounded())
+            .map(|d| (Arc::from(d.name.as_str()), d.retention))
+            .collect();
         let catalog = Arc::new(validated.catalog);
         let topologies = Arc::new(validated.topologies);
         let limits = self.runtime.limits().clone();
@@ -928,6 +934,7 @@ impl Registry {
                     retry_backoff_base_ms: RETRY_BACKOFF_BASE_MS,
                     deadline_penalty_ms: limits.call_deadline_ms,
                     ticks: ticks.clone(),
+                    retention: retention.clone(),
                 },
                 topologies: Arc::clone(&topologies),
                 log: Arc::clone(&log),

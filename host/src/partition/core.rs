@@ -38,6 +38,8 @@ pub struct PartitionConfig {
     pub deadline_penalty_ms: u64,
     /// Tick depots: (depot, interval ms).
     pub ticks: Vec<(Arc<str>, u64)>,
+    /// Depots with retention bounds.
+    pub retention: Vec<(Arc<str>, crate::depot::Retention)>,
 }
 
 /// Why a partition stopped; it must be restarted from its store.
@@ -101,6 +103,7 @@ pub struct TopologyCounters {
     pub(super) items: Arc<AtomicU64>,
     /// Hops that waited for a full target queue.
     pub(super) hops_held: Arc<AtomicU64>,
+    module: Arc<str>,
 }
 
 impl TopologyCounters {
@@ -110,6 +113,7 @@ impl TopologyCounters {
             commits: counter("sluice_pstate_commits_total", &[("module", module)]),
             items: counter("sluice_worker_items_total", &[("module", module)]),
             hops_held: counter("sluice_hops_held_total", &[("module", module)]),
+            module: module.into(),
             per_topology: topologies
                 .iter()
                 .map(|t| {
@@ -143,6 +147,17 @@ impl TopologyCounters {
 
     pub(super) fn dead(&self, topology: &str) {
         self.add(topology, 2);
+    }
+
+    /// Counts records trimmed by retention.
+    pub(super) fn trimmed(&self, depot: &str, records: u64) {
+        if records > 0 {
+            crate::metrics::counter(
+                "sluice_depot_records_trimmed_total",
+                &[("module", &self.module), ("depot", depot)],
+            )
+            .fetch_add(records, Ordering::Relaxed);
+        }
     }
 }
 
@@ -180,6 +195,8 @@ pub struct Partition<X, L, S, T> {
     pub(super) held: BTreeMap<u32, VecDeque<Hop>>,
     /// Per tick depot: the time of the last tick in its log (read at start).
     pub(super) tick_last: HashMap<Arc<str>, Option<u64>>,
+    /// When depots were last trimmed (monotonic ms).
+    pub(super) last_trim_ms: Option<u64>,
 }
 
 /// An append taken from the queue, not yet in the log.
@@ -242,6 +259,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
             durable_position: 0,
             held: BTreeMap::new(),
             tick_last: HashMap::new(),
+            last_trim_ms: None,
         }
     }
 
@@ -275,6 +293,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
     pub fn step(&mut self, work: Vec<Work>) -> Result<bool, PartitionError> {
         let stopping = self.step_work(work)?;
         self.append_due_ticks()?;
+        self.trim_due()?;
         Ok(stopping)
     }
 
@@ -335,6 +354,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
     pub fn tick(&mut self) -> Result<(), PartitionError> {
         self.offer_held();
         self.append_due_ticks()?;
+        self.trim_due()?;
         if self.flush_due() {
             self.make_durable()?;
         }
@@ -575,7 +595,9 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
         let appended = if records.is_empty() {
             Ok(Vec::new())
         } else {
-            self.log.append(&records, &keys, &mut self.next_offsets)
+            let now = self.clock.wall_ms();
+            self.log
+                .append(&records, &keys, &mut self.next_offsets, now)
         };
         drop((records, keys));
         let offsets = match appended {

@@ -27,6 +27,7 @@ pub mod hops;
 pub mod microbatch;
 pub mod progress;
 pub mod recovery;
+pub mod retention;
 pub mod seams;
 pub mod ticks;
 pub mod tree;

@@ -261,8 +261,9 @@ impl PartitionLog for DepotLog {
         records: &[(&str, &[u8])],
         keys: &[super::seams::KeyedRecord<'_>],
         next: &mut HashMap<String, u64>,
+        time_ms: u64,
     ) -> Result<Vec<u64>, StorageError> {
-        Ok(DepotLog::append(self, records, keys, next)?)
+        Ok(DepotLog::append_at(self, records, keys, next, time_ms)?)
     }
 
     fn find_key(
@@ -284,6 +285,30 @@ impl PartitionLog for DepotLog {
 
     fn end(&self, depot: &str) -> Result<u64, StorageError> {
         Ok(DepotLog::end_offset(self, depot)?)
+    }
+
+    fn start(&self, depot: &str) -> Result<u64, StorageError> {
+        Ok(DepotLog::start_offset(self, depot)?)
+    }
+
+    fn trim(
+        &self,
+        depot: &str,
+        retention: crate::depot::Retention,
+        now_ms: u64,
+        keep_from: u64,
+    ) -> Result<u64, StorageError> {
+        let end = DepotLog::end_offset(self, depot)?;
+        let by_count = retention.max_records.map_or(0, |n| end.saturating_sub(n));
+        let by_age = match retention.max_age_ms {
+            Some(age) => DepotLog::first_offset_since(self, depot, now_ms.saturating_sub(age))?,
+            None => 0,
+        };
+        Ok(DepotLog::trim(
+            self,
+            depot,
+            by_count.max(by_age).min(keep_from),
+        )?)
     }
 }
 

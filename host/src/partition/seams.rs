@@ -54,12 +54,14 @@ impl From<redb::Error> for StorageError {
 pub trait PartitionLog {
     /// Appends records durably in one commit, with the idempotency keys of those that have
     /// one (in the same commit); returns their offsets. `next` caches each depot's end offset
-    /// and is advanced only if the commit succeeds.
+    /// and is advanced only if the commit succeeds. `time_ms` is the host's wall time (age
+    /// retention compares it with later times of the same clock).
     fn append(
         &self,
         records: &[(&str, &[u8])],
         keys: &[KeyedRecord<'_>],
         next: &mut HashMap<String, u64>,
+        time_ms: u64,
     ) -> Result<Vec<u64>, StorageError>;
     /// The record stored under an idempotency key of `depot`, within the key window.
     fn find_key(&self, depot: &str, key: &str) -> Result<Option<KeyFound>, StorageError>;
@@ -72,6 +74,24 @@ pub trait PartitionLog {
     ) -> Result<Vec<(u64, Vec<u8>)>, StorageError>;
     /// The offset the next record of `depot` will get.
     fn end(&self, depot: &str) -> Result<u64, StorageError>;
+    /// The first offset of `depot` still stored (retention trimmed those below). A log that
+    /// never trims keeps these defaults.
+    fn start(&self, depot: &str) -> Result<u64, StorageError> {
+        let _ = depot;
+        Ok(0)
+    }
+    /// Trims `depot` as far as `retention` says at wall time `now_ms`, durably, but never at
+    /// or past `keep_from`; answers the new start.
+    fn trim(
+        &self,
+        depot: &str,
+        retention: crate::depot::Retention,
+        now_ms: u64,
+        keep_from: u64,
+    ) -> Result<u64, StorageError> {
+        let _ = (retention, now_ms, keep_from);
+        self.start(depot)
+    }
 }
 
 /// Everything one partition commit writes at once: PState entries and the partition's
@@ -245,8 +265,9 @@ macro_rules! forward_through {
                 records: &[(&str, &[u8])],
                 keys: &[KeyedRecord<'_>],
                 next: &mut HashMap<String, u64>,
+                time_ms: u64,
             ) -> Result<Vec<u64>, StorageError> {
-                (**self).append(records, keys, next)
+                (**self).append(records, keys, next, time_ms)
             }
 
             fn find_key(&self, depot: &str, key: &str) -> Result<Option<KeyFound>, StorageError> {
@@ -264,6 +285,20 @@ macro_rules! forward_through {
 
             fn end(&self, depot: &str) -> Result<u64, StorageError> {
                 (**self).end(depot)
+            }
+
+            fn start(&self, depot: &str) -> Result<u64, StorageError> {
+                (**self).start(depot)
+            }
+
+            fn trim(
+                &self,
+                depot: &str,
+                retention: crate::depot::Retention,
+                now_ms: u64,
+                keep_from: u64,
+            ) -> Result<u64, StorageError> {
+                (**self).trim(depot, retention, now_ms, keep_from)
             }
         }
 

@@ -147,6 +147,7 @@ impl Sim {
                 retry_backoff_base_ms: 0,
                 deadline_penalty_ms: 0,
                 ticks: Vec::new(),
+                retention: Vec::new(),
             };
             let mut part = Partition::new(
                 cfg,

@@ -71,6 +71,7 @@ impl PartitionLog for MemLog {
         records: &[(&str, &[u8])],
         keys: &[KeyedRecord<'_>],
         next: &mut HashMap<String, u64>,
+        _time_ms: u64,
     ) -> Result<Vec<u64>, StorageError> {
         let fault = self.faults.borrow_mut().hit();
         if fault == Some(Fault::Before) {

@@ -14,7 +14,7 @@
 use serde::Deserialize;
 use sluice_sdk::{
     AckReturn, Ctx, Definition, Depot, Hop, HopTarget, Module, PStateDef, Partitioner, Path,
-    Result, Tick,
+    Result, Retention, Tick,
 };
 use std::collections::BTreeMap;
 
@@ -41,6 +41,8 @@ impl Module for Analytics {
     fn define(m: &mut Definition) {
         m.depot(VIEWS, Partitioner::hash("page"));
         m.tick_depot(MINUTE_TICKS, MINUTE_MS as u64);
+        // A day of ticks is plenty (the newest is kept whatever the bound).
+        m.retention(MINUTE_TICKS, Retention::records(1_440));
         m.pstate_of(MINUTES);
         m.pstate_of(HOURS);
         m.global_pstate_of(DAILY);
