@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::Host;
+use crate::harness::{eventually, Host};
 
 /// An hour boundary (2023-11-14T21:00:00Z), where the manual clock starts.
 const T0: u64 = 1_699_995_600_000;
@@ -31,18 +31,6 @@ fn advance(host: &Host, ms: u64) -> u64 {
     let r = host.post_json("/v1/clock", &json!({ "advance_ms": ms }));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     r.json()["time_ms"].as_u64().unwrap()
-}
-
-/// Polls `f` until it answers `Some`, for up to 30 s.
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Every `(key, value)` pair of a map-valued PState on every partition, merged.

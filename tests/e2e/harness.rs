@@ -437,3 +437,18 @@ impl Conn {
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 }
+
+/// Polls `f` until it answers `Some`, for up to 30 s; panics naming `what` after that.
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
