@@ -131,11 +131,29 @@ fn render_description(d: &Value) -> String {
     );
     let mut depots = Table::new(&["depot", "partitioner"]);
     for x in items("depots") {
-        depots.row(vec![cell(&x["name"]), partitioner(&x["partitioner"])]);
+        let mut how = partitioner(&x["partitioner"]);
+        if let Some(ms) = x["tick_interval_ms"].as_u64() {
+            how.push_str(&format!("; ticks every {ms} ms"));
+        }
+        if let Some(r) = x["retention"].as_object() {
+            let bounds: Vec<String> = [("max_records", "records"), ("max_age_ms", "ms")]
+                .iter()
+                .filter_map(|(k, unit)| r.get(*k)?.as_u64().map(|n| format!("{n} {unit}")))
+                .collect();
+            how.push_str(&format!("; keeps {}", bounds.join(" and ")));
+        }
+        depots.row(vec![cell(&x["name"]), how]);
     }
     let mut pstates = Table::new(&["pstate", "schema"]);
     for x in items("pstates") {
-        pstates.row(vec![cell(&x["name"]), cell(&x["schema"])]);
+        let mut schema = cell(&x["schema"]);
+        if x["global"] == serde_json::json!(true) {
+            schema.push_str(&format!(
+                "  (global, on partition {})",
+                cell(&x["partition"])
+            ));
+        }
+        pstates.row(vec![cell(&x["name"]), schema]);
     }
     let mut topologies = Table::new(&["topology", "kind", "depots"]);
     for x in items("topologies") {
@@ -294,6 +312,26 @@ mod tests {
         assert_eq!(
             deployed_line(200, &d, Some(&json!(2))),
             "wc version 2 is already deployed: unchanged\n"
+        );
+    }
+
+    #[test]
+    fn descriptions_show_ticks_retention_and_global_pstates() {
+        let d = json!({
+            "name": "analytics", "version": 1, "partitions": 2,
+            "depots": [{"name": "ticks", "partitioner": "direct", "tick_interval_ms": 60000,
+                        "retention": {"max_records": 1440, "max_age_ms": null}}],
+            "pstates": [{"name": "daily", "schema": "map<int, int>", "global": true, "partition": 0}],
+            "topologies": [], "queries": [],
+        });
+        let text = render_description(&d);
+        assert!(
+            text.contains("ticks  direct; ticks every 60000 ms; keeps 1440 records\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("daily   map<int, int>  (global, on partition 0)\n"),
+            "{text}"
         );
     }
 
