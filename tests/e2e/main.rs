@@ -7,6 +7,7 @@ mod conformance;
 mod crash;
 mod crash_hops;
 mod damage;
+mod dead_letters;
 mod disk_full;
 mod global_ticks;
 mod harness;

@@ -74,6 +74,34 @@ impl Tokens {
         self.0.is_empty()
     }
 
+    /// Who a request is, for audit lines: its role and the token's last four characters
+    /// (never the token), or that auth is off.
+    pub fn who(&self, headers: &HeaderMap) -> String {
+        if self.0.is_empty() {
+            return "anyone (auth off)".into();
+        }
+        let token = headers
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        match self.0.get(token) {
+            Some(role) => {
+                let tail: String = token
+                    .chars()
+                    .rev()
+                    .take(4)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                format!("{} token …{tail}", role.name())
+            }
+            None => "unknown token".into(),
+        }
+    }
+
     /// Checks a request against the role its route needs.
     pub fn check(
         &self,
@@ -130,6 +158,7 @@ fn required_role(method: &Method, segments: &[&str]) -> Role {
     match (method, segments) {
         (&Method::PUT | &Method::DELETE, ["v1", "modules", _]) => Role::Admin,
         (_, [.., "dead-letters", "replay"]) => Role::Admin,
+        (&Method::DELETE, [.., "dead-letters"]) => Role::Admin,
         (&Method::POST, ["v1", "clock"]) => Role::Admin,
         (&Method::POST, [.., "append"]) => Role::Write,
         _ => Role::Read,

@@ -59,6 +59,10 @@ pub const ROUTES: &[(&str, &str)] = &[
         "/v1/modules/{module}/topologies/{topology}/dead-letters",
     ),
     (
+        "DELETE",
+        "/v1/modules/{module}/topologies/{topology}/dead-letters",
+    ),
+    (
         "POST",
         "/v1/modules/{module}/topologies/{topology}/dead-letters/replay",
     ),
@@ -578,6 +582,11 @@ async fn route(
                 &json!({"replayed": replayed, "still_failing": failing}),
             ))
         }
+        ["v1", "modules", m, "topologies", t, "dead-letters"] if method == Method::DELETE => {
+            let module = module(state, m)?;
+            let who = state.tokens.who(req.headers());
+            discard_dead_letter(module, t, &query_params(&req), &who).await
+        }
         ["v1", "modules", m, "topologies", t, "dead-letters"] => {
             if method != Method::GET {
                 return Err(not_allowed());
@@ -601,6 +610,7 @@ fn allowed_methods(segments: &[&str]) -> String {
         | ["v1", "modules", _, "pstates", _, "select"]
         | ["v1", "modules", _, "queries", _]
         | ["v1", "modules", _, "topologies", _, "dead-letters", "replay"] => "POST",
+        ["v1", "modules", _, "topologies", _, "dead-letters"] => "GET, HEAD, DELETE",
         _ => "GET, HEAD",
     };
     methods.to_string()
@@ -1177,6 +1187,73 @@ async fn wait_ready(module: &Module, p: u32) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `DELETE …/dead-letters?partition=P&depot=D&offset=O`: discards one dead letter for good.
+async fn discard_dead_letter(
+    module: Arc<Module>,
+    topology: &str,
+    params: &HashMap<String, String>,
+    who: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    if !module.topologies.iter().any(|x| x.name == topology) {
+        return Err(ApiError::not_found(
+            "unknown-topology",
+            format!("module `{}` has no topology `{topology}`", module.name),
+        ));
+    }
+    let param = |name: &str| {
+        params
+            .get(name)
+            .map(|v| subscribe::decode_component(v))
+            .transpose()?
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "bad-request",
+                    format!("name the dead letter: `partition`, `depot` and `offset` are required (missing `{name}`)"),
+                )
+            })
+    };
+    let number = |name: &str| -> Result<u64, ApiError> {
+        param(name)?.parse().map_err(|_| {
+            ApiError::bad_request(
+                "bad-request",
+                format!("`{name}` must be a non-negative integer"),
+            )
+        })
+    };
+    let (partition, depot, offset) = (number("partition")?, param("depot")?, number("offset")?);
+    if partition >= module.partitions as u64 {
+        return Err(ApiError::bad_request(
+            "bad-partition",
+            format!(
+                "module `{}` has {} partitions",
+                module.name, module.partitions
+            ),
+        ));
+    }
+    let discarded = module
+        .discard_dead_letter(partition as u32, topology, &depot, offset, who)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "partition-unavailable",
+                "the partition stopped before answering",
+            )
+        })?
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "partition-unavailable", e))?;
+    match discarded {
+        Some(d) => Ok(json_response(
+            StatusCode::OK,
+            &json!({"discarded": {"partition": partition, "depot": d.depot, "offset": d.offset,
+                    "code": d.error_code, "error": d.error}}),
+        )),
+        None => Err(ApiError::not_found(
+            "unknown-dead-letter",
+            format!("topology `{topology}` has no dead letter at partition {partition}, depot `{depot}`, offset {offset}"),
+        )),
+    }
+}
+
 fn dead_letters(module: &Module, topology: &str) -> Result<Response<Full<Bytes>>, ApiError> {
     const DEAD_LETTERS_PAGE_MAX: usize = 1000;
     if !module.topologies.iter().any(|t| t.name == topology) {
@@ -1197,20 +1274,27 @@ fn dead_letters(module: &Module, topology: &str) -> Result<Response<Full<Bytes>>
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, e.message)
         })?;
         for d in dls {
-            let record = match h
-                .log
-                .read(&d.depot, d.offset, 1)
-                .map_err(error::storage)?
-                .into_iter()
-                .next()
-            {
-                Some((o, b)) if o == d.offset => decode_record(&h.log, &d.depot, o, &b)?,
-                _ => serde_json::Value::Null,
+            let mut entry = json!({"partition": k, "depot": d.depot, "offset": d.offset,
+                "code": d.error_code, "error": d.error, "attempts": d.attempts});
+            let record = match &d.hop {
+                Some(hop) => {
+                    entry["hop"] = json!({"handler": hop.handler, "origin":
+                        {"depot": hop.origin_depot, "offset": hop.origin_offset}});
+                    from_cbor(&hop.payload).map_or(serde_json::Value::Null, |v| to_json(&v))
+                }
+                None => match h
+                    .log
+                    .read(&d.depot, d.offset, 1)
+                    .map_err(error::storage)?
+                    .into_iter()
+                    .next()
+                {
+                    Some((o, b)) if o == d.offset => decode_record(&h.log, &d.depot, o, &b)?,
+                    _ => serde_json::Value::Null,
+                },
             };
-            out.push(
-                json!({"partition": k, "depot": d.depot, "offset": d.offset, "code": d.error_code,
-                            "error": d.error, "attempts": d.attempts, "record": record}),
-            );
+            entry["record"] = record;
+            out.push(entry);
         }
     }
     Ok(json_response(

@@ -150,7 +150,7 @@ fn head_only() -> Response<Body> {
 }
 
 /// Percent-decodes one query-string component (`+` is a space).
-fn decode_component(s: &str) -> Result<String, ApiError> {
+pub(super) fn decode_component(s: &str) -> Result<String, ApiError> {
     let bad = || {
         ApiError::bad_request(
             "invalid-parameter",

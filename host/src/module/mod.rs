@@ -37,11 +37,12 @@ use crate::partition::worker::panic_message;
 use crate::partition::worker::{PartitionState, PartitionStatus, WorkerSpec};
 use crate::partition::{PartitionConfig, Reply};
 use crate::pstate::claims::WriterClaims;
+use crate::pstate::store::DeadLetter;
 use crate::pstate::{self, AccessError, Catalog, Navigator, PStateStore};
 use crate::query::Queries;
 use crate::runtime::{CompileError, GuestError, GuestInstance, Runtime};
 use crate::storage::StorageOptions;
-use crate::topology::microbatch::Coordinator;
+use crate::topology::microbatch::{Coordinator, ReplayRequest};
 use crate::topology::{AckLevel, AppendOutcome, ProcessingError, Topology, TopologyKind, Work};
 use crate::value::{to_cbor, Value};
 use definition::{valid_name, Definition};
@@ -149,6 +150,8 @@ pub struct Module {
     open_trees: Arc<AtomicUsize>,
     /// The microbatch coordinator's stop flag and thread, if the module has microbatches.
     coordinator: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
+    /// Where dead-letter replays of microbatch topologies go (the coordinator).
+    batch_replays: Option<std::sync::mpsc::Sender<ReplayRequest>>,
     record_size_bytes: usize,
     queue_depth: usize,
 }
@@ -325,12 +328,25 @@ impl Module {
         })
     }
 
-    /// Asks every partition to re-run `topology` on its dead letters; answers per partition
-    /// (replayed, still failing).
+    /// Asks every partition to re-run `topology` on its dead letters (a microbatch topology:
+    /// asks the coordinator for a replay batch); answers (replayed, still failing) per partition
+    /// or per batch.
     pub fn replay_dead_letters(
         &self,
         topology: &str,
     ) -> Vec<oneshot::Receiver<Result<(u64, u64), String>>> {
+        let microbatch = self
+            .topologies
+            .iter()
+            .any(|t| t.name == topology && t.kind == TopologyKind::Microbatch);
+        if let (true, Some(replays)) = (microbatch, &self.batch_replays) {
+            let (tx, rx) = oneshot::channel();
+            let _ = replays.send(ReplayRequest {
+                topology: topology.to_string(),
+                reply: tx,
+            });
+            return vec![rx];
+        }
         let mut out = Vec::new();
         for h in &self.handles {
             let (tx, rx) = oneshot::channel();
@@ -343,6 +359,33 @@ impl Module {
             out.push(rx);
         }
         out
+    }
+
+    /// Asks partition `p` to discard one dead letter of `topology` (`by`: who asked).
+    pub fn discard_dead_letter(
+        &self,
+        p: u32,
+        topology: &str,
+        depot: &str,
+        offset: u64,
+        by: &str,
+    ) -> oneshot::Receiver<Result<Option<DeadLetter>, String>> {
+        let (tx, rx) = oneshot::channel();
+        if let Some(q) = self.handles[p as usize]
+            .tx
+            .read()
+            .expect("poisoned")
+            .as_ref()
+        {
+            let _ = q.send(Work::DiscardDeadLetter {
+                topology: topology.to_string(),
+                depot: depot.to_string(),
+                offset,
+                by: by.to_string(),
+                reply: tx,
+            });
+        }
+        rx
     }
 
     /// Whether partition `p` finished recovery (its PStates reflect everything acked).
@@ -971,6 +1014,7 @@ impl Registry {
             .cloned()
             .collect();
         let apply_gate = Arc::new(RwLock::new(()));
+        let (replays_tx, replays) = std::sync::mpsc::channel();
         let coordinator = if microbatches.is_empty() {
             None
         } else {
@@ -988,6 +1032,7 @@ impl Registry {
                 batch_records_max: limits.microbatch_records_max.max(1),
                 stop: Arc::clone(&stop),
                 apply_gate: Arc::clone(&apply_gate),
+                replays,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("{}-microbatch", manifest.name))
@@ -1034,6 +1079,7 @@ impl Registry {
             open_trees,
             wasm_file: manifest.wasm.clone(),
             append_counters,
+            batch_replays: coordinator.as_ref().map(|_| replays_tx),
             coordinator: Mutex::new(coordinator),
             record_size_bytes: limits.record_size_bytes,
             queue_depth: limits.partition_queue_depth,

@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::core::{Item, Partition, PartitionError};
+use super::dead_letters::DeadHop;
 use super::hops::{encode_outbox, Arrival, Hop};
 use super::seams::{Commit, Executor, HopTransport, PartitionLog, PartitionStore};
 use super::tree::Tree;
@@ -88,27 +89,10 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
                     depot,
                     offset,
                     record,
+                    hop,
                 } => {
                     if let Some(t) = topologies.iter().find(|t| t.name == topology) {
-                        let ctx = self.ctx(&depot, offset, None);
-                        match self.run_handler(t, &t.handler, &record, ctx) {
-                            Ok((_, emitted)) => {
-                                commit.dead_letters_remove.push((
-                                    t.name.clone(),
-                                    depot.to_string(),
-                                    offset,
-                                ));
-                                self.address(t, emitted, &depot, offset, &None, &mut out);
-                            }
-                            Err((error, attempts)) => commit.dead_letters.push(DeadLetter::new(
-                                &t.name,
-                                &depot,
-                                offset,
-                                &error.code,
-                                &error.message,
-                                attempts,
-                            )),
-                        }
+                        self.replay_one(t, &depot, offset, &record, hop, &mut commit, &mut out);
                     }
                     None
                 }
@@ -229,6 +213,52 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
         commit.offsets.insert(key, offset + 1);
     }
 
+    /// Runs a dead letter again: a depot record through the topology's handler, a hop through
+    /// its hop handler, in its origin's context. Success removes the dead letter in this
+    /// commit; failure replaces it (the hop kept).
+    #[allow(clippy::too_many_arguments)]
+    fn replay_one(
+        &mut self,
+        t: &Topology,
+        depot: &Arc<str>,
+        offset: u64,
+        record: &[u8],
+        hop: Option<DeadHop>,
+        commit: &mut Commit,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let (handler, ctx_depot, ctx_offset): (&str, Arc<str>, u64) = match &hop {
+            Some(h) => (
+                &h.handler,
+                Arc::from(h.origin_depot.as_str()),
+                h.origin_offset,
+            ),
+            None => (&t.handler, Arc::clone(depot), offset),
+        };
+        let handler = handler.to_string();
+        let ctx = self.ctx(&ctx_depot, ctx_offset, None);
+        match self.run_handler(t, &handler, record, ctx) {
+            Ok((_, emitted)) => {
+                commit
+                    .dead_letters_remove
+                    .push((t.name.clone(), depot.to_string(), offset));
+                self.address(t, emitted, &ctx_depot, ctx_offset, &None, out);
+            }
+            Err((error, attempts)) => {
+                let mut d = DeadLetter::new(
+                    &t.name,
+                    depot,
+                    offset,
+                    &error.code,
+                    &error.message,
+                    attempts,
+                );
+                d.hop = hop;
+                commit.dead_letters.push(d);
+            }
+        }
+    }
+
     /// Runs an arriving hop's handler (its watermark already moved).
     fn apply_hop(
         &mut self,
@@ -262,6 +292,12 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
                     error_code: error.code.clone(),
                     error: error.message.clone(),
                     attempts,
+                    hop: Some(DeadHop {
+                        handler: h.handler.clone(),
+                        payload: h.payload.clone(),
+                        origin_depot: h.origin_depot.to_string(),
+                        origin_offset: h.origin_offset,
+                    }),
                 });
                 if let Some(tree) = &h.tree {
                     tree.fail(&t.name, error);

@@ -87,12 +87,14 @@ pub(super) enum Item {
         tree: Option<Arc<Tree>>,
     },
     Hop(Hop),
-    /// A dead letter of a stream topology, run again.
+    /// A dead letter of a stream topology, run again (`record`: the depot record, or the
+    /// hop's payload when `hop` is set).
     Replay {
         topology: String,
         depot: Arc<str>,
         offset: u64,
         record: Vec<u8>,
+        hop: Option<super::dead_letters::DeadHop>,
     },
 }
 
@@ -331,7 +333,9 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
                 }
                 Work::Peer(PeerMessage::Rewind { target, from }) => self.rewind(target, from)?,
                 Work::Stop => stopping = true,
-                Work::Batch { .. } | Work::ReplayDeadLetters { .. } => {
+                Work::Batch { .. }
+                | Work::ReplayDeadLetters { .. }
+                | Work::DiscardDeadLetter { .. } => {
                     unreachable!("the caller runs batch steps and replays")
                 }
             }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use redb::{ReadableTable, TableDefinition};
 
 use super::core::Partition;
+use super::dead_letters::DeadHop;
 use super::execute::handler_imports;
 use super::progress::{write_dead_letters, write_position};
 use super::seams::{Commit, PartitionStore};
@@ -22,7 +23,7 @@ use crate::pstate::engine::Table;
 use crate::pstate::store::{write_entries, DeadLetter, Overlay};
 use crate::pstate::{PStateStore, Session};
 use crate::runtime::GuestInstance;
-use crate::value::{from_cbor, to_cbor, Value};
+use crate::value::{as_i64, from_cbor, to_cbor, Value};
 
 /// Per microbatch topology: this partition's prepared (not yet applied) writes.
 const MB_PREPARED: TableDefinition<&str, &[u8]> = TableDefinition::new("microbatch-prepared");
@@ -34,6 +35,8 @@ struct MbState {
     id: u64,
     session: Option<Session>,
     dead: Vec<DeadLetter>,
+    /// Dead letters this batch runs again (a replay batch): removed when it applies.
+    replaying: Vec<(String, String, u64)>,
 }
 
 /// Opens a microbatch's session, writing as the named microbatch topology.
@@ -50,13 +53,14 @@ pub struct MbStates {
 pub type HostPartition = Partition<GuestInstance, Arc<DepotLog>, Arc<PStateStore>, Channels>;
 
 impl HostPartition {
-    /// Carries out one microbatch step on this partition.
+    /// Carries out one microbatch step on this partition; answers the hops to route and a
+    /// count (handlers a replay runs, or dead letters a prepare holds; 0 otherwise).
     pub fn batch_step(
         &mut self,
         topology: &str,
         id: u64,
         step: BatchStep,
-    ) -> Result<Vec<BatchHop>, String> {
+    ) -> Result<(Vec<BatchHop>, u64), String> {
         let t = self
             .topologies
             .iter()
@@ -77,6 +81,7 @@ impl HostPartition {
                         id,
                         session: Some(session),
                         dead: Vec::new(),
+                        replaying: Vec::new(),
                     },
                 );
                 let mut work = Vec::new();
@@ -101,14 +106,15 @@ impl HostPartition {
                         from = last + 1;
                     }
                 }
-                self.batch_run(&t, id, work)
+                Ok((self.batch_run(&t, id, work)?, 0))
             }
+            BatchStep::RunDeadLetters => self.batch_replay(&t, id),
             BatchStep::Hops(hops) => {
                 let work = hops
                     .into_iter()
                     .map(|h| (h.depot, h.offset, h.handler, h.payload))
                     .collect();
-                self.batch_run(&t, id, work)
+                Ok((self.batch_run(&t, id, work)?, 0))
             }
             BatchStep::Prepare => {
                 let st = self
@@ -119,9 +125,10 @@ impl HostPartition {
                     .ok_or("prepare of a batch this partition did not run")?;
                 let mut session = st.session.take().ok_or("batch prepared twice")?;
                 let entries = session.take_writes();
-                prepare_microbatch(&self.store, topology, id, &entries, &st.dead)
+                let dead = (&st.dead[..], &st.replaying[..]);
+                prepare_microbatch(&self.store, topology, id, &entries, dead)
                     .map_err(|e| e.to_string())?;
-                Ok(Vec::new())
+                Ok((Vec::new(), st.dead.len() as u64))
             }
             BatchStep::Apply => {
                 let position = self.position + 1;
@@ -134,7 +141,7 @@ impl HostPartition {
                         .published(&self.store, position, &entries);
                 }
                 self.mb.running.remove(topology);
-                Ok(Vec::new())
+                Ok((Vec::new(), 0))
             }
             BatchStep::Settle(ranges) => {
                 // The batch's progress, for lag metrics only (the batch itself is recorded
@@ -165,9 +172,58 @@ impl HostPartition {
                         self.mb_waiting.push((tp, depot, offset, tree));
                     }
                 }
-                Ok(Vec::new())
+                Ok((Vec::new(), 0))
             }
         }
+    }
+
+    /// Starts a replay batch: runs this partition's dead letters of `t` again (a depot record
+    /// read from the log, a batch hop from its kept payload), in a batch of their own.
+    fn batch_replay(&mut self, t: &Topology, id: u64) -> Result<(Vec<BatchHop>, u64), String> {
+        let session = self
+            .mb
+            .new_session
+            .as_ref()
+            .map(|f| f(&t.name))
+            .ok_or("this partition cannot run microbatches")?;
+        let letters = self
+            .store
+            .dead_letters(&t.name, usize::MAX)
+            .map_err(|e| e.to_string())?;
+        let mut work = Vec::new();
+        let mut replaying = Vec::new();
+        for d in letters {
+            let input = match &d.hop {
+                Some(h) => Some((
+                    Arc::from(h.origin_depot.as_str()),
+                    h.origin_offset,
+                    h.handler.clone(),
+                    h.payload.clone(),
+                )),
+                None => self
+                    .log
+                    .read(&d.depot, d.offset, 1)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .find(|(o, _)| *o == d.offset)
+                    .map(|(o, r)| (Arc::from(d.depot.as_str()), o, t.handler.clone(), r)),
+            };
+            if let Some(w) = input {
+                work.push(w);
+                replaying.push(d.key());
+            }
+        }
+        let ran = work.len() as u64;
+        self.mb.running.insert(
+            t.name.clone(),
+            MbState {
+                id,
+                session: Some(session),
+                dead: Vec::new(),
+                replaying,
+            },
+        );
+        Ok((self.batch_run(t, id, work)?, ran))
     }
 
     /// Runs handlers inside a microbatch: `(origin depot, origin offset, handler, input)`.
@@ -204,18 +260,31 @@ impl HostPartition {
                         }
                     }
                 }
-                Err((error, attempts)) => st.dead.push(DeadLetter {
-                    topology: t.name.clone(),
-                    depot: if handler == t.handler {
-                        depot.to_string()
+                Err((error, attempts)) => {
+                    let (code, error) = (&error.code, format!("batch {id}: {}", error.message));
+                    let dead = if handler == t.handler {
+                        DeadLetter::new(&t.name, &depot, offset, code, &error, attempts)
                     } else {
-                        format!("batch-hop:{handler}:{depot}")
-                    },
-                    offset,
-                    error_code: error.code.clone(),
-                    error: format!("batch {id}: {}", error.message),
-                    attempts,
-                }),
+                        // A batch hop: keyed by batch and arrival (unique on this
+                        // partition), the hop itself kept for a replay.
+                        let mut d = DeadLetter::new(
+                            &t.name,
+                            &format!("batch-hop:{handler}:batch-{id}"),
+                            st.dead.len() as u64,
+                            code,
+                            &error,
+                            attempts,
+                        );
+                        d.hop = Some(DeadHop {
+                            handler: handler.clone(),
+                            payload: input.clone(),
+                            origin_depot: depot.to_string(),
+                            origin_offset: offset,
+                        });
+                        d
+                    };
+                    st.dead.push(dead);
+                }
             }
         }
         let session = std::mem::replace(
@@ -238,7 +307,7 @@ fn prepare_microbatch(
     topology: &str,
     id: u64,
     entries: &Overlay,
-    dead: &[DeadLetter],
+    dead: (&[DeadLetter], &[(String, String, u64)]),
 ) -> Result<(), redb::Error> {
     store.write(true, |txn| {
         txn.open_table(MB_PREPARED)?
@@ -266,7 +335,8 @@ fn apply_microbatch(
             let v = t.get(topology)?.map(|v| v.value().to_vec());
             v
         };
-        let Some((pid, entries, dead_letters)) = prepared.as_deref().and_then(decode_prepared)
+        let Some((pid, entries, (dead_letters, replayed))) =
+            prepared.as_deref().and_then(decode_prepared)
         else {
             return Err(redb::Error::Corrupted(format!(
                 "microbatch {id} of `{topology}` was decided but this partition has no prepared writes"
@@ -278,7 +348,7 @@ fn apply_microbatch(
             )));
         }
         write_entries(txn, &entries)?;
-        write_dead_letters(txn, &dead_letters, &[])?;
+        write_dead_letters(txn, &dead_letters, &replayed)?;
         write_position(txn, position)?;
         txn.open_table(MB_APPLIED)?.insert(topology, id)?;
         txn.open_table(MB_PREPARED)?.remove(topology)?;
@@ -315,7 +385,30 @@ fn untag(n: i64) -> Option<Table> {
     }
 }
 
-fn encode_prepared(id: u64, entries: &Overlay, dead: &[DeadLetter]) -> Vec<u8> {
+/// Dead letters a prepared batch adds, and those (replayed) it removes.
+type PreparedDead = (Vec<DeadLetter>, Vec<(String, String, u64)>);
+
+fn encode_key((topology, depot, offset): &(String, String, u64)) -> Value {
+    Value::Array(vec![
+        Value::Text(topology.clone()),
+        Value::Text(depot.clone()),
+        Value::Integer((*offset).into()),
+    ])
+}
+
+fn decode_key(v: &Value) -> Option<(String, String, u64)> {
+    let Value::Array(f) = v else { return None };
+    match f.as_slice() {
+        [Value::Text(t), Value::Text(d), o] => Some((t.clone(), d.clone(), as_i64(o)? as u64)),
+        _ => None,
+    }
+}
+
+fn encode_prepared(
+    id: u64,
+    entries: &Overlay,
+    (dead, replayed): (&[DeadLetter], &[(String, String, u64)]),
+) -> Vec<u8> {
     let t = |s: &str| Value::Text(s.to_string());
     let entries = entries
         .iter()
@@ -330,31 +423,25 @@ fn encode_prepared(id: u64, entries: &Overlay, dead: &[DeadLetter]) -> Vec<u8> {
         .collect();
     let dead = dead
         .iter()
-        .map(|d| {
-            Value::Array(vec![
-                t(&d.topology),
-                t(&d.depot),
-                Value::Integer(d.offset.into()),
-                t(&d.error_code),
-                t(&d.error),
-                Value::Integer(d.attempts.into()),
-            ])
-        })
+        .map(|d| Value::Array(vec![encode_key(&d.key()), d.encode()]))
         .collect();
     to_cbor(&Value::Array(vec![
         Value::Integer(id.into()),
         Value::Array(entries),
         Value::Array(dead),
+        Value::Array(replayed.iter().map(encode_key).collect()),
     ]))
 }
 
-fn decode_prepared(bytes: &[u8]) -> Option<(u64, Overlay, Vec<DeadLetter>)> {
-    use crate::value::as_i64;
+fn decode_prepared(bytes: &[u8]) -> Option<(u64, Overlay, PreparedDead)> {
     let Value::Array(parts) = from_cbor(bytes).ok()? else {
         return None;
     };
-    let [id, Value::Array(entries), Value::Array(dead)] = parts.as_slice() else {
-        return None;
+    let (id, entries, dead, replayed) = match parts.as_slice() {
+        [id, Value::Array(e), Value::Array(d), Value::Array(r)] => (id, e, d, &r[..]),
+        // Written before replays existed.
+        [id, Value::Array(e), Value::Array(d)] => (id, e, d, &[][..]),
+        _ => return None,
     };
     let text = |v: &Value| match v {
         Value::Text(s) => Some(s.clone()),
@@ -374,17 +461,69 @@ fn decode_prepared(bytes: &[u8]) -> Option<(u64, Overlay, Vec<DeadLetter>)> {
     let mut dls = Vec::new();
     for d in dead {
         let Value::Array(f) = d else { return None };
-        let [tp, dp, off, code, err, att] = f.as_slice() else {
-            return None;
-        };
-        dls.push(DeadLetter {
-            topology: text(tp)?,
-            depot: text(dp)?,
-            offset: as_i64(off)? as u64,
-            error_code: text(code)?,
-            error: text(err)?,
-            attempts: as_i64(att)? as u32,
+        dls.push(match f.as_slice() {
+            [key, v] => {
+                let (t, d, o) = decode_key(key)?;
+                DeadLetter::decode(&t, &d, o, v)
+            }
+            // Written before dead letters kept their hops.
+            [tp, dp, off, code, err, att] => DeadLetter::new(
+                &text(tp)?,
+                &text(dp)?,
+                as_i64(off)? as u64,
+                &text(code)?,
+                &text(err)?,
+                as_i64(att)? as u32,
+            ),
+            _ => return None,
         });
     }
-    Some((as_i64(id)? as u64, overlay, dls))
+    let replayed = replayed
+        .iter()
+        .map(decode_key)
+        .collect::<Option<Vec<_>>>()?;
+    Some((as_i64(id)? as u64, overlay, (dls, replayed)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepared_batches_keep_dead_hops_and_the_replayed_keys() {
+        let mut overlay = Overlay::new();
+        overlay.insert(
+            ("p".into(), Table::Main, vec![1]),
+            Some(Value::Integer(3.into())),
+        );
+        let mut d = DeadLetter::new("b", "batch-hop:h:batch-4", 0, "guest-error", "no", 1);
+        d.hop = Some(DeadHop {
+            handler: "h".into(),
+            payload: vec![0xf6],
+            origin_depot: "sends".into(),
+            origin_offset: 9,
+        });
+        let replayed = vec![("b".to_string(), "sends".to_string(), 2)];
+        let bytes = encode_prepared(4, &overlay, (&[d.clone()], &replayed));
+        let (id, back, (dead, removed)) = decode_prepared(&bytes).unwrap();
+        assert_eq!((id, back, dead, removed), (4, overlay, vec![d], replayed));
+        // A batch prepared by the previous version (three parts, six-field dead letters).
+        let old = to_cbor(&Value::Array(vec![
+            Value::Integer(5.into()),
+            Value::Array(vec![]),
+            Value::Array(vec![Value::Array(vec![
+                Value::Text("b".into()),
+                Value::Text("sends".into()),
+                Value::Integer(1.into()),
+                Value::Text("trap".into()),
+                Value::Text("boom".into()),
+                Value::Integer(1.into()),
+            ])]),
+        ]));
+        let (id, _, (dead, removed)) = decode_prepared(&old).unwrap();
+        assert_eq!(
+            (id, dead.len(), dead[0].offset, removed.len()),
+            (5, 1, 1, 0)
+        );
+    }
 }

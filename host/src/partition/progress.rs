@@ -18,7 +18,7 @@ use super::seams::{Commit, PartitionLog, PartitionStore, Progress, StorageError}
 use crate::depot::log::DepotLog;
 use crate::pstate::store::{write_entries, DeadLetter};
 use crate::pstate::PStateStore;
-use crate::value::{as_i64, from_cbor, to_cbor, Value};
+use crate::value::{from_cbor, to_cbor, Value};
 
 const OFFSETS: TableDefinition<&str, u64> = TableDefinition::new("offsets");
 const HOPS_OUT: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("hops-out");
@@ -160,20 +160,9 @@ pub fn write_dead_letters(
         dead.remove((topology.as_str(), depot.as_str(), *offset))?;
     }
     for d in add {
-        let v = Value::Map(vec![
-            (
-                Value::Text("code".into()),
-                Value::Text(d.error_code.clone()),
-            ),
-            (Value::Text("error".into()), Value::Text(d.error.clone())),
-            (
-                Value::Text("attempts".into()),
-                Value::Integer(d.attempts.into()),
-            ),
-        ]);
         dead.insert(
             (d.topology.as_str(), d.depot.as_str(), d.offset),
-            to_cbor(&v).as_slice(),
+            to_cbor(&d.encode()).as_slice(),
         )?;
     }
     Ok(())
@@ -196,25 +185,7 @@ fn read_dead_letters(
             break;
         }
         let v = from_cbor(v.value()).unwrap_or(Value::Null);
-        let field = |name: &str| match &v {
-            Value::Map(es) => es
-                .iter()
-                .find(|(k, _)| *k == Value::Text(name.into()))
-                .map(|(_, v)| v.clone()),
-            _ => None,
-        };
-        let text = |name: &str| match field(name) {
-            Some(Value::Text(s)) => s,
-            _ => String::new(),
-        };
-        out.push(DeadLetter {
-            topology: t.to_string(),
-            depot: depot.to_string(),
-            offset,
-            error_code: text("code"),
-            error: text("error"),
-            attempts: field("attempts").and_then(|v| as_i64(&v)).unwrap_or(0) as u32,
-        });
+        out.push(DeadLetter::decode(t, depot, offset, &v));
     }
     Ok(out)
 }

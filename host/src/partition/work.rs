@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::hops::Hop;
+use crate::pstate::store::DeadLetter;
 use crate::runtime::GuestError;
 use crate::value::Value;
 
@@ -142,6 +143,14 @@ pub enum Work {
         topology: String,
         reply: oneshot::Sender<Result<(u64, u64), String>>,
     },
+    /// Discard one dead letter (`by`: who asked, for the audit line).
+    DiscardDeadLetter {
+        topology: String,
+        depot: String,
+        offset: u64,
+        by: String,
+        reply: oneshot::Sender<Result<Option<DeadLetter>, String>>,
+    },
     /// Finish what is queued before this, flush, exit.
     Stop,
 }
@@ -151,6 +160,9 @@ pub enum BatchStep {
     /// Run the topology's handler on these `(depot, start, end)` ranges of this partition,
     /// starting the batch afresh (a retry of the same id starts over).
     Run(Vec<(String, u64, u64)>),
+    /// Run this partition's dead letters of the topology again, as a batch of their own
+    /// (applying it removes those that succeed).
+    RunDeadLetters,
     /// Run hop handlers sent by other partitions within the batch.
     Hops(Vec<BatchHop>),
     /// Store this partition's writes for the batch durably, not yet applied.
@@ -175,5 +187,7 @@ pub struct BatchHop {
 pub struct BatchReply {
     pub partition: u32,
     pub hops: Vec<BatchHop>,
+    /// Handlers a replay ran, or dead letters a prepare holds.
+    pub count: u64,
     pub error: Option<String>,
 }

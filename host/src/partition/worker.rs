@@ -472,6 +472,18 @@ impl WorkerSpec {
                 let _ = reply.send(r.map_err(|e| e.to_string()));
                 failed.map_or(Ok(()), Err)
             }
+            Some(Work::DiscardDeadLetter {
+                topology,
+                depot,
+                offset,
+                by,
+                reply,
+            }) => {
+                let r = p.discard_dead_letter(&topology, &depot, offset, &by);
+                let failed = r.as_ref().err().map(|e| e.to_string());
+                let _ = reply.send(r.map_err(|e| e.to_string()));
+                failed.map_or(Ok(()), Err)
+            }
             Some(Work::Batch {
                 topology,
                 id,
@@ -480,14 +492,16 @@ impl WorkerSpec {
             }) => {
                 let r = p.batch_step(&topology, id, step);
                 let _ = reply.send(match r {
-                    Ok(hops) => BatchReply {
+                    Ok((hops, count)) => BatchReply {
                         partition: p.cfg.partition,
                         hops,
+                        count,
                         error: None,
                     },
                     Err(e) => BatchReply {
                         partition: p.cfg.partition,
                         hops: Vec::new(),
+                        count: 0,
                         error: Some(e),
                     },
                 });
@@ -529,7 +543,10 @@ impl WorkerSpec {
 }
 
 fn ends_drain(w: Option<&Work>) -> bool {
-    matches!(w, Some(Work::Batch { .. } | Work::ReplayDeadLetters { .. }))
+    matches!(
+        w,
+        Some(Work::Batch { .. } | Work::ReplayDeadLetters { .. } | Work::DiscardDeadLetter { .. })
+    )
 }
 
 pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

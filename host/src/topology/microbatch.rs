@@ -12,6 +12,11 @@
 //!    applied, in one durable transaction (a partition that already applied it skips it);
 //!    once all have, the `full` acks of the batch's records are answered (read-your-writes).
 //!
+//! A **replay batch** (`replay_dead_letters`) runs every partition's dead letters of the
+//! topology instead of new ranges, through the same steps: its ranges are empty (start = end =
+//! the previous batch's end), so the next batch starts where the last one ended; applying it
+//! removes the dead letters that succeeded, in the same transaction as their effects.
+//!
 //! Correctness: before the decision no partition has applied anything, and a crash makes the
 //! coordinator re-run the planned batch from step 1 (prepared writes of an undecided batch are
 //! simply overwritten). After the decision every partition holds its prepared writes, and
@@ -49,6 +54,15 @@ struct Plan {
     id: u64,
     state: State,
     ranges: Vec<(u32, String, u64, u64)>,
+    /// A replay batch: runs the dead letters, not the ranges.
+    replay: bool,
+}
+
+/// A request to run a microbatch topology's dead letters again; answered with
+/// `(handlers run, dead letters the replay left)`.
+pub struct ReplayRequest {
+    pub topology: String,
+    pub reply: tokio::sync::oneshot::Sender<Result<(u64, u64), String>>,
 }
 
 impl Plan {
@@ -74,6 +88,7 @@ impl Plan {
             Value::Integer(self.id.into()),
             Value::Integer(state.into()),
             Value::Array(ranges),
+            Value::Bool(self.replay),
         ]))
     }
 
@@ -81,8 +96,10 @@ impl Plan {
         let Value::Array(parts) = from_cbor(bytes).ok()? else {
             return None;
         };
-        let [id, state, Value::Array(ranges)] = parts.as_slice() else {
-            return None;
+        let (id, state, ranges, replay) = match parts.as_slice() {
+            [id, state, Value::Array(r), Value::Bool(b)] => (id, state, r, *b),
+            [id, state, Value::Array(r)] => (id, state, r, false),
+            _ => return None,
         };
         let state = match as_i64(state)? {
             0 => State::Planned,
@@ -106,6 +123,7 @@ impl Plan {
             id: as_i64(id)? as u64,
             state,
             ranges: out,
+            replay,
         })
     }
 
@@ -134,6 +152,8 @@ pub struct Coordinator {
     /// reading while they open their snapshots, so they see a batch on all partitions or on
     /// none.
     pub apply_gate: Arc<std::sync::RwLock<()>>,
+    /// Dead-letter replays asked for (`Module::replay_dead_letters`).
+    pub replays: std::sync::mpsc::Receiver<ReplayRequest>,
 }
 
 impl Coordinator {
@@ -144,6 +164,14 @@ impl Coordinator {
     pub fn run(self) {
         while !self.stop.load(Ordering::Acquire) {
             let mut busy = false;
+            while let Ok(r) = self.replays.try_recv() {
+                busy = true;
+                let answer = match self.topologies.iter().find(|t| t.name == r.topology) {
+                    Some(t) => self.replay(t),
+                    None => Err(format!("`{}` is not a microbatch topology", r.topology)),
+                };
+                let _ = r.reply.send(answer);
+            }
             for t in &self.topologies {
                 match self.round(t) {
                     Ok(ran) => busy |= ran,
@@ -230,19 +258,42 @@ impl Coordinator {
             id: plan.map_or(1, |p| p.id + 1),
             state: State::Planned,
             ranges,
+            replay: false,
         };
         self.save(&t.name, &next)?;
         self.execute(t, &mut next)?;
         Ok(true)
     }
 
-    /// Sends one step to some partitions and gathers their answers (and the hops they emit).
+    /// Finishes an interrupted batch, then runs a replay batch; answers (handlers run, dead
+    /// letters left by the replay).
+    fn replay(&self, t: &Topology) -> Result<(u64, u64), String> {
+        if self.load(&t.name)?.is_some_and(|p| p.state != State::Done) {
+            self.round(t)?;
+        }
+        let plan = self.load(&t.name)?;
+        let ranges = plan
+            .iter()
+            .flat_map(|p| p.ranges.iter().map(|(p, d, _, e)| (*p, d.clone(), *e, *e)))
+            .collect();
+        let mut next = Plan {
+            id: plan.map_or(1, |p| p.id + 1),
+            state: State::Planned,
+            ranges,
+            replay: true,
+        };
+        self.save(&t.name, &next)?;
+        self.execute(t, &mut next)
+    }
+
+    /// Sends one step to some partitions and gathers their answers: the hops they emit and
+    /// the sum of their counts.
     fn step(
         &self,
         t: &Topology,
         id: u64,
         steps: Vec<(u32, BatchStep)>,
-    ) -> Result<Vec<BatchHop>, String> {
+    ) -> Result<(Vec<BatchHop>, u64), String> {
         let (tx, rx) = channel();
         let n = steps.len();
         for (p, step) in steps {
@@ -255,7 +306,7 @@ impl Coordinator {
                 })
                 .map_err(|_| format!("partition {p} is not running"))?;
         }
-        let mut hops = Vec::new();
+        let (mut hops, mut count) = (Vec::new(), 0);
         for _ in 0..n {
             let r = rx
                 .recv_timeout(STEP_TIMEOUT)
@@ -264,41 +315,45 @@ impl Coordinator {
                 return Err(format!("partition {}: {e}", r.partition));
             }
             hops.extend(r.hops);
+            count += r.count;
         }
-        Ok(hops)
+        Ok((hops, count))
     }
 
-    fn execute(&self, t: &Topology, plan: &mut Plan) -> Result<(), String> {
+    /// Runs, prepares, decides and applies a planned batch; answers (handlers a replay ran
+    /// that succeeded, dead letters the batch left).
+    fn execute(&self, t: &Topology, plan: &mut Plan) -> Result<(u64, u64), String> {
         let all: Vec<u32> = (0..self.partitions).collect();
-        let mut hops = self.step(
-            t,
-            plan.id,
-            all.iter()
-                .map(|&p| (p, BatchStep::Run(plan.ranges_of(p))))
-                .collect(),
-        )?;
+        let run = |p: u32| match plan.replay {
+            true => BatchStep::RunDeadLetters,
+            false => BatchStep::Run(plan.ranges_of(p)),
+        };
+        let (mut hops, ran) = self.step(t, plan.id, all.iter().map(|&p| (p, run(p))).collect())?;
         while !hops.is_empty() {
             let mut by_target: BTreeMap<u32, Vec<BatchHop>> = BTreeMap::new();
             for h in hops {
                 by_target.entry(h.target).or_default().push(h);
             }
-            hops = self.step(
-                t,
-                plan.id,
-                by_target
-                    .into_iter()
-                    .map(|(p, h)| (p, BatchStep::Hops(h)))
-                    .collect(),
-            )?;
+            hops = self
+                .step(
+                    t,
+                    plan.id,
+                    by_target
+                        .into_iter()
+                        .map(|(p, h)| (p, BatchStep::Hops(h)))
+                        .collect(),
+                )?
+                .0;
         }
-        self.step(
+        let (_, dead) = self.step(
             t,
             plan.id,
             all.iter().map(|&p| (p, BatchStep::Prepare)).collect(),
         )?;
         plan.state = State::Decided;
         self.save(&t.name, plan)?;
-        self.apply(t, plan)
+        self.apply(t, plan)?;
+        Ok((ran.saturating_sub(dead), dead))
     }
 
     fn apply(&self, t: &Topology, plan: &mut Plan) -> Result<(), String> {
