@@ -97,6 +97,8 @@ impl Retention {
 
 type Handler = Rc<dyn Fn(&Ctx, &[u8]) -> Result<Option<Vec<u8>>>>;
 type QueryFn = Rc<dyn Fn(&QueryCtx, &[u8]) -> Result<Vec<u8>>>;
+/// `(key, stored value)` as CBOR to the new value as CBOR.
+pub(crate) type MigrateFn = Rc<dyn Fn(&[u8], &[u8]) -> Result<Vec<u8>>>;
 
 /// The name under which a topology's record handler is declared.
 pub(crate) const RECORD_HANDLER: &str = "on-record";
@@ -216,6 +218,7 @@ pub struct Definition {
     globals: Vec<String>,
     ticks: Vec<(String, u64)>,
     retention: Vec<(String, Retention)>,
+    migrations: Vec<(String, MigrateFn)>,
 }
 
 impl Definition {
@@ -259,6 +262,35 @@ impl Definition {
     pub fn tick_depot(&mut self, depot: Depot<Tick>, interval_ms: u64) -> &mut Self {
         self.ticks.push((depot.name().to_string(), interval_ms));
         self.depot(depot, Partitioner::Direct)
+    }
+
+    /// Declare how the stored values of `def` become its new shape: when an update changes
+    /// the PState's schema, the host runs `f` on every stored value (key, value in the old
+    /// shape), on read at once and in the background until all are rewritten. `f` must be a
+    /// pure function of its inputs (it can read or write no PState). Keep it in later versions
+    /// until `GET /v1/modules/{m}` shows the migration `done`.
+    pub fn migrate<K, Old, V, F>(&mut self, def: PStateDef<K, V>, f: F) -> &mut Self
+    where
+        K: DeserializeOwned,
+        Old: DeserializeOwned,
+        V: serde::Serialize,
+        F: Fn(K, Old) -> Result<V> + 'static,
+    {
+        let migrate: MigrateFn = Rc::new(move |key: &[u8], value: &[u8]| {
+            let key: K = decode(key, "a PState key")?;
+            let old: Old = decode(value, "a stored value in its old shape")?;
+            encode(&f(key, old)?)
+        });
+        self.migrations.push((def.name().to_string(), migrate));
+        self
+    }
+
+    /// The migration declared for `pstate`.
+    pub(crate) fn migration(&self, pstate: &str) -> Option<MigrateFn> {
+        self.migrations
+            .iter()
+            .find(|(p, _)| p == pstate)
+            .map(|(_, f)| Rc::clone(f))
     }
 
     /// Bound how long `depot` keeps its records (a deployment may set another bound).
@@ -392,7 +424,7 @@ impl Definition {
                     max_age_ms: r.max_age_ms,
                 })
                 .collect(),
-            migrations: Vec::new(),
+            migrations: self.migrations.iter().map(|(p, _)| p.clone()).collect(),
         }
     }
 }

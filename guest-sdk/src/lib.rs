@@ -407,11 +407,15 @@ pub mod __private {
         key: Vec<u8>,
         value: Vec<u8>,
     ) -> core::result::Result<Vec<u8>, wit::Error> {
-        // No migration can be declared yet (the host does not run them): nothing to call.
-        let _ = (key, value);
-        Err(wit::Error {
-            code: "no-migration".into(),
-            message: format!("PState `{pstate}` declares no migration"),
+        let Some(f) = with_definition::<M, _>(|d| d.migration(&pstate)) else {
+            return Err(wit::Error {
+                code: "no-migration".into(),
+                message: format!("PState `{pstate}` declares no migration"),
+            });
+        };
+        f(&key, &value).map_err(|e| wit::Error {
+            code: e.code,
+            message: e.message,
         })
     }
 

@@ -14,6 +14,7 @@ mod harness;
 mod hostile;
 mod idempotency;
 mod microbatch;
+mod migration;
 mod observability;
 mod openapi;
 mod pstates;

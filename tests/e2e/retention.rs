@@ -253,3 +253,52 @@ fn kill_9_during_trimming_loses_no_kept_record_and_no_effect() {
         );
     }
 }
+
+#[test]
+fn a_deployment_sets_its_own_retention_kept_across_updates_and_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("data"), &[]);
+    let wasm = crate::harness::module_wasm("retained");
+    // The module keeps 100 per partition; this deployment keeps 10.
+    let r = host.deploy("retained", &wasm, "?partitions=2&retain.events=records:10");
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let d = r.json();
+    assert_eq!(
+        d["depots"][0]["retention"],
+        json!({"max_records": 10, "max_age_ms": null})
+    );
+    assert_eq!(d["depots"][0]["retention_set_by"], "deployment");
+    let records: Vec<Value> = (0..300).map(|i| json!({"key": format!("k{i}")})).collect();
+    host.append_all("retained", "events", "?ack=full", &records);
+    let kept = |host: &Host, n: u64| {
+        eventually(&format!("{n} kept per partition"), || {
+            let b = bounds(host);
+            b.iter().all(|(s, e)| e - s == n).then_some(b)
+        })
+    };
+    kept(&host, 10);
+    assert_eq!(total_count(&host), 300);
+    // The same build again keeps the setting; a bad one is refused, naming it.
+    assert_eq!(host.deploy("retained", &wasm, "").status, 200);
+    let bad = host.deploy("retained", &wasm, "?retain.events=forever");
+    assert_eq!(
+        (bad.status, bad.error_code()),
+        (400, "invalid-parameter".into())
+    );
+    let bad = host.deploy("retained", &wasm, "?retain.nope=none");
+    assert_eq!(bad.status, 422, "{}", String::from_utf8_lossy(&bad.body));
+    // It survives kill -9 (the manifest holds it).
+    let host = host.kill9_and_restart();
+    host.append_all("retained", "events", "?ack=full", &records);
+    kept(&host, 10);
+    let d = host.get("/v1/modules/retained").json();
+    assert_eq!(d["depots"][0]["retention_set_by"], "deployment");
+    // `module` drops it: back to the module's 100.
+    let r = host.deploy("retained", &wasm, "?retain.events=module");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["depots"][0]["retention"]["max_records"], 100);
+    assert_eq!(r.json()["depots"][0].get("retention_set_by"), None);
+    host.append_all("retained", "events", "?ack=full", &records);
+    kept(&host, 100);
+    assert_eq!(total_count(&host), 900);
+}

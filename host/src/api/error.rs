@@ -89,7 +89,8 @@ impl From<AccessError> for ApiError {
     fn from(e: AccessError) -> Self {
         let status = match e.code {
             "unknown-pstate" => StatusCode::NOT_FOUND,
-            "storage" | "damaged" => StatusCode::INTERNAL_SERVER_ERROR,
+            // A stored value the module's own `migrate` refused: not the client's doing.
+            "storage" | "damaged" | "migration-failed" => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, e.code, e.message)

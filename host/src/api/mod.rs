@@ -453,13 +453,29 @@ async fn route(
             Method::PUT => {
                 let name = name.to_string();
                 let params = query_params(&req);
-                let partitions =
-                    parse_u64(&params, "partitions")?.map(|p| u32::try_from(p).unwrap_or(u32::MAX));
+                let mut options = crate::module::DeployOptions {
+                    partitions: parse_u64(&params, "partitions")?
+                        .map(|p| u32::try_from(p).unwrap_or(u32::MAX)),
+                    ..Default::default()
+                };
+                for (k, v) in &params {
+                    let Some(depot) = k.strip_prefix("retain.") else {
+                        continue;
+                    };
+                    let v = subscribe::decode_component(v)?;
+                    let setting = match v.as_str() {
+                        "module" => None,
+                        v => Some(crate::depot::Retention::parse_setting(v).map_err(|e| {
+                            ApiError::bad_request("invalid-parameter", format!("`{k}`: {e}"))
+                        })?),
+                    };
+                    options.retention.insert(depot.to_string(), setting);
+                }
                 let wasm =
                     read_body(state, req, limits.module_size_bytes, "module_size_bytes").await?;
                 let registry = Arc::clone(&state.registry);
                 let (module, created) = tokio::task::spawn_blocking(move || {
-                    registry.deploy_or_update(&name, &wasm, partitions)
+                    registry.deploy_or_update(&name, &wasm, options)
                 })
                 .await
                 .map_err(|e| {

@@ -20,6 +20,7 @@ pub(super) fn deploy(
     file: &Path,
     name: Option<&str>,
     partitions: Option<u32>,
+    retain: &[String],
     out: &mut Vec<u8>,
 ) -> Result<(), CliError> {
     let name = match name {
@@ -33,7 +34,7 @@ pub(super) fn deploy(
     };
     let wasm = std::fs::read(file)
         .map_err(|e| CliError::Input(format!("cannot read {}: {e}", file.display())))?;
-    let query = partitions.map_or(String::new(), |p| format!("?partitions={p}"));
+    let query = deploy_query(partitions, retain)?;
     let mut api = Api::with_timeout(conn, super::DEPLOY_TIMEOUT_S)?;
     let path = format!("/v1/modules/{}", segment(&name));
     // The version running before, to tell an update from a PUT of the build already running
@@ -110,6 +111,28 @@ pub(super) fn describe(conn: &Connection, module: &str, out: &mut Vec<u8>) -> Re
     Ok(())
 }
 
+/// The deploy's query string: `?partitions=N&retain.<depot>=<setting>…` (`--retain
+/// DEPOT=SETTING`).
+fn deploy_query(partitions: Option<u32>, retain: &[String]) -> Result<String, CliError> {
+    let mut params: Vec<String> = partitions
+        .map(|p| format!("partitions={p}"))
+        .into_iter()
+        .collect();
+    for r in retain {
+        let (depot, setting) = r.split_once('=').ok_or_else(|| {
+            CliError::Input(format!(
+                "--retain `{r}`: write DEPOT=records:N[,age_ms:MS], DEPOT=none or DEPOT=module"
+            ))
+        })?;
+        params.push(format!("retain.{}={}", segment(depot), segment(setting)));
+    }
+    Ok(if params.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", params.join("&"))
+    })
+}
+
 /// `{"hash": "word"}` as `hash(word)`; `"random"` as `random`.
 fn partitioner(p: &Value) -> String {
     match p.as_object() {
@@ -170,6 +193,27 @@ fn render_description(d: &Value) -> String {
         queries.row(vec![cell(&x)]);
     }
     for t in [depots, pstates, topologies, queries] {
+        s.push('\n');
+        s.push_str(&t.render());
+    }
+    let migrations = items("migrations");
+    if !migrations.is_empty() {
+        let mut t = Table::new(&["migration", "state", "progress", "to"]);
+        for x in migrations {
+            let progress = format!(
+                "{}/{} rewritten, {}/{} partitions done",
+                cell(&x["rewritten"]),
+                cell(&x["entries"]),
+                cell(&x["partitions_done"]),
+                cell(&d["partitions"])
+            );
+            t.row(vec![
+                cell(&x["pstate"]),
+                cell(&x["state"]),
+                progress,
+                cell(&x["to"]),
+            ]);
+        }
         s.push('\n');
         s.push_str(&t.render());
     }
@@ -331,6 +375,36 @@ mod tests {
         );
         assert!(
             text.contains("daily   map<int, int>  (global, on partition 0)\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn deploys_carry_partitions_and_retention_settings() {
+        assert_eq!(deploy_query(None, &[]).unwrap(), "");
+        assert_eq!(
+            deploy_query(
+                Some(4),
+                &["events=records:10,age_ms:60000".into(), "ticks=none".into()]
+            )
+            .unwrap(),
+            "?partitions=4&retain.events=records%3A10%2Cage_ms%3A60000&retain.ticks=none"
+        );
+        assert!(deploy_query(None, &["events".into()]).is_err());
+    }
+
+    #[test]
+    fn descriptions_show_migrations_in_progress() {
+        let d = json!({
+            "name": "profiles", "version": 2, "partitions": 4, "depots": [], "topologies": [],
+            "queries": [], "pstates": [{"name": "profiles", "schema": "map<string, map<string, string>>", "migrate": true}],
+            "migrations": [{"pstate": "profiles", "from": "map<string, string>",
+                "to": "map<string, map<string, string>>", "state": "running", "entries": 100000,
+                "rewritten": 2500, "partitions_done": 1, "errors": []}],
+        });
+        let text = render_description(&d);
+        assert!(
+            text.contains("profiles   running  2500/100000 rewritten, 1/4 partitions done  map<string, map<string, string>>"),
             "{text}"
         );
     }

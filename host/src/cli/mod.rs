@@ -91,6 +91,11 @@ pub enum Command {
         /// Partitions of a new module [default: the host's --partitions].
         #[arg(long)]
         partitions: Option<u32>,
+        /// Retention set by this deployment, replacing the module's for that depot:
+        /// `DEPOT=records:N[,age_ms:MS]`, `DEPOT=none` (keep all) or `DEPOT=module` (back to
+        /// the module's declaration); repeatable.
+        #[arg(long, value_name = "DEPOT=SETTING")]
+        retain: Vec<String>,
         #[command(flatten)]
         conn: Connection,
     },
@@ -263,8 +268,9 @@ pub fn run(command: Command) -> i32 {
             file,
             name,
             partitions,
+            retain,
             conn,
-        } => commands::deploy(&conn, &file, name.as_deref(), partitions, &mut out),
+        } => commands::deploy(&conn, &file, name.as_deref(), partitions, &retain, &mut out),
         Command::Modules { conn } => commands::modules(&conn, &mut out),
         Command::Describe { module, conn } => commands::describe(&conn, &module, &mut out),
         Command::Append {

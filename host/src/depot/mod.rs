@@ -61,13 +61,36 @@ pub struct Depot {
 
 /// How long a depot keeps its records, per partition; `None`: no bound of that kind. Records a
 /// topology has not processed, or that a dead letter names, are kept whatever the bounds say.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Retention {
     pub max_records: Option<u64>,
     pub max_age_ms: Option<u64>,
 }
 
 impl Retention {
+    /// A deployment's setting, as in `?retain.<depot>=records:N,age_ms:M` (either or both) or
+    /// `none` (keep everything).
+    pub fn parse_setting(text: &str) -> Result<Retention, String> {
+        let mut r = Retention::default();
+        if text == "none" {
+            return Ok(r);
+        }
+        for part in text.split(',') {
+            let (kind, n) = part.split_once(':').ok_or_else(|| {
+                format!("`{part}`: write `records:N`, `age_ms:MS` (comma-separated) or `none`")
+            })?;
+            let n: u64 = n
+                .parse()
+                .map_err(|_| format!("`{part}`: `{n}` is not a non-negative integer"))?;
+            match kind {
+                "records" => r.max_records = Some(n),
+                "age_ms" => r.max_age_ms = Some(n),
+                _ => return Err(format!("`{part}`: the bounds are `records` and `age_ms`")),
+            }
+        }
+        Ok(r)
+    }
+
     pub fn is_unbounded(&self) -> bool {
         self.max_records.is_none() && self.max_age_ms.is_none()
     }

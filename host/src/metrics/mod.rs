@@ -31,6 +31,8 @@ pub const HELP: &[(&str, &str, &str)] = &[
     ("sluice_partition_restarts_total", "counter", "Partition failures that made the supervisor restart the partition, by module."),
     ("sluice_hops_held_total", "counter", "Hops a partition held because the target partition's queue had --hop-queue-max hops, by module."),
     ("sluice_depot_records_trimmed_total", "counter", "Depot records removed by retention, by module and depot."),
+    ("sluice_pstate_migrated_entries_total", "counter", "Stored PState entries rewritten by a migration's background task, by module and PState."),
+    ("sluice_pstate_migration_remaining", "gauge", "Entries a PState migration has not rewritten yet (an upper bound: writes migrate entries too), by module and PState."),
     ("sluice_microbatches_total", "counter", "Microbatches applied on every partition, by module and topology."),
     ("sluice_partition_failures_total", "counter", "Partitions that failed for good (damaged files, lost acked data), by module."),
     ("sluice_module_load_failures_total", "counter", "Modules that failed to load at start (damaged or missing files), by module."),

@@ -28,7 +28,8 @@ pub struct PStateDecl {
     pub schema: String,
     /// Stored whole on [`GLOBAL_PARTITION`].
     pub global: bool,
-    /// The module's `migrate` rewrites this PState's stored values on update.
+    /// The module's `migrate` rewrites this PState's stored values when an update changes its
+    /// schema (`pstate::migration`).
     pub migrate: bool,
 }
 
@@ -144,12 +145,6 @@ impl Definition {
         let mut seen = BTreeSet::new();
         for p in &self.pstates {
             check("PState", &p.name, &mut seen)?;
-            if p.migrate {
-                return Err(format!(
-                    "PState `{}` declares a migration: this host does not run PState migrations yet",
-                    p.name
-                ));
-            }
             let schema =
                 Schema::parse(&p.schema).map_err(|e| format!("PState `{}`: {e}", p.name))?;
             if schema.as_top_level().is_none() {
@@ -158,9 +153,18 @@ impl Definition {
                     p.name
                 ));
             }
+            if p.migrate && schema.has_subindexed() {
+                return Err(format!(
+                    "PState `{}` declares a migration but has a subindexed collection (`{schema}`): only whole top-level values migrate",
+                    p.name
+                ));
+            }
             catalog.schemas.insert(p.name.clone(), schema);
             if p.global {
                 catalog.globals.insert(p.name.clone());
+            }
+            if p.migrate {
+                catalog.migrating.insert(p.name.clone());
             }
         }
         let mut topologies = Vec::new();
@@ -275,9 +279,19 @@ impl Definition {
                 (_, Err(e)) => return Err(format!("PState `{}`: {e}", p.name)),
                 (Err(e), _) => return Err(format!("PState `{}` (deployed): {e}", p.name)),
             };
+            if n.migrate && old != new_schema {
+                // The stored values are rewritten by `migrate`; they must be whole values.
+                if old.has_subindexed() {
+                    return Err(format!(
+                        "PState `{}`: the deployed schema `{old}` has a subindexed collection, whose values cannot be migrated",
+                        p.name
+                    ));
+                }
+                continue;
+            }
             old.can_become(&new_schema).map_err(|why| {
                 format!(
-                    "PState `{}`: the schema change `{old}` -> `{new_schema}` cannot read existing data ({why})",
+                    "PState `{}`: the schema change `{old}` -> `{new_schema}` cannot read existing data ({why}); declare a migration for it to rewrite the stored values",
                     p.name
                 )
             })?;
@@ -325,6 +339,9 @@ impl Definition {
                 if p.global {
                     v["global"] = true.into();
                     v["partition"] = GLOBAL_PARTITION.into();
+                }
+                if p.migrate {
+                    v["migrate"] = true.into();
                 }
                 v
             }).collect::<Vec<_>>(),

@@ -16,6 +16,7 @@
 //! same databases: topologies continue from their recorded offsets.
 
 pub mod definition;
+pub mod migrator;
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -109,6 +110,20 @@ struct Manifest {
     /// The component's file in the module directory.
     #[serde(default = "default_wasm_file")]
     wasm: String,
+    /// Retention set by the deployment (`?retain.<depot>=…`), replacing what the module
+    /// declares for those depots.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    retention: BTreeMap<String, crate::depot::Retention>,
+}
+
+/// What a deploy may set besides the component.
+#[derive(Debug, Clone, Default)]
+pub struct DeployOptions {
+    /// The partition count of a new module (an update must keep it).
+    pub partitions: Option<u32>,
+    /// Per depot: `Some` sets the deployment's retention, `None` drops it (back to the
+    /// module's declaration). Depots not named keep what the last deploy set.
+    pub retention: BTreeMap<String, Option<crate::depot::Retention>>,
 }
 
 fn default_wasm_file() -> String {
@@ -142,6 +157,8 @@ pub struct Module {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// The component's file in the module directory.
     wasm_file: String,
+    /// Retention the deployment set, by depot (it replaces the module's declaration there).
+    pub retention_set: BTreeMap<String, crate::depot::Retention>,
     /// `sluice_appends_total` by depot, per ack level (none, append, full).
     append_counters: BTreeMap<String, [Arc<std::sync::atomic::AtomicU64>; 3]>,
     /// Set while an update swaps this module out: submits answer [`AppendError::Updating`].
@@ -457,6 +474,19 @@ impl Module {
             labels: vec![("module", self.name.clone())],
             value: self.version as f64,
         }];
+        for (pstate, records) in self.migration_records() {
+            let remaining: u64 = records
+                .iter()
+                .flatten()
+                .filter(|r| !r.done)
+                .map(|r| r.total.saturating_sub(r.rewritten))
+                .sum();
+            out.push(Gauge {
+                name: "sluice_pstate_migration_remaining",
+                labels: vec![("module", self.name.clone()), ("pstate", pstate)],
+                value: remaining as f64,
+            });
+        }
         for (p, h) in self.handles.iter().enumerate() {
             let labels = vec![("module", self.name.clone()), ("partition", p.to_string())];
             out.push(Gauge {
@@ -512,7 +542,109 @@ impl Module {
         d["name"] = self.name.clone().into();
         d["version"] = self.version.into();
         d["partitions"] = self.partitions.into();
+        if let Some(depots) = d["depots"].as_array_mut() {
+            for x in depots {
+                let name = x["name"].as_str().unwrap_or_default().to_string();
+                if let Some(r) = self.retention_set.get(&name) {
+                    x["retention"] = r.describe();
+                    x["retention_set_by"] = "deployment".into();
+                }
+            }
+        }
+        let migrations = self.migrations();
+        if !migrations.is_empty() {
+            d["migrations"] = migrations.into();
+        }
         d
+    }
+
+    /// Per migrating PState: its records on every partition (`None`: none there).
+    fn migration_records(&self) -> Vec<(String, Vec<Option<pstate::migration::Record>>)> {
+        self.catalog
+            .migrating
+            .iter()
+            .map(|p| {
+                let records = self
+                    .handles
+                    .iter()
+                    .map(|h| pstate::migration::record(&h.store, p).ok().flatten())
+                    .collect();
+                (p.clone(), records)
+            })
+            .collect()
+    }
+
+    /// The progress of each PState migration this version knows of (`GET /v1/modules/{m}`).
+    pub fn migrations(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for (pstate, records) in self.migration_records() {
+            let records: Vec<_> = records.into_iter().flatten().collect();
+            let Some(first) = records.first() else {
+                continue;
+            };
+            let done = records.iter().filter(|r| r.done).count();
+            let errors: Vec<&String> = records.iter().filter_map(|r| r.error.as_ref()).collect();
+            let state = match (done == records.len(), errors.is_empty()) {
+                (true, _) => "done",
+                (false, true) => "running",
+                (false, false) => "failed",
+            };
+            out.push(serde_json::json!({
+                "pstate": pstate,
+                "from": first.from,
+                "to": first.to,
+                "state": state,
+                "entries": records.iter().map(|r| r.total).sum::<u64>(),
+                "rewritten": records.iter().map(|r| r.rewritten).sum::<u64>(),
+                "partitions_done": done,
+                "errors": errors,
+            }));
+        }
+        out
+    }
+
+    /// What an update to `new` must migrate: `(pstate, from, to)` for each PState whose schema
+    /// changes with a migration declared; refuses an update that would leave a migration
+    /// unfinished or stack a second one on it.
+    pub fn migrations_to_begin(
+        &self,
+        new: &Definition,
+    ) -> Result<Vec<(String, String, String)>, String> {
+        for (pstate, records) in self.migration_records() {
+            let running = records.iter().flatten().find(|r| !r.done);
+            let Some(r) = running else { continue };
+            let Some(n) = new.pstates.iter().find(|n| n.name == pstate) else {
+                continue;
+            };
+            if !n.migrate {
+                return Err(format!(
+                    "PState `{pstate}` is still migrating (`{}` -> `{}`); keep its migration in the new version until the migration is done",
+                    r.from, r.to
+                ));
+            }
+            let to = pstate::schema::Schema::parse(&n.schema)
+                .map_or(n.schema.clone(), |s| s.to_string());
+            if to != r.to {
+                return Err(format!(
+                    "PState `{pstate}` is still migrating to `{}`; a second migration (to `{to}`) can start once it is done",
+                    r.to
+                ));
+            }
+        }
+        let mut out = Vec::new();
+        for n in new.pstates.iter().filter(|n| n.migrate) {
+            let Some(old) = self.definition.pstates.iter().find(|o| o.name == n.name) else {
+                continue;
+            };
+            let (a, b) = (
+                pstate::schema::Schema::parse(&old.schema).map_err(|e| e.to_string())?,
+                pstate::schema::Schema::parse(&n.schema).map_err(|e| e.to_string())?,
+            );
+            if a != b {
+                out.push((n.name.clone(), a.to_string(), b.to_string()));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -681,7 +813,7 @@ impl Registry {
         &self,
         name: &str,
         wasm: &[u8],
-        partitions: Option<u32>,
+        options: DeployOptions,
     ) -> Result<(Arc<Module>, bool), DeployError> {
         if !valid_name(name) {
             return Err(DeployError::BadName(name.to_string()));
@@ -695,8 +827,8 @@ impl Registry {
             });
         }
         match self.get(name) {
-            Some(old) => self.update(old, wasm, partitions).map(|m| (m, false)),
-            None => self.deploy_new(name, wasm, partitions).map(|m| (m, true)),
+            Some(old) => self.update(old, wasm, options).map(|m| (m, false)),
+            None => self.deploy_new(name, wasm, options).map(|m| (m, true)),
         }
     }
 
@@ -705,7 +837,7 @@ impl Registry {
         &self,
         name: &str,
         wasm: &[u8],
-        partitions: Option<u32>,
+        options: DeployOptions,
     ) -> Result<Arc<Module>, DeployError> {
         let component = self.runtime.compile(wasm)?;
         let pre = self.runtime.prepare(&component)?;
@@ -713,7 +845,9 @@ impl Registry {
         definition
             .validate()
             .map_err(DeployError::InvalidDefinition)?;
-        let partitions = partitions
+        let retention = deployment_retention(&definition, &BTreeMap::new(), &options.retention)?;
+        let partitions = options
+            .partitions
             .or(definition.partitions_hint)
             .unwrap_or(self.config.default_partitions);
         if !partitions.is_power_of_two() || partitions > PARTITIONS_MAX {
@@ -724,6 +858,7 @@ impl Registry {
             version: 1,
             partitions,
             wasm: default_wasm_file(),
+            retention,
         };
         let dir = self.module_dir(name);
         let tmp = dir.with_extension("tmp-deploy");
@@ -754,7 +889,7 @@ impl Registry {
         &self,
         old: Arc<Module>,
         wasm: &[u8],
-        partitions: Option<u32>,
+        options: DeployOptions,
     ) -> Result<Arc<Module>, DeployError> {
         let name = old.name.clone();
         let incompatible = |why: String| DeployError::Incompatible {
@@ -766,7 +901,7 @@ impl Registry {
             std::fs::read(dir.join(&old.wasm_file)).is_ok_and(|deployed| deployed == wasm);
         // What is not a component at all is a 400 before any conflict (409) with the deployed one.
         let component = self.runtime.compile(wasm)?;
-        if let Some(p) = partitions {
+        if let Some(p) = options.partitions {
             if p != old.partitions {
                 return Err(incompatible(format!(
                     "the partition count cannot change ({} -> {p}): every key's data lives on its partition",
@@ -774,8 +909,10 @@ impl Registry {
                 )));
             }
         }
-        if same_build {
-            // The build already running: a PUT is idempotent.
+        let retention_now =
+            || deployment_retention(&old.definition, &old.retention_set, &options.retention);
+        if same_build && retention_now()? == old.retention_set {
+            // The build and settings already running: a PUT is idempotent.
             return Ok(old);
         }
         let pre = self.runtime.prepare(&component)?;
@@ -783,15 +920,18 @@ impl Registry {
         definition
             .validate()
             .map_err(DeployError::InvalidDefinition)?;
+        let retention = deployment_retention(&definition, &old.retention_set, &options.retention)?;
         old.definition
             .check_update(&definition)
             .map_err(incompatible)?;
+        let migrations = old.migrations_to_begin(&definition).map_err(incompatible)?;
         let io = |e: std::io::Error| DeployError::Io(e.to_string());
         let manifest = Manifest {
             name: name.clone(),
             version: old.version + 1,
             partitions: old.partitions,
             wasm: format!("module-v{}.wasm", old.version + 1),
+            retention,
         };
         write_synced(&dir.join(&manifest.wasm), wasm).map_err(io)?;
 
@@ -812,11 +952,20 @@ impl Registry {
             .map(|h| (Arc::clone(&h.log), Arc::clone(&h.store)))
             .collect();
         stop_workers(&old);
+        for (pstate, from, to) in &migrations {
+            for (_, store) in &files {
+                pstate::migration::begin(store, pstate, from, to).map_err(|e| {
+                    DeployError::Io(format!("starting the migration of `{pstate}`: {e}"))
+                })?;
+            }
+            tracing::info!(module = name, pstate, from, to, "PState migration started");
+        }
         let old_manifest = Manifest {
             name: name.clone(),
             version: old.version,
             partitions: old.partitions,
             wasm: old.wasm_file.clone(),
+            retention: old.retention_set.clone(),
         };
         write_manifest(&dir, &manifest).map_err(io)?;
         let module = match self.start(&dir, &manifest, wasm, Files::Reuse(files.clone())) {
@@ -924,13 +1073,29 @@ impl Registry {
                     .map(|ms| (Arc::from(d.name.as_str()), ms))
             })
             .collect();
+        let mut validated = validated;
+        for (depot, r) in &manifest.retention {
+            if let Some(d) = validated.depots.get_mut(depot) {
+                d.retention = *r;
+            }
+        }
         let retention: Vec<(Arc<str>, crate::depot::Retention)> = validated
             .depots
             .values()
             .filter(|d| !d.retention.is_unbounded())
             .map(|d| (Arc::from(d.name.as_str()), d.retention))
             .collect();
-        let catalog = Arc::new(validated.catalog);
+        let mut catalog = validated.catalog;
+        if !catalog.migrating.is_empty() {
+            catalog.migrator = Some(pstate::migration::CatalogMigrator(Arc::new(
+                migrator::GuestMigrator::new(
+                    Arc::clone(&self.runtime),
+                    pre.clone(),
+                    &manifest.name,
+                ),
+            )));
+        }
+        let catalog = Arc::new(catalog);
         let topologies = Arc::new(validated.topologies);
         let limits = self.runtime.limits().clone();
         let mut handles = Vec::new();
@@ -1078,6 +1243,7 @@ impl Registry {
             retired: AtomicBool::new(false),
             open_trees,
             wasm_file: manifest.wasm.clone(),
+            retention_set: manifest.retention.clone(),
             append_counters,
             batch_replays: coordinator.as_ref().map(|_| replays_tx),
             coordinator: Mutex::new(coordinator),
@@ -1097,6 +1263,29 @@ enum Files<'a> {
 
 /// The smallest redb cache a partition file gets, whatever the budget.
 const CACHE_SHARE_BYTES_MIN: usize = 1 << 20;
+
+/// The retention a deploy leaves in force: the previous deployment's settings, changed as
+/// `asked` says; each named depot must exist in `definition`.
+fn deployment_retention(
+    definition: &Definition,
+    before: &BTreeMap<String, crate::depot::Retention>,
+    asked: &BTreeMap<String, Option<crate::depot::Retention>>,
+) -> Result<BTreeMap<String, crate::depot::Retention>, DeployError> {
+    let mut out = before.clone();
+    for (depot, r) in asked {
+        if !definition.depots.iter().any(|d| d.name == *depot) {
+            return Err(DeployError::InvalidDefinition(format!(
+                "`retain.{depot}`: the module declares no depot `{depot}`"
+            )));
+        }
+        match r {
+            Some(r) => out.insert(depot.clone(), *r),
+            None => out.remove(depot),
+        };
+    }
+    out.retain(|depot, _| definition.depots.iter().any(|d| d.name == *depot));
+    Ok(out)
+}
 
 /// A module directory's manifest; the error names the file.
 fn read_manifest(dir: &Path) -> Result<Manifest, String> {

@@ -15,7 +15,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::core::{Partition, PartitionConfig, PartitionError};
 use super::microbatch::HostPartition;
@@ -395,8 +395,21 @@ impl WorkerSpec {
         }
         self.status.set(PartitionState::Serving);
         let flush_tick = Duration::from_millis(p.cfg.flush_interval_ms.max(1));
+        let mut migrating: Vec<String> = self.catalog.migrating.iter().cloned().collect();
+        for pstate in &migrating {
+            if let Err(e) = crate::pstate::migration::resume(&self.store, pstate) {
+                return Exit::Failed(format!("PState `{pstate}`: resuming its migration: {e}"));
+            }
+        }
         loop {
             let mut work = std::mem::take(carry);
+            let stepped = Instant::now();
+            if let Err(e) = self.migrate_some(&mut p, &mut migrating) {
+                return Exit::Failed(e);
+            }
+            // The rewrite takes at most half of an idle partition's time: after a step it
+            // waits as long for work (a waiting batch runs first).
+            let pace = stepped.elapsed();
             if work.is_empty() {
                 // Held hops are offered again soon, not at the next flush.
                 let mut tick = if p.hops_held() > 0 {
@@ -406,6 +419,9 @@ impl WorkerSpec {
                 };
                 if let Some(ms) = p.next_tick_in_ms() {
                     tick = tick.min(Duration::from_millis(ms.max(1)));
+                }
+                if !migrating.is_empty() {
+                    tick = tick.min(pace);
                 }
                 match rx.recv_timeout(tick) {
                     Ok(w) => work.push(w),
@@ -461,6 +477,49 @@ impl WorkerSpec {
                 };
             }
         }
+    }
+
+    /// One bounded step of the first PState migration still running here (each worker loop
+    /// runs one, between batches: the rewrite never holds the partition longer).
+    fn migrate_some(
+        &self,
+        p: &mut HostPartition,
+        migrating: &mut Vec<String>,
+    ) -> Result<(), String> {
+        let Some(pstate) = migrating.first().cloned() else {
+            return Ok(());
+        };
+        let stepped = crate::pstate::migration::step(&self.store, &self.catalog, &pstate)
+            .map_err(|e| format!("PState `{pstate}`: the migration failed to write: {e}"))?;
+        use crate::pstate::migration::Stepped;
+        let rewrote = match stepped {
+            Stepped::Rewrote(n) => n,
+            Stepped::Finished(n) => {
+                migrating.remove(0);
+                tracing::info!(
+                    module = &*self.cfg.module,
+                    partition = self.cfg.partition,
+                    pstate,
+                    "PState migration done on this partition"
+                );
+                n
+            }
+            Stepped::Idle => {
+                migrating.remove(0);
+                0
+            }
+        };
+        if rewrote > 0 || stepped != Stepped::Idle {
+            p.flush.dirty = true;
+        }
+        if rewrote > 0 {
+            crate::metrics::counter(
+                "sluice_pstate_migrated_entries_total",
+                &[("module", &self.cfg.module), ("pstate", &pstate)],
+            )
+            .fetch_add(rewrote, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Runs a microbatch step or a dead-letter replay.

@@ -8,6 +8,7 @@
 pub mod claims;
 pub mod engine;
 pub mod key;
+pub mod migration;
 pub mod path;
 pub mod schema;
 pub mod session;
@@ -31,6 +32,10 @@ pub struct Catalog {
     pub schemas: BTreeMap<String, Schema>,
     /// The global PStates: stored whole on `module::GLOBAL_PARTITION`.
     pub globals: std::collections::BTreeSet<String>,
+    /// The PStates this version declares a migration for ([`migration`]).
+    pub migrating: std::collections::BTreeSet<String>,
+    /// Runs the module's `migrate` (set when the module starts).
+    pub migrator: Option<migration::CatalogMigrator>,
 }
 
 /// The partition a global PState lives on: the first, so it exists for every partition
@@ -155,11 +160,71 @@ pub fn select_in(
     let schema = catalog.schema(pstate)?;
     check_leading_key(schema, pstate, path)?;
     let mut view = session::SnapshotView { store, snapshot };
-    engine::Engine {
-        view: &mut view,
-        pstate,
-        schema,
-        limit,
+    select_with(&mut view, catalog, pstate, limit, path)
+}
+
+/// Selects `path` of `pstate` in a view, old entries of a migration in force read migrated.
+pub fn select_with<V: engine::View>(
+    view: &mut V,
+    catalog: &Catalog,
+    pstate: &str,
+    limit: usize,
+    path: &[Navigator],
+) -> Result<Vec<Value>, AccessError> {
+    let schema = catalog.schema(pstate)?;
+    match migration::active(view, catalog, pstate)? {
+        Some(record) => engine::Engine {
+            view: &mut migration::Migrating {
+                inner: view,
+                catalog,
+                pstate,
+                record,
+            },
+            pstate,
+            schema,
+            limit,
+        }
+        .select(path),
+        None => engine::Engine {
+            view,
+            pstate,
+            schema,
+            limit,
+        }
+        .select(path),
     }
-    .select(path)
+}
+
+/// Transforms `path` of `pstate` in a view (see [`select_with`]; writes to old entries are
+/// marked migrated).
+pub fn transform_with<V: engine::ViewMut>(
+    view: &mut V,
+    catalog: &Catalog,
+    pstate: &str,
+    limit: usize,
+    path: &[Navigator],
+    op: &TransformOp,
+) -> Result<(), AccessError> {
+    let schema = catalog.schema(pstate)?;
+    match migration::active(view, catalog, pstate)? {
+        Some(record) => engine::Engine {
+            view: &mut migration::Migrating {
+                inner: view,
+                catalog,
+                pstate,
+                record,
+            },
+            pstate,
+            schema,
+            limit,
+        }
+        .transform(path, op),
+        None => engine::Engine {
+            view,
+            pstate,
+            schema,
+            limit,
+        }
+        .transform(path, op),
+    }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use redb::ReadTransaction;
 
 use super::claims::{Writer, WriterClaims};
-use super::engine::{Engine, Table, View, ViewMut};
+use super::engine::{Table, View, ViewMut};
 use super::path::{EncodedRange, Navigator, TransformOp};
 use super::store::{Overlay, PStateStore};
 use super::{AccessError, Catalog};
@@ -178,13 +178,7 @@ impl Session {
         super::check_leading_key(schema, pstate, path)?;
         self.check_partition(pstate, path)?;
         let limit = self.select_values_max;
-        Engine {
-            view: self,
-            pstate,
-            schema,
-            limit,
-        }
-        .select(path)
+        super::select_with(self, &catalog, pstate, limit, path)
     }
 
     pub fn transform(
@@ -205,13 +199,7 @@ impl Session {
         }
         let limit = self.select_values_max;
         self.undo.clear();
-        let result = Engine {
-            view: &mut *self,
-            pstate,
-            schema,
-            limit,
-        }
-        .transform(path, op);
+        let result = super::transform_with(&mut *self, &catalog, pstate, limit, path, op);
         // A failed transform leaves nothing behind, even if the guest carries on.
         let undo = std::mem::take(&mut self.undo);
         if result.is_err() {

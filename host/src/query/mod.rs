@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use redb::ReadTransaction;
 
 use crate::imports::Imports;
-use crate::pstate::engine::Engine;
 use crate::pstate::session::SnapshotView;
 use crate::pstate::{AccessError, Catalog, Navigator, PStateStore};
 use crate::runtime::{GuestError, GuestInstance, Pre, Runtime};
@@ -84,13 +83,7 @@ impl QueryReads {
                 store: &stores[p as usize],
                 snapshot,
             };
-            Engine {
-                view: &mut view,
-                pstate,
-                schema,
-                limit,
-            }
-            .select(path)
+            crate::pstate::select_with(&mut view, &catalog, pstate, limit, path)
         };
         // The first partition is read here and timed: when reading one partition is cheap
         // (small data), starting threads would cost more than it saves, so the rest follow
