@@ -211,6 +211,17 @@ pub fn type_name(value: &Value) -> &'static str {
     }
 }
 
+/// The value of a text-keyed entry of a map value (`None`: not a map, or no such entry).
+pub fn field<'v>(value: &'v Value, name: &str) -> Option<&'v Value> {
+    match value {
+        Value::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| matches!(k, Value::Text(s) if s == name))
+            .map(|(_, v)| v),
+        _ => None,
+    }
+}
+
 /// The value as an i64, if it is an integer in range.
 pub fn as_i64(value: &Value) -> Option<i64> {
     match value {

@@ -266,6 +266,29 @@ fn deploy_describe_append_select_query() {
     );
     let dl = sluice(&host, &["dead-letters", "wordcount", "wordcount", "--json"]).json();
     assert_eq!(dl["dead_letters"], json!([]));
+    assert_eq!(
+        sluice(
+            &host,
+            &["dead-letters", "wordcount", "wordcount", "--replay"]
+        )
+        .ok(),
+        "replayed 0, still failing 0\n"
+    );
+    let gone = sluice(
+        &host,
+        &[
+            "dead-letters",
+            "wordcount",
+            "wordcount",
+            "--discard",
+            "0,words,99",
+        ],
+    );
+    assert!(
+        gone.failed().contains("unknown-dead-letter"),
+        "{}",
+        gone.stderr
+    );
 
     // The same build again changes nothing; a new build of it is an update.
     assert_eq!(

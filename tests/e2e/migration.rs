@@ -141,6 +141,14 @@ fn a_migration_rewrites_100k_entries_under_load_once_across_kill_9() {
         "finished before the kill: {killed_at}"
     );
     let host = host.kill9_and_restart();
+    // A version without the migration cannot replace this one while it runs (it only may
+    // once done: checked below). The state read after the answer tells which case it met.
+    let r = host.deploy("profiles", &module_wasm("profiles_final"), "");
+    if migration(&host)["state"] == "running" {
+        assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+        let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains("still migrating"), "{message}");
+    }
     stop.store(false, Ordering::Release);
     let second_latencies = std::thread::scope(|s| {
         let h = s.spawn(|| load(&host, &stop, &written));
@@ -200,4 +208,18 @@ fn a_migration_rewrites_100k_entries_under_load_once_across_kill_9() {
     );
     let metrics = host.metric_sum("sluice_pstate_migrated_entries_total");
     assert!(metrics > 0.0);
+    // Done: the migration may go, and nothing changes for readers.
+    let r = host.deploy("profiles", &module_wasm("profiles_final"), "");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json().get("migrations"), None);
+    assert_eq!(
+        host.select("profiles", "profiles", json!([{"key": "k3"}])),
+        vec![expected["k3"].clone()]
+    );
+    // Back to the old shape has no migration: refused, as any narrowing.
+    let r = host.deploy("profiles", &module_wasm("profiles"), "");
+    assert_eq!(
+        (r.status, r.error_code()),
+        (409, "incompatible-update".into())
+    );
 }

@@ -288,23 +288,88 @@ pub(super) fn query(
     Ok(())
 }
 
+/// What `sluice dead-letters` does.
+pub(super) enum LetterAction {
+    List,
+    Replay,
+    /// `PARTITION,DEPOT,OFFSET`.
+    Discard(String),
+}
+
 pub(super) fn dead_letters(
     conn: &Connection,
     module: &str,
     topology: &str,
+    action: LetterAction,
     out: &mut Vec<u8>,
 ) -> Result<(), CliError> {
-    let answer = Api::open(conn)?.get(&format!(
+    let path = format!(
         "/v1/modules/{}/topologies/{}/dead-letters",
         segment(module),
         segment(topology)
-    ))?;
+    );
+    let mut api = Api::open(conn)?;
+    let answer = match &action {
+        LetterAction::List => api.get(&path)?,
+        LetterAction::Replay => api.post(&format!("{path}/replay"), "")?,
+        LetterAction::Discard(which) => {
+            api.call(
+                "DELETE",
+                &format!("{path}{}", discard_query(which)?),
+                "application/json",
+                b"",
+            )?
+            .1
+        }
+    };
     if conn.json {
         out.extend(pretty(&answer).as_bytes());
         return Ok(());
     }
-    out.extend(render_dead_letters(&answer).as_bytes());
+    let text = match action {
+        LetterAction::List => render_dead_letters(&answer),
+        LetterAction::Replay => format!(
+            "replayed {}, still failing {}\n",
+            cell(&answer["replayed"]),
+            cell(&answer["still_failing"])
+        ),
+        LetterAction::Discard(_) => {
+            let d = &answer["discarded"];
+            format!(
+                "discarded partition {} {} offset {} ({})\n",
+                cell(&d["partition"]),
+                cell(&d["depot"]),
+                cell(&d["offset"]),
+                cell(&d["error"])
+            )
+        }
+    };
+    out.extend(text.as_bytes());
     Ok(())
+}
+
+/// `1,hop:land:from-p3,0` as `?partition=1&depot=hop%3Aland%3Afrom-p3&offset=0` (depot names
+/// hold no commas).
+fn discard_query(which: &str) -> Result<String, CliError> {
+    let bad = || {
+        CliError::Input(format!(
+            "--discard `{which}`: write PARTITION,DEPOT,OFFSET as `sluice dead-letters` lists them"
+        ))
+    };
+    let mut parts = which.split(',');
+    let (Some(p), Some(depot), Some(offset), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let (p, offset): (u32, u64) = (
+        p.trim().parse().map_err(|_| bad())?,
+        offset.trim().parse().map_err(|_| bad())?,
+    );
+    Ok(format!(
+        "?partition={p}&depot={}&offset={offset}",
+        segment(depot.trim())
+    ))
 }
 
 fn render_dead_letters(answer: &Value) -> String {
@@ -377,6 +442,16 @@ mod tests {
             text.contains("daily   map<int, int>  (global, on partition 0)\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_discard_names_partition_depot_and_offset() {
+        assert_eq!(
+            discard_query("1,hop:land:from-p3,0").unwrap(),
+            "?partition=1&depot=hop%3Aland%3Afrom-p3&offset=0"
+        );
+        assert!(discard_query("1,words").is_err());
+        assert!(discard_query("x,words,3").is_err());
     }
 
     #[test]

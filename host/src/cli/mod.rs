@@ -186,12 +186,19 @@ pub enum Command {
         #[command(flatten)]
         conn: Connection,
     },
-    /// List the records a topology gave up on, with their errors.
+    /// List the records a topology gave up on, with their errors; or run them again
+    /// (`--replay`), or discard one (`--discard`).
     DeadLetters {
         /// The module's name.
         module: String,
         /// The topology's name.
         topology: String,
+        /// Run the topology again on its dead letters (after a fix was deployed).
+        #[arg(long, conflicts_with = "discard")]
+        replay: bool,
+        /// Discard one dead letter for good, named as listed: PARTITION,DEPOT,OFFSET.
+        #[arg(long, value_name = "PARTITION,DEPOT,OFFSET")]
+        discard: Option<String>,
         #[command(flatten)]
         conn: Connection,
     },
@@ -332,8 +339,17 @@ pub fn run(command: Command) -> i32 {
         Command::DeadLetters {
             module,
             topology,
+            replay,
+            discard,
             conn,
-        } => commands::dead_letters(&conn, &module, &topology, &mut out),
+        } => {
+            let action = match (replay, discard) {
+                (true, _) => commands::LetterAction::Replay,
+                (false, Some(d)) => commands::LetterAction::Discard(d),
+                (false, None) => commands::LetterAction::List,
+            };
+            commands::dead_letters(&conn, &module, &topology, action, &mut out)
+        }
         Command::Check { data_dir } => check(&data_dir, &mut out),
     };
     // A closed stdout (`sluice modules | head -1`) is not an error worth reporting.

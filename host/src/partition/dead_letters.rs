@@ -82,13 +82,7 @@ impl DeadLetter {
 
     /// Reads the stored form back (missing fields read as empty: older versions kept fewer).
     pub fn decode(topology: &str, depot: &str, offset: u64, v: &Value) -> Self {
-        let field = |name: &str| match v {
-            Value::Map(es) => es
-                .iter()
-                .find(|(k, _)| matches!(k, Value::Text(s) if s == name))
-                .map(|(_, v)| v.clone()),
-            _ => None,
-        };
+        let field = |name: &str| crate::value::field(v, name).cloned();
         let text = |name: &str| match field(name) {
             Some(Value::Text(s)) => Some(s),
             _ => None,

@@ -87,13 +87,7 @@ impl Record {
     }
 
     pub fn decode(v: &Value) -> Self {
-        let field = |name: &str| match v {
-            Value::Map(es) => es
-                .iter()
-                .find(|(k, _)| matches!(k, Value::Text(s) if s == name))
-                .map(|(_, v)| v.clone()),
-            _ => None,
-        };
+        let field = |name: &str| crate::value::field(v, name).cloned();
         let text = |name: &str| match field(name) {
             Some(Value::Text(s)) => Some(s),
             _ => None,
@@ -239,17 +233,22 @@ fn migrate_value(
 }
 
 /// A view in which the old entries of one migrating PState read in their new shape (see the
-/// module docs).
+/// module docs); with no migration in force (`record: None`) it only passes through.
 pub struct Migrating<'a, V: ?Sized> {
     pub inner: &'a mut V,
     pub catalog: &'a Catalog,
     pub pstate: &'a str,
-    pub record: Record,
+    pub record: Option<Record>,
 }
 
 impl<V: View + ?Sized> Migrating<'_, V> {
+    /// Whether an entry with this key is past the cursor of a migration in force.
+    fn past_cursor(&self, key: &[u8]) -> bool {
+        self.record.as_ref().is_some_and(|r| r.past_cursor(key))
+    }
+
     fn is_old(&mut self, key: &[u8]) -> Result<bool, AccessError> {
-        if !self.record.past_cursor(key) {
+        if !self.past_cursor(key) {
             return Ok(false);
         }
         Ok(self
@@ -286,7 +285,7 @@ impl<V: View + ?Sized> View for Migrating<'_, V> {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Value)>, AccessError> {
         let entries = self.inner.scan(pstate, t, prefix, range, reverse, limit)?;
-        if pstate != self.pstate || t != Table::Main {
+        if pstate != self.pstate || t != Table::Main || self.record.is_none() {
             return Ok(entries);
         }
         let mut out = Vec::with_capacity(entries.len());
@@ -301,7 +300,7 @@ impl<V: View + ?Sized> View for Migrating<'_, V> {
 
 impl<V: ViewMut + ?Sized> ViewMut for Migrating<'_, V> {
     fn put(&mut self, pstate: &str, t: Table, key: Vec<u8>, value: Option<Value>) {
-        if pstate == self.pstate && t == Table::Main && self.record.past_cursor(&key) {
+        if pstate == self.pstate && t == Table::Main && self.past_cursor(&key) {
             // Written in the new shape past the cursor: the rewrite must skip it. (A mark on
             // a key that was already ahead rewrites the same mark.)
             self.inner.put(
@@ -517,37 +516,43 @@ mod tests {
         }
     }
 
+    /// A store holding version 1's data (`"v<n>"` for n in 0..1000) with a migration begun.
+    fn version_1_store() -> (tempfile::TempDir, Arc<PStateStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(PStateStore::open(&dir.path().join("pstate.redb")).unwrap());
+        let mut overlay = Overlay::new();
+        for n in 0..1_000i64 {
+            let key = crate::pstate::key::encode(&k(n)).unwrap();
+            let v = Some(Value::Text(format!("v{n}")));
+            overlay.insert((P.into(), Table::Main, key), v);
+        }
+        let write =
+            |txn: &redb::WriteTransaction| crate::pstate::store::write_entries(txn, &overlay);
+        store.write(true, write).unwrap();
+        begin(&store, P, OLD, NEW).unwrap();
+        (dir, store)
+    }
+
+    /// The new version's catalog, migrating `P` with `migrator`.
+    fn migrating_catalog(migrator: Arc<dyn Migrator>) -> Arc<Catalog> {
+        let mut catalog = Catalog::default();
+        catalog
+            .schemas
+            .insert(P.into(), Schema::parse(NEW).unwrap());
+        catalog.migrating.insert(P.into());
+        catalog.migrator = Some(CatalogMigrator(migrator));
+        Arc::new(catalog)
+    }
+
     #[test]
     fn every_commit_boundary_reads_the_model_and_nothing_migrates_twice() {
         for seed in 1..=4u64 {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Arc::new(PStateStore::open(&dir.path().join("pstate.redb")).unwrap());
-            // Version 1's data: 1,000 strings.
-            let mut model = BTreeMap::new();
-            let mut overlay = Overlay::new();
-            for n in 0..1_000i64 {
-                let key = crate::pstate::key::encode(&k(n)).unwrap();
-                overlay.insert(
-                    (P.into(), Table::Main, key),
-                    Some(Value::Text(format!("v{n}"))),
-                );
-                model.insert(n, n);
-            }
-            store
-                .write(true, |txn| {
-                    crate::pstate::store::write_entries(txn, &overlay)
-                })
-                .unwrap();
-            begin(&store, P, OLD, NEW).unwrap();
+            let (_dir, store) = version_1_store();
+            let model: BTreeMap<i64, i64> = (0..1_000).map(|n| (n, n)).collect();
+            let mut model = model;
             assert_eq!(record(&store, P).unwrap().unwrap().total, 1_000);
             let fake = Arc::new(Fake(AtomicU64::new(0)));
-            let mut catalog = Catalog::default();
-            catalog
-                .schemas
-                .insert(P.into(), Schema::parse(NEW).unwrap());
-            catalog.migrating.insert(P.into());
-            catalog.migrator = Some(CatalogMigrator(fake.clone()));
-            let catalog = Arc::new(catalog);
+            let catalog = migrating_catalog(fake.clone());
             let mut rng = Rng(seed * 0x9e37_79b9);
             let mut steps = 0;
             let mut finished_at = None;
@@ -637,29 +642,8 @@ mod tests {
                 }
             }
         }
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(PStateStore::open(&dir.path().join("pstate.redb")).unwrap());
-        let mut overlay = Overlay::new();
-        for n in 0..1_000i64 {
-            let key = crate::pstate::key::encode(&k(n)).unwrap();
-            overlay.insert(
-                (P.into(), Table::Main, key),
-                Some(Value::Text(format!("v{n}"))),
-            );
-        }
-        store
-            .write(true, |txn| {
-                crate::pstate::store::write_entries(txn, &overlay)
-            })
-            .unwrap();
-        begin(&store, P, OLD, NEW).unwrap();
-        let mut catalog = Catalog::default();
-        catalog
-            .schemas
-            .insert(P.into(), Schema::parse(NEW).unwrap());
-        catalog.migrating.insert(P.into());
-        catalog.migrator = Some(CatalogMigrator(Arc::new(Picky)));
-        let catalog = Arc::new(catalog);
+        let (_dir, store) = version_1_store();
+        let catalog = migrating_catalog(Arc::new(Picky));
         while let Stepped::Rewrote(_) = step(&store, &catalog, P).unwrap() {}
         let r = record(&store, P).unwrap().unwrap();
         assert!(

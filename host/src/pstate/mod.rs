@@ -172,27 +172,20 @@ pub fn select_with<V: engine::View>(
     path: &[Navigator],
 ) -> Result<Vec<Value>, AccessError> {
     let schema = catalog.schema(pstate)?;
-    match migration::active(view, catalog, pstate)? {
-        Some(record) => engine::Engine {
-            view: &mut migration::Migrating {
-                inner: view,
-                catalog,
-                pstate,
-                record,
-            },
-            pstate,
-            schema,
-            limit,
-        }
-        .select(path),
-        None => engine::Engine {
-            view,
-            pstate,
-            schema,
-            limit,
-        }
-        .select(path),
+    let record = migration::active(view, catalog, pstate)?;
+    let mut view = migration::Migrating {
+        inner: view,
+        catalog,
+        pstate,
+        record,
+    };
+    engine::Engine {
+        view: &mut view,
+        pstate,
+        schema,
+        limit,
     }
+    .select(path)
 }
 
 /// Transforms `path` of `pstate` in a view (see [`select_with`]; writes to old entries are
@@ -206,25 +199,18 @@ pub fn transform_with<V: engine::ViewMut>(
     op: &TransformOp,
 ) -> Result<(), AccessError> {
     let schema = catalog.schema(pstate)?;
-    match migration::active(view, catalog, pstate)? {
-        Some(record) => engine::Engine {
-            view: &mut migration::Migrating {
-                inner: view,
-                catalog,
-                pstate,
-                record,
-            },
-            pstate,
-            schema,
-            limit,
-        }
-        .transform(path, op),
-        None => engine::Engine {
-            view,
-            pstate,
-            schema,
-            limit,
-        }
-        .transform(path, op),
+    let record = migration::active(view, catalog, pstate)?;
+    let mut view = migration::Migrating {
+        inner: view,
+        catalog,
+        pstate,
+        record,
+    };
+    engine::Engine {
+        view: &mut view,
+        pstate,
+        schema,
+        limit,
     }
+    .transform(path, op)
 }
