@@ -91,6 +91,7 @@ impl From<AccessError> for ApiError {
             "unknown-pstate" => StatusCode::NOT_FOUND,
             // A stored value the module's own `migrate` refused: not the client's doing.
             "storage" | "damaged" | "migration-failed" => StatusCode::INTERNAL_SERVER_ERROR,
+            "migration-unavailable" => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, e.code, e.message)

@@ -1257,13 +1257,23 @@ async fn discard_dead_letter(
             )
         })?
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "partition-unavailable", e))?;
+    use crate::partition::dead_letters::Discard;
     match discarded {
-        Some(d) => Ok(json_response(
+        Discard::Done(d) => Ok(json_response(
             StatusCode::OK,
             &json!({"discarded": {"partition": partition, "depot": d.depot, "offset": d.offset,
                     "code": d.error_code, "error": d.error}}),
         )),
-        None => Err(ApiError::not_found(
+        Discard::Busy => {
+            let mut e = ApiError::new(
+                StatusCode::CONFLICT,
+                "dead-letter-busy",
+                format!("a microbatch of `{topology}` is running on partition {partition} (it may be replaying this dead letter); try again"),
+            );
+            e.headers.push((hyper::header::RETRY_AFTER, "1".into()));
+            Err(e)
+        }
+        Discard::Missing => Err(ApiError::not_found(
             "unknown-dead-letter",
             format!("topology `{topology}` has no dead letter at partition {partition}, depot `{depot}`, offset {offset}"),
         )),

@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::imports::Imports;
-use crate::pstate::migration::Migrator;
+use crate::pstate::migration::{MigrateError, Migrator};
 use crate::runtime::{GuestInstance, Pre, Runtime};
 
 /// Idle instances kept for the next call (readers call concurrently from the read pool).
@@ -55,15 +55,23 @@ impl GuestMigrator {
 }
 
 impl Migrator for GuestMigrator {
-    fn migrate(&self, pstate: &str, key: &[u8], value: &[u8]) -> Result<Vec<u8>, String> {
-        let mut i = self.instance()?;
+    fn migrate(&self, pstate: &str, key: &[u8], value: &[u8]) -> Result<Vec<u8>, MigrateError> {
+        let mut i = self.instance().map_err(|message| MigrateError {
+            message,
+            transient: true,
+        })?;
         match i.migrate(pstate, key, value) {
             Ok(answer) => {
                 self.put_back(i);
-                answer.map_err(|(code, message)| format!("`migrate` failed ({code}): {message}"))
+                answer.map_err(|(code, message)| {
+                    MigrateError::refused(format!("`migrate` failed ({code}): {message}"))
+                })
             }
-            // A trap or deadline: this instance is gone with it.
-            Err(e) => Err(format!("`migrate` failed: {e}")),
+            // This instance is gone with it. A deadline may be the host's load, not the value.
+            Err(e) => Err(MigrateError {
+                transient: e.code == "deadline-exceeded",
+                message: format!("`migrate` failed: {e}"),
+            }),
         }
     }
 }

@@ -38,7 +38,6 @@ use crate::partition::worker::panic_message;
 use crate::partition::worker::{PartitionState, PartitionStatus, WorkerSpec};
 use crate::partition::{PartitionConfig, Reply};
 use crate::pstate::claims::WriterClaims;
-use crate::pstate::store::DeadLetter;
 use crate::pstate::{self, AccessError, Catalog, Navigator, PStateStore};
 use crate::query::Queries;
 use crate::runtime::{CompileError, GuestError, GuestInstance, Runtime};
@@ -386,7 +385,7 @@ impl Module {
         depot: &str,
         offset: u64,
         by: &str,
-    ) -> oneshot::Receiver<Result<Option<DeadLetter>, String>> {
+    ) -> oneshot::Receiver<Result<crate::partition::dead_letters::Discard, String>> {
         let (tx, rx) = oneshot::channel();
         if let Some(q) = self.handles[p as usize]
             .tx
@@ -611,7 +610,16 @@ impl Module {
         new: &Definition,
     ) -> Result<Vec<(String, String, String)>, String> {
         for (pstate, records) in self.migration_records() {
-            let running = records.iter().flatten().find(|r| !r.done);
+            // Records for another target are an update that never started: not running.
+            let current = self
+                .catalog
+                .schema(&pstate)
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            let running = records
+                .iter()
+                .flatten()
+                .find(|r| !r.done && r.to == current);
             let Some(r) = running else { continue };
             let Some(n) = new.pstates.iter().find(|n| n.name == pstate) else {
                 continue;
@@ -631,11 +639,19 @@ impl Module {
                 ));
             }
         }
+        let stores: Vec<_> = self.handles.iter().map(|h| Arc::clone(&h.store)).collect();
+        let claims = WriterClaims::load(&stores).map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         for n in new.pstates.iter().filter(|n| n.migrate) {
             let Some(old) = self.definition.pstates.iter().find(|o| o.name == n.name) else {
                 continue;
             };
+            if let Some(pstate::claims::Writer::Microbatch(t)) = claims.writer(&n.name) {
+                return Err(format!(
+                    "PState `{}` is written by microbatch topology `{t}`, whose batches prepared before an update would land in the old shape: migrating it is not supported (give the new shape another PState)",
+                    n.name
+                ));
+            }
             let (a, b) = (
                 pstate::schema::Schema::parse(&old.schema).map_err(|e| e.to_string())?,
                 pstate::schema::Schema::parse(&n.schema).map_err(|e| e.to_string())?,
@@ -952,14 +968,6 @@ impl Registry {
             .map(|h| (Arc::clone(&h.log), Arc::clone(&h.store)))
             .collect();
         stop_workers(&old);
-        for (pstate, from, to) in &migrations {
-            for (_, store) in &files {
-                pstate::migration::begin(store, pstate, from, to).map_err(|e| {
-                    DeployError::Io(format!("starting the migration of `{pstate}`: {e}"))
-                })?;
-            }
-            tracing::info!(module = name, pstate, from, to, "PState migration started");
-        }
         let old_manifest = Manifest {
             name: name.clone(),
             version: old.version,
@@ -967,14 +975,17 @@ impl Registry {
             wasm: old.wasm_file.clone(),
             retention: old.retention_set.clone(),
         };
-        write_manifest(&dir, &manifest).map_err(io)?;
-        let module = match self.start(&dir, &manifest, wasm, Files::Reuse(files.clone())) {
+        // Any failure from here on restarts the old version, which ran a moment ago.
+        let switched = begin_migrations(&name, &migrations, &files)
+            .and_then(|()| write_manifest(&dir, &manifest).map_err(io))
+            .and_then(|()| self.start(&dir, &manifest, wasm, Files::Reuse(files.clone())));
+        let module = match switched {
             Ok(m) => m,
             Err(e) => {
                 // Back to the old build, which ran a moment ago.
                 tracing::error!(
                     module = name,
-                    "starting the new version failed, restarting the old one: {e}"
+                    "switching to the new version failed, restarting the old one: {e}"
                 );
                 write_manifest(&dir, &old_manifest).map_err(io)?;
                 let old_wasm = std::fs::read(dir.join(&old_manifest.wasm)).map_err(io)?;
@@ -1263,6 +1274,24 @@ enum Files<'a> {
 
 /// The smallest redb cache a partition file gets, whatever the budget.
 const CACHE_SHARE_BYTES_MIN: usize = 1 << 20;
+
+/// Records, durably on every partition, the migrations an update starts (its module is
+/// stopped: nothing writes meanwhile).
+fn begin_migrations(
+    module: &str,
+    migrations: &[(String, String, String)],
+    files: &[(Arc<DepotLog>, Arc<PStateStore>)],
+) -> Result<(), DeployError> {
+    for (pstate, from, to) in migrations {
+        for (_, store) in files {
+            pstate::migration::begin(store, pstate, from, to).map_err(|e| {
+                DeployError::Io(format!("starting the migration of `{pstate}`: {e}"))
+            })?;
+        }
+        tracing::info!(module, pstate, from, to, "PState migration started");
+    }
+    Ok(())
+}
 
 /// The retention a deploy leaves in force: the previous deployment's settings, changed as
 /// `asked` says; each named depot must exist in `definition`.

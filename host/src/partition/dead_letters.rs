@@ -113,6 +113,16 @@ impl DeadLetter {
     }
 }
 
+/// What a discard did.
+#[derive(Debug)]
+pub enum Discard {
+    Done(DeadLetter),
+    /// There is no such dead letter.
+    Missing,
+    /// A microbatch of its topology is running on the partition: try again shortly.
+    Busy,
+}
+
 /// Why a dead-letter replay did not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -191,14 +201,18 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
     }
 
     /// Discards one dead letter for good (durably, before answering) and logs it on the
-    /// `audit` target; answers what was discarded (`None`: there is no such dead letter).
+    /// `audit` target. Refused while a microbatch of the topology runs here: a replay batch
+    /// may hold the dead letter, and would apply it after the discard.
     pub fn discard_dead_letter(
         &mut self,
         topology: &str,
         depot: &str,
         offset: u64,
         by: &str,
-    ) -> Result<Option<DeadLetter>, PartitionError> {
+    ) -> Result<Discard, PartitionError> {
+        if self.mb.is_running(topology) {
+            return Ok(Discard::Busy);
+        }
         let found = self
             .store
             .dead_letters(topology, usize::MAX)
@@ -206,7 +220,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
             .into_iter()
             .find(|d| d.depot == depot && d.offset == offset);
         let Some(d) = found else {
-            return Ok(None);
+            return Ok(Discard::Missing);
         };
         let c = Commit {
             dead_letters_remove: vec![d.key()],
@@ -229,7 +243,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
             by,
             "dead letter discarded"
         );
-        Ok(Some(d))
+        Ok(Discard::Done(d))
     }
 }
 

@@ -49,6 +49,13 @@ pub struct MbStates {
     pub new_session: Option<NewSession>,
 }
 
+impl MbStates {
+    /// Whether a batch of `topology` was run here and not applied yet.
+    pub fn is_running(&self, topology: &str) -> bool {
+        self.running.contains_key(topology)
+    }
+}
+
 /// The partition as the host runs it.
 pub type HostPartition = Partition<GuestInstance, Arc<DepotLog>, Arc<PStateStore>, Channels>;
 
@@ -186,9 +193,10 @@ impl HostPartition {
             .as_ref()
             .map(|f| f(&t.name))
             .ok_or("this partition cannot run microbatches")?;
+        // A bounded batch: more dead letters than a batch takes need more replays.
         let letters = self
             .store
-            .dead_letters(&t.name, usize::MAX)
+            .dead_letters(&t.name, self.cfg.batch_records_max)
             .map_err(|e| e.to_string())?;
         let mut work = Vec::new();
         let mut replaying = Vec::new();

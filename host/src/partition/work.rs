@@ -12,7 +12,6 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::hops::Hop;
-use crate::pstate::store::DeadLetter;
 use crate::runtime::GuestError;
 use crate::value::Value;
 
@@ -149,7 +148,7 @@ pub enum Work {
         depot: String,
         offset: u64,
         by: String,
-        reply: oneshot::Sender<Result<Option<DeadLetter>, String>>,
+        reply: oneshot::Sender<Result<super::dead_letters::Discard, String>>,
     },
     /// Finish what is queued before this, flush, exit.
     Stop,

@@ -83,6 +83,11 @@ impl WriterClaims {
         }))
     }
 
+    /// Who claimed `pstate`, if anyone has.
+    pub fn writer(&self, pstate: &str) -> Option<Writer> {
+        self.claims.lock().expect("poisoned").get(pstate).cloned()
+    }
+
     /// Lets `writer` write `pstate`, claiming it (durably, in `store`) if nobody has.
     pub fn check(
         &self,

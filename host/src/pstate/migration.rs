@@ -42,8 +42,29 @@ pub fn ahead(pstate: &str) -> String {
 
 /// Runs a module's `migrate` on one stored value (key and value as CBOR).
 pub trait Migrator: Send + Sync {
-    fn migrate(&self, pstate: &str, key: &[u8], value: &[u8]) -> Result<Vec<u8>, String>;
+    fn migrate(&self, pstate: &str, key: &[u8], value: &[u8]) -> Result<Vec<u8>, MigrateError>;
 }
+
+/// Why a value was not migrated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrateError {
+    pub message: String,
+    /// Not the value's fault (no instance, a deadline on a loaded host): try again later,
+    /// rather than stopping the rewrite at it.
+    pub transient: bool,
+}
+
+impl MigrateError {
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: false,
+        }
+    }
+}
+
+/// The code of a read that met a value `migrate` could not run on just now.
+const MIGRATION_UNAVAILABLE: &str = "migration-unavailable";
 
 /// One partition's migration of one PState.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -221,7 +242,16 @@ fn migrate_value(
     let out = migrator
         .0
         .migrate(pstate, &to_cbor(&key), &to_cbor(value))
-        .map_err(failed)?;
+        .map_err(|e| match e.transient {
+            true => AccessError::new(
+                MIGRATION_UNAVAILABLE,
+                format!(
+                    "PState `{pstate}`: a stored value could not be migrated just now: {}",
+                    e.message
+                ),
+            ),
+            false => failed(e.message),
+        })?;
     let out = from_cbor(&out).map_err(|e| failed(format!("`migrate` answered {e}")))?;
     let schema = catalog.schema(pstate)?;
     let (_, value_schema) = schema.as_top_level().expect("validated: a top-level map");
@@ -371,6 +401,7 @@ pub fn step(store: &PStateStore, catalog: &Catalog, pstate: &str) -> Result<Step
     let ahead_name = ahead(pstate);
     let mut overlay = Overlay::new();
     let mut rewrote = 0u64;
+    let mut stalled = false;
     for (key, v) in &entries {
         if view.get(&ahead_name, Table::Main, key)?.is_some() {
             continue;
@@ -379,6 +410,12 @@ pub fn step(store: &PStateStore, catalog: &Catalog, pstate: &str) -> Result<Step
             Ok(new) => {
                 overlay.insert((pstate.to_string(), Table::Main, key.clone()), Some(new));
                 rewrote += 1;
+            }
+            Err(e) if e.code == MIGRATION_UNAVAILABLE => {
+                // Entries before this one done; the next step tries this one again.
+                r.cursor = Some(key.clone());
+                stalled = true;
+                break;
             }
             Err(e) => {
                 // Stop here, entries before this one done; reads of this one fail alike.
@@ -391,9 +428,9 @@ pub fn step(store: &PStateStore, catalog: &Catalog, pstate: &str) -> Result<Step
     // The marks the cursor passes mean nothing any more.
     let passed = EncodedRange {
         start: from.map(|c| (c, true)),
-        end: match (&r.error, finished, entries.last()) {
-            (None, false, Some((last, _))) => Some((last.clone(), true)),
-            (Some(_), _, _) => r.cursor.clone().map(|c| (c, false)),
+        end: match (r.error.is_some() || stalled, finished, entries.last()) {
+            (true, _, _) => r.cursor.clone().map(|c| (c, false)),
+            (false, false, Some((last, _))) => Some((last.clone(), true)),
             _ => None,
         },
     };
@@ -408,7 +445,7 @@ pub fn step(store: &PStateStore, catalog: &Catalog, pstate: &str) -> Result<Step
     )? {
         overlay.insert((ahead_name.clone(), Table::Main, k), None);
     }
-    if r.error.is_none() {
+    if r.error.is_none() && !stalled {
         match (finished, entries.last()) {
             (false, Some((last, _))) => r.cursor = Some([last.as_slice(), &[0]].concat()),
             _ => r.done = true,
@@ -461,7 +498,7 @@ mod tests {
     struct Fake(AtomicU64);
 
     impl Migrator for Fake {
-        fn migrate(&self, _: &str, _key: &[u8], value: &[u8]) -> Result<Vec<u8>, String> {
+        fn migrate(&self, _: &str, _key: &[u8], value: &[u8]) -> Result<Vec<u8>, MigrateError> {
             self.0.fetch_add(1, Ordering::Relaxed);
             match from_cbor(value).unwrap() {
                 Value::Text(s) => {
@@ -634,9 +671,11 @@ mod tests {
     fn a_value_migrate_refuses_stops_the_rewrite_and_fails_its_reads_only() {
         struct Picky;
         impl Migrator for Picky {
-            fn migrate(&self, _: &str, _: &[u8], value: &[u8]) -> Result<Vec<u8>, String> {
+            fn migrate(&self, _: &str, _: &[u8], value: &[u8]) -> Result<Vec<u8>, MigrateError> {
                 match from_cbor(value).unwrap() {
-                    Value::Text(s) if s == "v500" => Err("`migrate` failed (bad): no".into()),
+                    Value::Text(s) if s == "v500" => {
+                        Err(MigrateError::refused("`migrate` failed (bad): no"))
+                    }
                     Value::Text(s) => Ok(to_cbor(&new(s[1..].parse().unwrap()))),
                     other => panic!("migrated twice: {other:?}"),
                 }
@@ -662,5 +701,36 @@ mod tests {
         );
         let e = s.select(P, &[Navigator::Key(k(500))]).unwrap_err();
         assert_eq!(e.code, "migration-failed");
+    }
+
+    #[test]
+    fn a_transient_failure_only_delays_the_rewrite() {
+        /// Cannot run on `v300` the first two times (as a deadline on a loaded host).
+        struct Flaky(AtomicU64);
+        impl Migrator for Flaky {
+            fn migrate(&self, _: &str, _: &[u8], value: &[u8]) -> Result<Vec<u8>, MigrateError> {
+                match from_cbor(value).unwrap() {
+                    Value::Text(s) if s == "v300" && self.0.fetch_add(1, Ordering::Relaxed) < 2 => {
+                        Err(MigrateError {
+                            message: "deadline".into(),
+                            transient: true,
+                        })
+                    }
+                    Value::Text(s) => Ok(to_cbor(&new(s[1..].parse().unwrap()))),
+                    other => panic!("migrated twice: {other:?}"),
+                }
+            }
+        }
+        let (_dir, store) = version_1_store();
+        let catalog = migrating_catalog(Arc::new(Flaky(AtomicU64::new(0))));
+        let mut steps = 0;
+        while let Stepped::Rewrote(_) = step(&store, &catalog, P).unwrap() {
+            steps += 1;
+        }
+        let r = record(&store, P).unwrap().unwrap();
+        assert!(r.done && r.error.is_none(), "{r:?}");
+        assert_eq!(r.rewritten, 1_000);
+        // 1000 entries take 15 full steps and a last one; the stalls took more.
+        assert!(steps > 15, "{steps} steps: {r:?}");
     }
 }
