@@ -3,7 +3,7 @@ CARGO ?= cargo
 WASM_DIR := target/wasm32-wasip2/release
 LISTEN ?= 127.0.0.1:7470
 
-.PHONY: run test sdk-test sim modules wasm-target host lint fmt bench fuzz clean
+.PHONY: run test test-cluster sdk-test sim modules wasm-target host lint fmt bench fuzz clean
 
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
@@ -37,6 +37,12 @@ lint: wasm-target
 ## Everything CI runs: lints, unit tests, end-to-end tests against the real binary.
 test: modules lint sdk-test
 	$(CARGO) test --workspace
+
+## The cluster suite: real nats-server processes (installed with apt-get when missing and
+## root) and real hosts on loopback. Under CI=true a missing nats-server fails it.
+test-cluster: modules
+	@command -v nats-server >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y nats-server >/dev/null; } || true
+	$(CARGO) test -p sluice --test e2e cluster:: -- --include-ignored --test-threads=1
 
 ## The deterministic simulation of the partition protocol with more seeds than `make test`
 ## runs (300); a failure prints its seed, replayed with SIM_SEED=<seed>.

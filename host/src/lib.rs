@@ -17,12 +17,15 @@
 //! - [`testing`]: an in-process host for module authors' `cargo test` tests.
 //! - [`value`]: CBOR values and their JSON form.
 //! - [`subscription`]: reactive queries: a path's value, then its diffs after each commit.
+//! - [`cluster`]: hosts on NATS JetStream: replicated partition logs, ownership by fence,
+//!   membership (`sluice serve --cluster`).
 //! - [`storage`]: redb files: headers (format, identity), seals (checksums), reopening,
 //!   offline checks.
 
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod depot;
 pub mod imports;

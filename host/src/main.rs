@@ -168,6 +168,21 @@ struct ServeArgs {
     /// Attempts of a failing handler before the record becomes a dead letter.
     #[arg(long, default_value_t = Limits::default().handler_attempts_max)]
     handler_attempts_max: u32,
+    /// Join a cluster through these NATS servers (`nats://HOST:PORT`, comma-separated);
+    /// without it the host is a single node and needs no NATS.
+    #[arg(long, value_name = "URLS")]
+    cluster: Option<String>,
+    /// This host's id in the cluster (unique per host; stable across its restarts).
+    #[arg(long, requires = "cluster")]
+    host_id: Option<String>,
+    /// Replicas of each stream the cluster creates: 3 on a three-server NATS cluster, 1 for a
+    /// one-server development cluster.
+    #[arg(long, default_value_t = 3)]
+    cluster_replicas: usize,
+    /// How long a host's heartbeat may stay unchanged before peers count it dead (and may
+    /// claim its partitions); heartbeats go every fifth of it.
+    #[arg(long, default_value_t = 10_000)]
+    owner_timeout_ms: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -250,6 +265,10 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
+        let cluster = match &args.cluster {
+            Some(urls) => Some(join_cluster(&args, urls, addr).await?),
+            None => None,
+        };
         println!("sluice listening on http://{addr}");
         tracing::info!(%addr, data_dir = %args.data_dir.display(), "listening");
         let state = Arc::new(AppState {
@@ -267,6 +286,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                 args.queries_concurrent_max,
             ),
             cors: sluice::api::cors::Cors::new(args.cors_origins.clone()),
+            cluster,
         });
         serve(listener, state, shutdown_signal()).await;
         // Subscribers are told the host is stopping (a final `closing` event) before it does.
@@ -277,6 +297,52 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down: draining partitions");
     registry.shutdown();
     Ok(())
+}
+
+/// Connects to the cluster's NATS servers and starts this host's heartbeats.
+async fn join_cluster(
+    args: &ServeArgs,
+    urls: &str,
+    addr: SocketAddr,
+) -> anyhow::Result<Arc<sluice::cluster::membership::Membership>> {
+    let host = args
+        .host_id
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("--cluster needs --host-id"))?;
+    anyhow::ensure!(
+        !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "--host-id `{host}`: use letters, digits, `-` and `_`"
+    );
+    let timeout = ms(args.owner_timeout_ms);
+    let nats = sluice::cluster::jetstream::Nats::connect(
+        urls,
+        &format!("sluice-{host}"),
+        args.cluster_replicas.clamp(1, 5),
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .with_context(|| format!("joining the cluster at {urls}"))?;
+    // JetStream answers only once its servers elected a meta leader (about a second after
+    // they start): retry for a while.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let address = format!("http://{addr}");
+    let membership = loop {
+        use sluice::cluster::membership::Membership;
+        match Membership::join(&nats, &host, &address, timeout).await {
+            Ok(m) => break m,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::warn!("joining the cluster at {urls}: {e:#}; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.context(format!("joining the cluster at {urls}"))),
+        }
+    };
+    membership.spawn(timeout / 5);
+    tracing::info!(%host, %urls, "joined the cluster");
+    Ok(membership)
 }
 
 fn ms(ms: u64) -> std::time::Duration {

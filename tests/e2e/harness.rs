@@ -158,6 +158,13 @@ impl Host {
         (self.data_dir.clone(), std::mem::take(&mut self.args))
     }
 
+    /// `kill -9` and wait; answers the data dir and arguments, as [`Host::stop`] does.
+    pub fn stop_by_kill9(mut self) -> (PathBuf, Vec<String>) {
+        let _ = self.child.kill();
+        self.child.wait().expect("wait");
+        (self.data_dir.clone(), std::mem::take(&mut self.args))
+    }
+
     /// Starts again on `stopped` (what [`Host::stop`] answered).
     pub fn restart(stopped: (PathBuf, Vec<String>)) -> Host {
         Self::spawn(&stopped.0, stopped.1)

@@ -42,6 +42,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/openapi.json"),
     ("GET", "/v1/modules"),
     ("POST", "/v1/clock"),
+    ("GET", "/v1/cluster"),
     ("PUT", "/v1/modules/{module}"),
     ("GET", "/v1/modules/{module}"),
     ("DELETE", "/v1/modules/{module}"),
@@ -81,6 +82,8 @@ pub struct AppState {
     pub pools: pools::Pools,
     /// Origins browsers may call from ([`cors`]).
     pub cors: cors::Cors,
+    /// This host's cluster membership (`sluice serve --cluster`); `None`: a single node.
+    pub cluster: Option<Arc<crate::cluster::membership::Membership>>,
 }
 
 pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
@@ -430,6 +433,12 @@ async fn route(
             }
             advance_clock(state, req).await
         }
+        ["v1", "cluster"] => {
+            if method != Method::GET {
+                return Err(not_allowed());
+            }
+            Ok(json_response(StatusCode::OK, &cluster_view(state)))
+        }
         ["v1", "modules"] => {
             match method {
                 Method::GET => {
@@ -450,6 +459,12 @@ async fn route(
             }
         }
         ["v1", "modules", name] => match method {
+            Method::PUT if state.cluster.is_some() => Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "cluster-modules-unsupported",
+                "modules do not run on a cluster yet: this host is a cluster member \
+                 (membership and replicated partition logs only); deploy to a single-node host",
+            )),
             Method::PUT => {
                 let name = name.to_string();
                 let params = query_params(&req);
@@ -619,6 +634,21 @@ async fn route(
 }
 
 /// The `Allow` header of a route (405 answers carry it).
+/// `GET /v1/cluster`: the hosts this host sees (a single node: only its mode).
+fn cluster_view(state: &AppState) -> serde_json::Value {
+    let Some(m) = &state.cluster else {
+        return json!({"mode": "single-node", "hosts": [], "modules": []});
+    };
+    json!({
+        "mode": "cluster",
+        "host": m.host,
+        "connected": m.connected(),
+        "owner_timeout_ms": m.owner_timeout().as_millis() as u64,
+        "hosts": m.hosts(),
+        "modules": [],
+    })
+}
+
 fn allowed_methods(segments: &[&str]) -> String {
     let methods = match segments {
         ["v1", "modules", _] => "GET, HEAD, PUT, DELETE",

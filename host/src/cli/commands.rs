@@ -78,6 +78,50 @@ pub(super) fn modules(conn: &Connection, out: &mut Vec<u8>) -> Result<(), CliErr
     Ok(())
 }
 
+pub(super) fn cluster(conn: &Connection, out: &mut Vec<u8>) -> Result<(), CliError> {
+    let view = Api::open(conn)?.get("/v1/cluster")?;
+    if conn.json {
+        out.extend(pretty(&view).as_bytes());
+        return Ok(());
+    }
+    out.extend(render_cluster(&view).as_bytes());
+    Ok(())
+}
+
+fn render_cluster(view: &Value) -> String {
+    if view["mode"] != "cluster" {
+        return "single node (not started with --cluster)\n".into();
+    }
+    let mut text = format!(
+        "host {}{}, owner timeout {} ms\n",
+        cell(&view["host"]),
+        if view["connected"] == true {
+            ""
+        } else {
+            " (cut off from NATS)"
+        },
+        cell(&view["owner_timeout_ms"])
+    );
+    let mut hosts = Table::new(&["host", "address", "alive", "last heartbeat ms ago"]);
+    for h in view["hosts"].as_array().into_iter().flatten() {
+        hosts.row(vec![
+            cell(&h["host"]),
+            cell(&h["address"]),
+            cell(&h["alive"]),
+            cell(&h["last_heartbeat_ms_ago"]),
+        ]);
+    }
+    text.push_str(&hosts.render());
+    let modules = view["modules"].as_array().cloned().unwrap_or_default();
+    if !modules.is_empty() {
+        text.push('\n');
+        if let Some(t) = of_objects(&Value::Array(modules)) {
+            text.push_str(&t.render());
+        }
+    }
+    text
+}
+
 fn render_modules(list: &Value) -> String {
     let modules = list["modules"].as_array().cloned().unwrap_or_default();
     // A module that failed to load shows its state and why (only then is the column there).

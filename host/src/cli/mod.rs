@@ -104,6 +104,12 @@ pub enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Show the cluster as the host sees it: hosts (alive, last heartbeat) and, per module
+    /// partition, its owner.
+    Cluster {
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Show a module's depots, PStates, topologies and queries.
     Describe {
         /// The module's name.
@@ -279,6 +285,7 @@ pub fn run(command: Command) -> i32 {
             conn,
         } => commands::deploy(&conn, &file, name.as_deref(), partitions, &retain, &mut out),
         Command::Modules { conn } => commands::modules(&conn, &mut out),
+        Command::Cluster { conn } => commands::cluster(&conn, &mut out),
         Command::Describe { module, conn } => commands::describe(&conn, &module, &mut out),
         Command::Append {
             module,

@@ -178,6 +178,7 @@ impl TestHost {
             conn: crate::api::conn::ConnLimits::default(),
             pools: crate::api::pools::Pools::default(),
             cors: Default::default(),
+            cluster: None,
         });
         runtime.spawn(serve(listener, state, async {
             let _ = stopped.await;

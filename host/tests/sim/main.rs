@@ -15,6 +15,7 @@
 //! `SIM_SEEDS=N` runs seeds 0..N (default 300, what `make test` runs); `SIM_SEED=S` runs one
 //! seed; a failure names its seed. `make sim SEEDS=N` runs many.
 
+mod cluster;
 mod handlers;
 mod mem;
 mod rng;
@@ -521,9 +522,9 @@ fn run_seed(seed: u64) {
     sim.check();
 }
 
-#[test]
-fn partitions_keep_exactly_once_under_crashes() {
-    let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
+/// The seeds to run: `SIM_SEED`, or `0..SIM_SEEDS` (default 300).
+fn seeds() -> Vec<u64> {
+    match std::env::var("SIM_SEED") {
         Ok(s) => vec![s.parse().expect("SIM_SEED is a number")],
         Err(_) => {
             let n = std::env::var("SIM_SEEDS")
@@ -532,7 +533,12 @@ fn partitions_keep_exactly_once_under_crashes() {
                 .unwrap_or(300);
             (0..n).collect()
         }
-    };
+    }
+}
+
+#[test]
+fn partitions_keep_exactly_once_under_crashes() {
+    let seeds = seeds();
     let many = seeds.len() > 10;
     for seed in seeds {
         let result = std::panic::catch_unwind(|| run_seed(seed));
@@ -544,5 +550,41 @@ fn partitions_keep_exactly_once_under_crashes() {
     if many {
         // Full hop queues (mem::SIM_HOP_QUEUE_MAX) made sources hold hops, often.
         assert!(mem::HOPS_REFUSED.load(std::sync::atomic::Ordering::Relaxed) > 100);
+    }
+}
+
+#[test]
+fn cluster_ownership_keeps_one_writer_under_crashes() {
+    let seeds = seeds();
+    let many = seeds.len() > 10;
+    let mut seen: std::collections::HashMap<&str, u64> = Default::default();
+    for seed in seeds {
+        match std::panic::catch_unwind(|| cluster::run_seed(seed)) {
+            Ok(counts) => {
+                for (k, v) in counts {
+                    *seen.entry(k).or_default() += v;
+                }
+            }
+            Err(e) => {
+                eprintln!("cluster simulation failed at seed {seed}; replay with SIM_SEED={seed}");
+                std::panic::resume_unwind(e);
+            }
+        }
+    }
+    eprintln!("cluster simulation: {seen:?}");
+    if many {
+        for case in [
+            "claim",
+            "claim lost",
+            "zombie fenced",
+            "write in doubt",
+            "retry ok",
+            "crash",
+        ] {
+            assert!(
+                seen.get(case).copied().unwrap_or(0) > 10,
+                "{case}: {seen:?}"
+            );
+        }
     }
 }

@@ -1,0 +1,218 @@
+//! Hosts of a cluster and who is alive (CLUSTER.md §0.5: liveness is a hint, safety comes
+//! from the fence).
+//!
+//! Every host puts a heartbeat under its id in the KV bucket `sluice_hosts` (plain `put`,
+//! never `update`) every `heartbeat`, and watches the bucket. A host is **alive** while its
+//! heartbeat keeps changing: the last change was seen, on this host's monotonic clock, less
+//! than `owner_timeout` ago. No clocks are compared across hosts. A host that cannot put its
+//! own heartbeat for `owner_timeout` counts itself cut off.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv;
+use futures_util::StreamExt;
+
+use super::jetstream::Nats;
+
+/// The KV bucket of heartbeats.
+pub const HOSTS_BUCKET: &str = "sluice_hosts";
+
+/// Opens the heartbeat bucket, creating its stream first if needed. The stream is created
+/// here with the KV layout (ADR-8: `KV_<bucket>`, subjects `$KV.<bucket>.>`, one value per
+/// key, rollups, direct gets) because async-nats' `create_key_value` first asks for the
+/// account info, whose answer from nats-server 2.9 it cannot parse.
+async fn open_bucket(nats: &Nats) -> anyhow::Result<kv::Store> {
+    use async_nats::jetstream::stream;
+    let config = stream::Config {
+        name: format!("KV_{HOSTS_BUCKET}"),
+        subjects: vec![format!("$KV.{HOSTS_BUCKET}.>")],
+        max_messages_per_subject: 1,
+        storage: stream::StorageType::File,
+        num_replicas: nats.replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    nats.js
+        .get_or_create_stream(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the `{HOSTS_BUCKET}` bucket: {e}"))?;
+    nats.js
+        .get_key_value(HOSTS_BUCKET)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the `{HOSTS_BUCKET}` bucket: {e}"))
+}
+
+/// What a host says about itself in each heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Heartbeat {
+    pub host: String,
+    /// Its HTTP address.
+    pub address: String,
+    /// Counts up with every heartbeat (a restart starts again at 1).
+    pub beat: u64,
+}
+
+/// One host as this host sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HostView {
+    pub host: String,
+    pub address: String,
+    pub alive: bool,
+    /// Milliseconds since its heartbeat last changed, on this host's clock.
+    pub last_heartbeat_ms_ago: u64,
+    pub beat: u64,
+}
+
+struct Seen {
+    heartbeat: Heartbeat,
+    revision: u64,
+    changed: Instant,
+}
+
+/// This host's membership: its heartbeats and its view of the others.
+pub struct Membership {
+    pub host: String,
+    pub address: String,
+    owner_timeout: Duration,
+    kv: kv::Store,
+    seen: Mutex<BTreeMap<String, Seen>>,
+    /// When this host's own heartbeat was last stored.
+    own_ok: Mutex<Instant>,
+}
+
+impl Membership {
+    /// Opens (or creates) the heartbeat bucket and puts the first heartbeat.
+    pub async fn join(
+        nats: &Nats,
+        host: &str,
+        address: &str,
+        owner_timeout: Duration,
+    ) -> anyhow::Result<Arc<Self>> {
+        let kv = open_bucket(nats).await?;
+        let me = Arc::new(Self {
+            host: host.into(),
+            address: address.into(),
+            owner_timeout,
+            kv,
+            seen: Mutex::new(BTreeMap::new()),
+            own_ok: Mutex::new(Instant::now()),
+        });
+        me.beat(1).await?;
+        Ok(me)
+    }
+
+    async fn beat(&self, beat: u64) -> anyhow::Result<()> {
+        let heartbeat = Heartbeat {
+            host: self.host.clone(),
+            address: self.address.clone(),
+            beat,
+        };
+        let bytes = serde_json::to_vec(&heartbeat).expect("serializable");
+        self.kv.put(&self.host, bytes.into()).await?;
+        *self.own_ok.lock().expect("poisoned") = Instant::now();
+        Ok(())
+    }
+
+    /// Starts the heartbeat and the watch on the current runtime; they run until the process
+    /// ends.
+    pub fn spawn(self: &Arc<Self>, heartbeat: Duration) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut beat = 1;
+            loop {
+                tokio::time::sleep(heartbeat).await;
+                beat += 1;
+                if let Err(e) = me.beat(beat).await {
+                    tracing::warn!("heartbeat of {} not stored: {e}", me.host);
+                }
+            }
+        });
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = me.watch().await {
+                    tracing::warn!("watching `{HOSTS_BUCKET}`: {e}");
+                }
+                tokio::time::sleep(heartbeat).await;
+            }
+        });
+    }
+
+    /// Follows every heartbeat until the watch fails.
+    async fn watch(&self) -> anyhow::Result<()> {
+        let mut updates = self.kv.watch_with_history(">").await?;
+        while let Some(entry) = updates.next().await {
+            let entry = entry?;
+            let Ok(heartbeat) = serde_json::from_slice::<Heartbeat>(&entry.value) else {
+                continue;
+            };
+            self.saw(heartbeat, entry.revision);
+        }
+        Ok(())
+    }
+
+    fn saw(&self, heartbeat: Heartbeat, revision: u64) {
+        let mut seen = self.seen.lock().expect("poisoned");
+        match seen.get_mut(&heartbeat.host) {
+            Some(s) if s.revision >= revision => {}
+            Some(s) => {
+                s.heartbeat = heartbeat;
+                s.revision = revision;
+                s.changed = Instant::now();
+            }
+            None => {
+                seen.insert(
+                    heartbeat.host.clone(),
+                    Seen {
+                        heartbeat,
+                        revision,
+                        changed: Instant::now(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Whether this host stored a heartbeat within the owner timeout (else it is cut off).
+    pub fn connected(&self) -> bool {
+        self.own_ok.lock().expect("poisoned").elapsed() < self.owner_timeout
+    }
+
+    /// Every host seen, this one included, by id.
+    pub fn hosts(&self) -> Vec<HostView> {
+        let seen = self.seen.lock().expect("poisoned");
+        let mut out: Vec<HostView> = seen
+            .values()
+            .filter(|s| s.heartbeat.host != self.host)
+            .map(|s| {
+                let ago = s.changed.elapsed();
+                HostView {
+                    host: s.heartbeat.host.clone(),
+                    address: s.heartbeat.address.clone(),
+                    alive: ago < self.owner_timeout,
+                    last_heartbeat_ms_ago: ago.as_millis() as u64,
+                    beat: s.heartbeat.beat,
+                }
+            })
+            .collect();
+        let own = self.own_ok.lock().expect("poisoned").elapsed();
+        out.push(HostView {
+            host: self.host.clone(),
+            address: self.address.clone(),
+            alive: own < self.owner_timeout,
+            last_heartbeat_ms_ago: own.as_millis() as u64,
+            beat: seen.get(&self.host).map_or(1, |s| s.heartbeat.beat),
+        });
+        out.sort_by(|a, b| a.host.cmp(&b.host));
+        out
+    }
+
+    pub fn owner_timeout(&self) -> Duration {
+        self.owner_timeout
+    }
+}

@@ -1,0 +1,16 @@
+//! The cluster (CLUSTER.md): a module's partitions spread over several hosts, each
+//! partition's log replicated by NATS JetStream, one owner at a time.
+//!
+//! Code map:
+//! - [`log`]: the replicated-log seam (one fenced stream per partition) and its in-memory
+//!   model for simulations;
+//! - [`jetstream`]: that seam on JetStream (async-nats), used by `sluice serve --cluster`;
+//! - [`fence`]: ownership by fence: epochs, claims, the owner's fenced writer, restore;
+//! - [`membership`]: hosts, heartbeats and who is alive.
+//!
+//! Without `--cluster` none of this runs: the host is the embedded single node.
+
+pub mod fence;
+pub mod jetstream;
+pub mod log;
+pub mod membership;
