@@ -53,6 +53,9 @@ pub enum ViewError {
     /// The log breaks an invariant above; nothing read from it can be trusted.
     #[error("partition log damaged at sequence {seq}: {reason}")]
     Damaged { seq: u64, reason: String },
+    /// Applying a sound entry failed (the local store's error: retrying may help).
+    #[error("applying the log entry at sequence {seq}: {reason}")]
+    Apply { seq: u64, reason: String },
 }
 
 fn frame(epoch: u64, more: bool, body: &[u8]) -> Vec<u8> {

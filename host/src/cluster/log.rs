@@ -86,7 +86,7 @@ pub struct PublishFailure {
 }
 
 /// One partition's replicated log.
-pub trait ReplicatedLog: Send + Sync {
+pub trait ReplicatedLog {
     /// Publishes `entries` in order, entry `i` expecting the log's last sequence to be
     /// `expected_last + i` (pipelined: one round trip for all of them where the log allows).
     fn publish(&self, expected_last: u64, entries: &[Outgoing]) -> Result<(), PublishFailure>;

@@ -6,11 +6,16 @@
 //!   model for simulations;
 //! - [`jetstream`]: that seam on JetStream (async-nats), used by `sluice serve --cluster`;
 //! - [`fence`]: ownership by fence: epochs, claims, the owner's fenced writer, restore;
+//! - [`replicated`]: a partition's seams over its replicated log (append and commit go to
+//!   the log first), and restoring the local files from it;
+//! - [`codec`]: the bodies of `In` (appended records) and `Fx` (commits) entries;
 //! - [`membership`]: hosts, heartbeats and who is alive.
 //!
 //! Without `--cluster` none of this runs: the host is the embedded single node.
 
+pub mod codec;
 pub mod fence;
 pub mod jetstream;
 pub mod log;
 pub mod membership;
+pub mod replicated;

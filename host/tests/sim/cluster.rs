@@ -226,6 +226,7 @@ impl ClusterSim {
             .filter(|&r| !self.hosts[r].paused && !self.hosts[r].owned.contains_key(&p));
         // The host judged the current owner dead (liveness is a hint; the fence decides).
         let over = self.stored_epoch(p);
+        #[allow(clippy::arc_with_non_send_sync)] // one thread; Owner takes an Arc
         let racing = Arc::new(Racing {
             inner: Arc::clone(&self.logs[p]),
             over,

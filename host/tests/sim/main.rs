@@ -34,10 +34,15 @@ use sluice::value::Value;
 use tokio::sync::oneshot;
 
 use handlers::{place, record, record_id, SimExec, FLAKY, POISON};
-use mem::{Faults, Inboxes, MemLog, MemStore, MemTransport, SharedFaults, SimClock};
+use mem::{
+    Faults, FaultyLog, Inboxes, MemLog, MemStore, MemTransport, SharedFaults, SimClock, SimLog,
+    SimStore, SIM_RETRY,
+};
 use rng::Rng;
+use sluice::cluster::fence::{LogView, Owner};
+use sluice::cluster::replicated::{ReplicatedDepotLog, ReplicatedStore, Replication, Restorer};
 
-type SimPartition = Partition<SimExec, Rc<MemLog>, Rc<MemStore>, MemTransport>;
+type SimPartition = Partition<SimExec, SimLog, SimStore, MemTransport>;
 
 type AckRx = oneshot::Receiver<Result<AppendOutcome, ProcessingError>>;
 
@@ -66,6 +71,10 @@ struct Sim {
     acked: Vec<(u64, &'static str, u32, u64)>,
     crashes: u32,
     restarts: u32,
+    /// Replicated seeds (one in three): each partition's log on the model of JetStream;
+    /// every crash or restart is a failover to a new host that restores from it.
+    replicated: Option<Vec<Arc<FaultyLog>>>,
+    failovers: u32,
 }
 
 impl Sim {
@@ -116,7 +125,16 @@ impl Sim {
             acked: Vec::new(),
             crashes: 0,
             restarts: 0,
+            replicated: None,
+            failovers: 0,
         };
+        if seed % 3 == 1 {
+            #[allow(clippy::arc_with_non_send_sync)] // one thread: the Arc is Owner's type
+            let logs = (0..n)
+                .map(|_| Arc::new(FaultyLog::new(Rc::clone(&sim.faults))))
+                .collect();
+            sim.replicated = Some(logs);
+        }
         for p in 0..n {
             sim.start(p, false);
         }
@@ -125,8 +143,9 @@ impl Sim {
 
     fn context(&self) -> String {
         format!(
-            "seed {} ({} partitions, flush interval {} ms, fault rate {}‰, {} crashes, {} partition restarts)",
+            "seed {} ({}{} partitions, flush interval {} ms, fault rate {}‰, {} crashes, {} partition restarts)",
             self.seed,
+            if self.replicated.is_some() { "replicated, " } else { "" },
             self.n,
             self.flush_interval_ms,
             self.faults.borrow().per_mille,
@@ -150,12 +169,19 @@ impl Sim {
                 ticks: Vec::new(),
                 retention: Vec::new(),
             };
+            let (log, store) = match self.replicated.is_some() {
+                true => self.fail_over(p),
+                false => (
+                    SimLog::Local(Rc::clone(&self.logs[p as usize])),
+                    SimStore::Local(Rc::clone(&self.stores[p as usize])),
+                ),
+            };
             let mut part = Partition::new(
                 cfg,
                 Arc::clone(&self.topologies),
                 SimExec::new(Rc::clone(&self.stores[p as usize]), p, self.n),
-                Rc::clone(&self.logs[p as usize]),
-                Rc::clone(&self.stores[p as usize]),
+                log,
+                store,
                 MemTransport(Rc::clone(&self.inboxes)),
                 self.clock.clone(),
                 Arc::clone(&self.open_trees),
@@ -182,6 +208,72 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Fresh local files for partition `p`, restored from its replicated log by a new host
+    /// that claims it (faults off while restoring; they resume for the partition's start).
+    fn fail_over(&mut self, p: u32) -> (SimLog, SimStore) {
+        let rlog = Arc::clone(&self.replicated.as_ref().expect("replicated")[p as usize]);
+        rlog.heal();
+        let (log, store) = self.empty_locals();
+        let enabled = std::mem::replace(&mut self.faults.borrow_mut().enabled, false);
+        self.failovers += 1;
+        let mut view = LogView::default();
+        let mut restorer = Restorer::default();
+        view.catch_up(&*rlog, |e| restorer.apply(e, &*log, &*store))
+            .expect("the log reads back without damage");
+        let over = view.epoch().map_or(0, |e| e.number);
+        let owner = Owner::claim(
+            Arc::clone(&rlog),
+            &format!("h{}", self.failovers),
+            &mut view,
+            over,
+            |e| restorer.apply(e, &*log, &*store),
+        )
+        .unwrap_or_else(|e| panic!("{}: claim failed: {e}", self.context()));
+        restorer.finish(&*store).expect("no faults while restoring");
+        self.faults.borrow_mut().enabled = enabled;
+        self.logs[p as usize] = Rc::clone(&log);
+        self.stores[p as usize] = Rc::clone(&store);
+        let replication = Replication::new(owner.with_part_bytes(64), SIM_RETRY);
+        (
+            SimLog::Replicated(ReplicatedDepotLog {
+                local: log,
+                replication: Arc::clone(&replication),
+            }),
+            SimStore::Replicated(ReplicatedStore {
+                local: store,
+                replication,
+            }),
+        )
+    }
+
+    /// A new host's local log and store: empty.
+    fn empty_locals(&self) -> (Rc<MemLog>, Rc<MemStore>) {
+        let log = Rc::new(MemLog {
+            depots: RefCell::default(),
+            keys: RefCell::default(),
+            faults: Rc::clone(&self.faults),
+        });
+        let store = Rc::new(MemStore {
+            durable: RefCell::default(),
+            current: RefCell::default(),
+            faults: Rc::clone(&self.faults),
+        });
+        (log, store)
+    }
+
+    /// A new, empty local log and store, restored from `rlog` (without claiming).
+    fn restore(&self, rlog: &FaultyLog) -> (Rc<MemLog>, Rc<MemStore>) {
+        let (log, store) = self.empty_locals();
+        let enabled = std::mem::replace(&mut self.faults.borrow_mut().enabled, false);
+        let mut restorer = Restorer::default();
+        LogView::default()
+            .catch_up(rlog, |e| restorer.apply(e, &*log, &*store))
+            .expect("the log reads back without damage");
+        restorer.finish(&*store).expect("no faults while restoring");
+        self.faults.borrow_mut().enabled = enabled;
+        (log, store)
     }
 
     /// What a process crash loses: non-durable commits and every queue.
@@ -507,14 +599,32 @@ impl Sim {
             0,
             "{ctx}: event trees still alive"
         );
+        // Replicated: the log alone restores exactly what the live partition holds.
+        for (p, rlog) in self.replicated.iter().flatten().enumerate() {
+            let (log, store) = self.restore(rlog);
+            assert_eq!(
+                *log.depots.borrow(),
+                *self.logs[p].depots.borrow(),
+                "{ctx}: partition {p}: depot log restored from the replicated log differs"
+            );
+            assert_eq!(
+                store.current.borrow().entries,
+                self.stores[p].current.borrow().entries,
+                "{ctx}: partition {p}: PStates restored from the replicated log differ"
+            );
+        }
         let _ = FLAKY;
     }
 }
+
+/// Failovers of replicated seeds, over the whole run.
+static FAILOVERS: AtomicUsize = AtomicUsize::new(0);
 
 fn run_seed(seed: u64) {
     let mut sim = Sim::new(seed);
     sim.scenario();
     sim.quiesce();
+    FAILOVERS.fetch_add(sim.failovers as usize, Ordering::Relaxed);
     for p in sim.parts.iter_mut().flatten() {
         p.make_durable().expect("no faults now");
         let _ = p.exec.take_writes();
@@ -550,6 +660,9 @@ fn partitions_keep_exactly_once_under_crashes() {
     if many {
         // Full hop queues (mem::SIM_HOP_QUEUE_MAX) made sources hold hops, often.
         assert!(mem::HOPS_REFUSED.load(std::sync::atomic::Ordering::Relaxed) > 100);
+        // Replicated seeds saw their logs lose answers, cut entries and go down.
+        assert!(mem::LOG_FAULTS.load(std::sync::atomic::Ordering::Relaxed) > 100);
+        assert!(FAILOVERS.load(std::sync::atomic::Ordering::Relaxed) > 100);
     }
 }
 

@@ -5,6 +5,10 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 
+use sluice::cluster::log::{
+    LogError, MemoryLog, Mode, Outgoing, PublishFailure, ReplicatedLog, Stored,
+};
+use sluice::cluster::replicated::{ReplicatedDepotLog, ReplicatedStore, Retry};
 use sluice::partition::hops::Hop;
 use sluice::partition::seams::{
     Clock, Commit, HopTransport, KeyFound, KeyedRecord, PartitionLog, PartitionStore, Progress,
@@ -301,4 +305,163 @@ impl Clock for SimClock {
 
 pub fn entry_key(key: &str) -> (String, Table, Vec<u8>) {
     ("sim".to_string(), Table::Main, key.as_bytes().to_vec())
+}
+
+/// The partition log in replicated seeds: the in-memory model of JetStream, with the sim's
+/// faults (an answer lost, retried into one entry; the log down past the retries, which
+/// poisons the partition's seams and counts as a fault: the partition fails over).
+pub struct FaultyLog {
+    pub inner: MemoryLog,
+    pub faults: SharedFaults,
+    down_for: std::cell::Cell<u32>,
+    /// The last publish had a fault injected: its retry gets none (so a retried write
+    /// settles, and only an outage fails a partition over).
+    faulted: std::cell::Cell<bool>,
+}
+
+/// Faults the replicated logs injected, over the whole run (the test checks they happened).
+pub static LOG_FAULTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Retries of a write in doubt in the simulation (no pauses: time is simulated).
+pub const SIM_RETRY: Retry = Retry {
+    attempts: 2,
+    pause: std::time::Duration::ZERO,
+};
+
+impl FaultyLog {
+    pub fn new(faults: SharedFaults) -> Self {
+        Self {
+            inner: MemoryLog::default(),
+            faults,
+            down_for: std::cell::Cell::new(0),
+            faulted: std::cell::Cell::new(false),
+        }
+    }
+
+    /// The log answers again (a failover found it up).
+    pub fn heal(&self) {
+        self.down_for.set(0);
+        self.inner.set_mode(Mode::Up);
+    }
+}
+
+impl ReplicatedLog for FaultyLog {
+    fn publish(&self, expected_last: u64, entries: &[Outgoing]) -> Result<(), PublishFailure> {
+        let mut f = self.faults.borrow_mut();
+        if self.down_for.get() > 0 {
+            self.down_for.set(self.down_for.get() - 1);
+            return Err(PublishFailure {
+                stored: 0,
+                error: LogError::Unavailable("simulated outage".into()),
+            });
+        }
+        let quiet = !f.enabled || self.faulted.get();
+        let mode = if quiet || f.rng.below(1000) >= u64::from(f.per_mille) {
+            Mode::Up
+        } else if f.rng.chance(50) {
+            Mode::LoseAnswers
+        } else if f.rng.chance(40) {
+            // The first part stored, the rest not, no answer (a multi-part entry cut).
+            Mode::StoreOnly(1)
+        } else {
+            // Down for the write and every retry: the partition fails over.
+            f.fired = true;
+            self.down_for.set(SIM_RETRY.attempts);
+            Mode::Down
+        };
+        drop(f);
+        if mode != Mode::Up {
+            LOG_FAULTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.faulted.set(mode != Mode::Up);
+        self.inner.set_mode(mode);
+        let result = self.inner.publish(expected_last, entries);
+        self.inner.set_mode(Mode::Up);
+        result
+    }
+
+    fn read(&self, from: u64, max: usize) -> Result<Vec<Stored>, LogError> {
+        self.inner.read(from, max)
+    }
+
+    fn last_seq(&self) -> Result<u64, LogError> {
+        self.inner.last_seq()
+    }
+}
+
+/// A partition's depot log as the simulation runs it: local, or behind a replicated log.
+pub enum SimLog {
+    Local(Rc<MemLog>),
+    Replicated(ReplicatedDepotLog<Rc<MemLog>, FaultyLog>),
+}
+
+impl SimLog {
+    fn inner(&self) -> &dyn PartitionLog {
+        match self {
+            SimLog::Local(l) => l,
+            SimLog::Replicated(r) => r,
+        }
+    }
+}
+
+impl PartitionLog for SimLog {
+    fn append(
+        &self,
+        records: &[(&str, &[u8])],
+        keys: &[KeyedRecord<'_>],
+        next: &mut HashMap<String, u64>,
+        time_ms: u64,
+    ) -> Result<Vec<u64>, StorageError> {
+        self.inner().append(records, keys, next, time_ms)
+    }
+
+    fn find_key(&self, depot: &str, key: &str) -> Result<Option<KeyFound>, StorageError> {
+        self.inner().find_key(depot, key)
+    }
+
+    fn read(
+        &self,
+        depot: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        self.inner().read(depot, from, limit)
+    }
+
+    fn end(&self, depot: &str) -> Result<u64, StorageError> {
+        self.inner().end(depot)
+    }
+}
+
+/// A partition's store as the simulation runs it: local, or behind a replicated log.
+pub enum SimStore {
+    Local(Rc<MemStore>),
+    Replicated(ReplicatedStore<Rc<MemStore>, FaultyLog>),
+}
+
+impl SimStore {
+    fn inner(&self) -> &dyn PartitionStore {
+        match self {
+            SimStore::Local(s) => s,
+            SimStore::Replicated(r) => r,
+        }
+    }
+}
+
+impl PartitionStore for SimStore {
+    fn progress(&self) -> Result<Progress, StorageError> {
+        self.inner().progress()
+    }
+
+    fn outbox_from(&self, target: u32, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        self.inner().outbox_from(target, from)
+    }
+
+    fn commit(&self, c: &Commit, durable: bool) -> Result<(), StorageError> {
+        self.inner().commit(c, durable)
+    }
+
+    fn dead_letters(&self, topology: &str, limit: usize) -> Result<Vec<DeadLetter>, StorageError> {
+        self.inner().dead_letters(topology, limit)
+    }
 }

@@ -1,0 +1,236 @@
+//! A partition's seams on a cluster: the local depot log and state store (redb on a host,
+//! in memory in the simulation) behind the partition's replicated log (CLUSTER.md §4.9).
+//!
+//! Every append is first stored as an `In` entry, every non-empty commit as an `Fx` entry,
+//! by the partition's [`Owner`]; only then is it applied locally. So the local files are a
+//! cache of a prefix of the log, and a host that claims the partition rebuilds them from the
+//! log ([`Restorer`]) without running guest code: `In` entries are appended again (same
+//! order, so the same offsets), `Fx` entries committed again. Records whose `Fx` never made
+//! it are re-run by the partition's ordinary recovery. Invariants:
+//! - nothing is applied locally (hence answered) before the log stored it;
+//! - a write the log did not answer, after the retries, **poisons** the seams: every later
+//!   write fails until the partition restarts and re-claims (the entry may land late; only a
+//!   restore from the log may then say what the partition holds);
+//! - a fenced owner writes nothing more: another host owns the partition.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::codec::{decode_commit, decode_inputs, encode_commit, encode_inputs};
+use super::fence::{Entry, Owner, ViewError, WriteError};
+use super::log::{EntryKind, ReplicatedLog};
+use crate::partition::seams::{
+    Commit, KeyFound, KeyedRecord, PartitionLog, PartitionStore, Progress, StorageError,
+};
+use crate::pstate::store::DeadLetter;
+
+/// How a write the log did not answer is retried (same message ids: stored once).
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub attempts: u32,
+    pub pause: Duration,
+}
+
+impl Default for Retry {
+    /// Long enough for a stream leader election (4–6 s measured, CLUSTER.md §1.1).
+    fn default() -> Self {
+        Self {
+            attempts: 40,
+            pause: Duration::from_millis(250),
+        }
+    }
+}
+
+struct Writer<R: ?Sized> {
+    owner: Owner<R>,
+    /// Why the seams stopped writing (a write in doubt past its retries, or a fence).
+    poisoned: Option<String>,
+}
+
+/// The partition's owner, shared by its two seams (they write one log, in order).
+pub struct Replication<R: ReplicatedLog + ?Sized> {
+    writer: Mutex<Writer<R>>,
+    retry: Retry,
+}
+
+impl<R: ReplicatedLog + ?Sized> Replication<R> {
+    pub fn new(owner: Owner<R>, retry: Retry) -> Arc<Self> {
+        Arc::new(Self {
+            writer: Mutex::new(Writer {
+                owner,
+                poisoned: None,
+            }),
+            retry,
+        })
+    }
+
+    /// Why writes stopped, if they did (the partition must restart and re-claim).
+    pub fn poisoned(&self) -> Option<String> {
+        self.writer.lock().expect("poisoned").poisoned.clone()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.writer.lock().expect("poisoned").owner.epoch()
+    }
+
+    /// Stores one entry, retrying a write in doubt; any failure poisons the seams.
+    fn write(&self, kind: EntryKind, body: &[u8]) -> Result<u64, StorageError> {
+        let mut w = self.writer.lock().expect("poisoned");
+        if let Some(why) = &w.poisoned {
+            return Err(StorageError::new(format!(
+                "the partition stopped writing ({why}); it restarts from its log"
+            )));
+        }
+        let mut result = w.owner.write(kind, body);
+        let mut attempts = 0;
+        while matches!(result, Err(WriteError::Unavailable(_))) && attempts < self.retry.attempts {
+            attempts += 1;
+            if !self.retry.pause.is_zero() {
+                std::thread::sleep(self.retry.pause);
+            }
+            result = w.owner.retry();
+        }
+        result.map_err(|e| {
+            let why = e.to_string();
+            w.poisoned = Some(why.clone());
+            StorageError::new(format!("replicated log: {why}"))
+        })
+    }
+}
+
+/// The depot log of a replicated partition.
+pub struct ReplicatedDepotLog<L, R: ReplicatedLog + ?Sized> {
+    pub local: L,
+    pub replication: Arc<Replication<R>>,
+}
+
+impl<L: PartitionLog, R: ReplicatedLog + ?Sized> PartitionLog for ReplicatedDepotLog<L, R> {
+    fn append(
+        &self,
+        records: &[(&str, &[u8])],
+        keys: &[KeyedRecord<'_>],
+        next: &mut HashMap<String, u64>,
+        time_ms: u64,
+    ) -> Result<Vec<u64>, StorageError> {
+        self.replication
+            .write(EntryKind::In, &encode_inputs(records, keys, time_ms))?;
+        self.local.append(records, keys, next, time_ms)
+    }
+
+    fn find_key(&self, depot: &str, key: &str) -> Result<Option<KeyFound>, StorageError> {
+        self.local.find_key(depot, key)
+    }
+
+    fn read(
+        &self,
+        depot: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        self.local.read(depot, from, limit)
+    }
+
+    fn end(&self, depot: &str) -> Result<u64, StorageError> {
+        self.local.end(depot)
+    }
+
+    fn start(&self, depot: &str) -> Result<u64, StorageError> {
+        self.local.start(depot)
+    }
+
+    fn trim(
+        &self,
+        depot: &str,
+        retention: crate::depot::Retention,
+        now_ms: u64,
+        keep_from: u64,
+    ) -> Result<u64, StorageError> {
+        // Local only: a restore appends trimmed records again, and retention trims them again.
+        self.local.trim(depot, retention, now_ms, keep_from)
+    }
+}
+
+/// The state store of a replicated partition.
+pub struct ReplicatedStore<S, R: ReplicatedLog + ?Sized> {
+    pub local: S,
+    pub replication: Arc<Replication<R>>,
+}
+
+impl<S: PartitionStore, R: ReplicatedLog + ?Sized> PartitionStore for ReplicatedStore<S, R> {
+    fn progress(&self) -> Result<Progress, StorageError> {
+        self.local.progress()
+    }
+
+    fn outbox_from(&self, target: u32, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        self.local.outbox_from(target, from)
+    }
+
+    fn commit(&self, commit: &Commit, durable: bool) -> Result<(), StorageError> {
+        // An empty commit only makes earlier ones durable locally: the log already has them.
+        if !commit.is_empty() {
+            self.replication
+                .write(EntryKind::Fx, &encode_commit(commit))?;
+        }
+        self.local.commit(commit, durable)
+    }
+
+    fn dead_letters(&self, topology: &str, limit: usize) -> Result<Vec<DeadLetter>, StorageError> {
+        self.local.dead_letters(topology, limit)
+    }
+}
+
+/// Rebuilds a partition's local log and store from its replicated log, entry by entry (the
+/// `apply` of a claim's [`super::fence::LogView::catch_up`]); [`Restorer::finish`] makes it
+/// durable.
+#[derive(Default)]
+pub struct Restorer {
+    next: HashMap<String, u64>,
+    pub inputs: u64,
+    pub commits: u64,
+}
+
+impl Restorer {
+    pub fn apply<L: PartitionLog + ?Sized, S: PartitionStore + ?Sized>(
+        &mut self,
+        entry: &Entry,
+        log: &L,
+        store: &S,
+    ) -> Result<(), ViewError> {
+        let damaged = |reason: String| ViewError::Damaged {
+            seq: entry.seq,
+            reason,
+        };
+        let apply = |reason: String| ViewError::Apply {
+            seq: entry.seq,
+            reason,
+        };
+        match entry.kind {
+            EntryKind::In => {
+                let inputs = decode_inputs(&entry.body).map_err(|e| damaged(e.to_string()))?;
+                let records: Vec<(&str, &[u8])> = inputs
+                    .records
+                    .iter()
+                    .map(|(d, r)| (d.as_str(), r.as_slice()))
+                    .collect();
+                log.append(&records, &inputs.keyed(), &mut self.next, inputs.time_ms)
+                    .map_err(|e| apply(format!("restoring into the local log: {e}")))?;
+                self.inputs += 1;
+            }
+            EntryKind::Fx => {
+                let commit = decode_commit(&entry.body).map_err(|e| damaged(e.to_string()))?;
+                store
+                    .commit(&commit, false)
+                    .map_err(|e| apply(format!("restoring into the local store: {e}")))?;
+                self.commits += 1;
+            }
+            EntryKind::Ctl => {}
+        }
+        Ok(())
+    }
+
+    /// Makes the restored store durable (one fsync for the whole restore).
+    pub fn finish<S: PartitionStore + ?Sized>(&self, store: &S) -> Result<(), StorageError> {
+        store.commit(&Commit::default(), true)
+    }
+}
