@@ -10,117 +10,22 @@
 //! duplicated), and membership (hosts see each other; a host killed or paused past the owner
 //! timeout is seen dead, and alive again once back). OS crashes cannot be simulated here.
 
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use sluice::cluster::fence::{ClaimError, LogView, Owner, WriteError};
 use sluice::cluster::jetstream::{JetStreamLog, Nats};
 use sluice::cluster::log::{EntryKind, ReplicatedLog};
+use sluice::cluster::replicated::{
+    ReplicatedDepotLog, ReplicatedStore, Replication, Restorer, Retry,
+};
+use sluice::depot::log::DepotLog;
+use sluice::pstate::store::PStateStore;
 
 use super::harness::{eventually, module_wasm, Host};
-
-/// Three clustered `nats-server`s on free loopback ports, stopped (by pid) when dropped.
-pub struct NatsCluster {
-    dir: tempfile::TempDir,
-    client_ports: Vec<u16>,
-    route_ports: Vec<u16>,
-    servers: Vec<Option<Child>>,
-}
-
-fn free_port() -> u16 {
-    Host::free_address()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a port")
-}
-
-impl NatsCluster {
-    /// Starts `n` servers, or answers `None` (after saying why) when there is no
-    /// `nats-server` and this is not CI.
-    pub fn start(n: usize) -> Option<Self> {
-        let found = Command::new("nats-server")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            assert!(
-                std::env::var("CI").is_err(),
-                "nats-server is not installed (CI must install it: apt-get install nats-server)"
-            );
-            eprintln!("skipped: no nats-server on PATH (apt-get install nats-server)");
-            return None;
-        }
-        let mut cluster = Self {
-            dir: tempfile::tempdir().expect("temp dir"),
-            client_ports: (0..n).map(|_| free_port()).collect(),
-            route_ports: (0..n).map(|_| free_port()).collect(),
-            servers: (0..n).map(|_| None).collect(),
-        };
-        for i in 0..n {
-            cluster.launch(i);
-        }
-        Some(cluster)
-    }
-
-    fn launch(&mut self, i: usize) {
-        let routes: Vec<String> = (0..self.servers.len())
-            .filter(|&j| j != i)
-            .map(|j| format!("nats-route://127.0.0.1:{}", self.route_ports[j]))
-            .collect();
-        let store = self.dir.path().join(format!("n{i}"));
-        let config = format!(
-            "server_name: n{i}\nlisten: 127.0.0.1:{}\nmax_payload: 8MB\n\
-             jetstream {{ store_dir: \"{}\", max_memory_store: 256MB, max_file_store: 4GB }}\n\
-             cluster {{ name: c1, listen: 127.0.0.1:{}, routes: [ {} ] }}\n",
-            self.client_ports[i],
-            store.display(),
-            self.route_ports[i],
-            routes.join(", ")
-        );
-        let conf = self.dir.path().join(format!("n{i}.conf"));
-        std::fs::write(&conf, config).expect("writing the server config");
-        let log = std::fs::File::create(self.dir.path().join(format!("n{i}.log"))).expect("log");
-        let child = Command::new("nats-server")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting nats-server");
-        self.servers[i] = Some(child);
-    }
-
-    pub fn urls(&self) -> String {
-        self.client_ports
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// `kill -9` of server `n<i>`.
-    pub fn kill9(&mut self, i: usize) {
-        if let Some(mut c) = self.servers[i].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn restart(&mut self, i: usize) {
-        self.kill9(i);
-        self.launch(i);
-    }
-}
-
-impl Drop for NatsCluster {
-    fn drop(&mut self) {
-        for i in 0..self.servers.len() {
-            self.kill9(i);
-        }
-    }
-}
+use super::nats::NatsCluster;
 
 /// A runtime for the NATS client and a connection, once JetStream answers (a meta leader is
 /// elected about a second after the servers start).
@@ -420,4 +325,138 @@ fn a_single_node_says_so() {
     let view = host.get("/v1/cluster").json();
     assert_eq!(view["mode"], "single-node");
     assert_eq!(view["hosts"], serde_json::json!([]));
+}
+
+/// One host's local files of a partition (real redb), behind the partition's JetStream log.
+struct ReplicatedFiles {
+    log: ReplicatedDepotLog<Arc<DepotLog>, JetStreamLog>,
+    store: ReplicatedStore<Arc<PStateStore>, JetStreamLog>,
+}
+
+fn word_key(i: u64) -> Vec<u8> {
+    format!("w{}", i % 17).into_bytes()
+}
+
+/// Claims the partition for `host` on empty files in `dir`, restoring them from the log.
+fn claim_files(log: &Arc<JetStreamLog>, host: &str, over: u64, dir: &Path) -> ReplicatedFiles {
+    let depot = Arc::new(DepotLog::open(&dir.join("depot.redb")).expect("depot file"));
+    let store = Arc::new(PStateStore::open(&dir.join("pstate.redb")).expect("pstate file"));
+    let mut restorer = Restorer::default();
+    let owner = Owner::claim(Arc::clone(log), host, &mut LogView::default(), over, |e| {
+        restorer.apply(e, &*depot, &*store)
+    })
+    .expect("claim");
+    restorer.finish(&*store).expect("durable");
+    let replication = Replication::new(owner, Retry::default());
+    ReplicatedFiles {
+        log: ReplicatedDepotLog {
+            local: depot,
+            replication: Arc::clone(&replication),
+        },
+        store: ReplicatedStore {
+            local: store,
+            replication,
+        },
+    }
+}
+
+#[test]
+#[ignore = "needs nats-server: make test-cluster"]
+fn a_partition_restores_from_jetstream_into_empty_files() {
+    use sluice::partition::seams::{Commit, KeyedRecord, PartitionLog, PartitionStore};
+    use sluice::pstate::engine::Table;
+    use sluice::value::{to_cbor, Value};
+
+    let Some(mut cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let (rt, nats) = connect(&cluster);
+    let log = Arc::new(open_log(&rt, &nats, "restore", 0));
+    let dirs = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dirs.path().join("a")).unwrap();
+    std::fs::create_dir_all(dirs.path().join("b")).unwrap();
+    let a = claim_files(&log, "a", 0, &dirs.path().join("a"));
+
+    // 200 appends and commits, as a worker makes them: records (some with idempotency
+    // keys), counts, offsets, a dead letter, an outbox entry; the stream's leader killed
+    // half-way (writes in doubt are retried with their message ids).
+    let mut next = std::collections::HashMap::new();
+    let mut counts = std::collections::BTreeMap::new();
+    for i in 0..200u64 {
+        if i == 100 {
+            let leader = log.leader().expect("a leader");
+            let n: usize = leader.trim_start_matches('n').parse().unwrap();
+            cluster.kill9(n);
+            cluster.restart(n);
+        }
+        let record = to_cbor(&Value::Text(format!("word {i}")));
+        let key = format!("k{i}");
+        let keys: Vec<KeyedRecord<'_>> = (i % 3 == 0)
+            .then(|| KeyedRecord {
+                index: 0,
+                key: &key,
+                fingerprint: i * 7,
+            })
+            .into_iter()
+            .collect();
+        let offsets = a
+            .log
+            .append(&[("words", &record)], &keys, &mut next, 1_000 + i)
+            .expect("append");
+        assert_eq!(offsets, [i]);
+        *counts.entry(word_key(i)).or_insert(0i64) += 1;
+        let mut c = Commit {
+            position: i + 1,
+            ..Default::default()
+        };
+        c.writes.insert(
+            ("counts".into(), Table::Main, word_key(i)),
+            Some(Value::Integer(counts[&word_key(i)].into())),
+        );
+        c.offsets.insert(("wc".into(), "words".into()), i + 1);
+        if i == 50 {
+            c.dead_letters
+                .push(sluice::partition::dead_letters::DeadLetter::new(
+                    "wc", "words", 50, "trap", "boom", 3,
+                ));
+        }
+        if i == 70 {
+            c.outbox_put.push((1, 0, b"hop".to_vec()));
+            c.hops_next.insert(1, 1);
+        }
+        a.store.commit(&c, i % 10 == 0).expect("commit");
+    }
+
+    // Host b claims on empty files: the same records, keys, PStates and progress.
+    let b = claim_files(&log, "b", 1, &dirs.path().join("b"));
+    let all = |f: &ReplicatedFiles| f.log.local.read("words", 0, 1_000).unwrap();
+    assert_eq!(all(&b), all(&a));
+    assert_eq!(all(&b).len(), 200);
+    for i in (0..200).step_by(3) {
+        let found = b.log.local.find_key("words", &format!("k{i}")).unwrap();
+        assert_eq!(found.map(|k| (k.offset, k.fingerprint)), Some((i, i * 7)));
+    }
+    let (pa, pb) = (a.store.progress().unwrap(), b.store.progress().unwrap());
+    assert_eq!(pb.offsets, pa.offsets);
+    assert_eq!(pb.outbox, pa.outbox);
+    assert_eq!(pb.hops_next, pa.hops_next);
+    assert_eq!(pb.position, 200);
+    assert_eq!(b.store.dead_letters("wc", 10).unwrap().len(), 1);
+    let snapshot = b.store.local.begin_read().unwrap();
+    for (k, n) in &counts {
+        let v = b
+            .store
+            .local
+            .get(&snapshot, "counts", Table::Main, k)
+            .unwrap();
+        assert_eq!(v, Some(Value::Integer((*n).into())), "count of {k:?}");
+    }
+    // `a` is a zombie now: its next write is refused and stops it for good.
+    let refused = a
+        .log
+        .append(&[("words", b"\x60")], &[], &mut next, 0)
+        .unwrap_err();
+    assert!(refused.message.contains("fenced"), "{refused}");
+    assert!(a.log.replication.poisoned().is_some());
+    assert_eq!(all(&b).len(), 200, "the zombie's write is nowhere");
 }

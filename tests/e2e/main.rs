@@ -16,6 +16,7 @@ mod hostile;
 mod idempotency;
 mod microbatch;
 mod migration;
+mod nats;
 mod observability;
 mod openapi;
 mod pstates;
