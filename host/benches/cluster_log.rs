@@ -10,10 +10,9 @@
 mod nats;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sluice::cluster::fence::{LogView, Owner};
-use sluice::cluster::jetstream::{JetStreamLog, Nats};
 use sluice::cluster::log::EntryKind;
 
 /// (entry bytes, writes) per workload.
@@ -46,20 +45,6 @@ fn measure(n: usize, mut write: impl FnMut(usize)) -> Run {
     }
 }
 
-fn open(rt: &tokio::runtime::Runtime, nats: &Nats, name: &str) -> Arc<JetStreamLog> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match rt.block_on(JetStreamLog::open(nats, name, 0)) {
-            Ok(log) => return Arc::new(log),
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("stream not ready: {e}");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
-}
-
 fn redb_baseline(bytes: usize, n: usize) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let db = redb::Database::create(dir.path().join("log.redb")).unwrap();
@@ -80,15 +65,7 @@ fn main() {
         println!("## Cluster log\n\nskipped: no nats-server on PATH\n");
         return;
     };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let r3 = rt
-        .block_on(Nats::connect(
-            &cluster.urls(),
-            "bench",
-            3,
-            Duration::from_secs(20),
-        ))
-        .expect("NATS");
+    let (rt, r3) = nats::connect(&cluster);
     let mut r1 = r3.clone();
     r1.replicas = 1;
     println!("## The cluster's replicated log (issue 14): fenced writes vs a durable redb commit (`host/benches/cluster_log.rs`)\n");
@@ -99,7 +76,7 @@ fn main() {
         let base = redb_baseline(bytes, n);
         let mut runs = Vec::new();
         for (name, nats) in [("r1", &r1), ("r3", &r3)] {
-            let log = open(&rt, nats, &format!("bench{i}{name}"));
+            let log = Arc::new(nats::open_log(&rt, nats, &format!("bench{i}{name}"), 0));
             let mut owner =
                 Owner::claim(log, "bench", &mut LogView::default(), 0, |_| Ok(())).unwrap();
             let body = vec![7u8; bytes];

@@ -16,7 +16,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use sluice::cluster::fence::{ClaimError, LogView, Owner, WriteError};
-use sluice::cluster::jetstream::{JetStreamLog, Nats};
+use sluice::cluster::jetstream::JetStreamLog;
 use sluice::cluster::log::{EntryKind, ReplicatedLog};
 use sluice::cluster::replicated::{
     ReplicatedDepotLog, ReplicatedStore, Replication, Restorer, Retry,
@@ -25,37 +25,7 @@ use sluice::depot::log::DepotLog;
 use sluice::pstate::store::PStateStore;
 
 use super::harness::{eventually, module_wasm, Host};
-use super::nats::NatsCluster;
-
-/// A runtime for the NATS client and a connection, once JetStream answers (a meta leader is
-/// elected about a second after the servers start).
-fn connect(cluster: &NatsCluster) -> (tokio::runtime::Runtime, Nats) {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let nats = rt
-        .block_on(Nats::connect(
-            &cluster.urls(),
-            "cluster-test",
-            3,
-            Duration::from_secs(20),
-        ))
-        .expect("connecting to NATS");
-    (rt, nats)
-}
-
-/// Opens a partition's stream, retrying while the cluster elects its leaders.
-fn open_log(rt: &tokio::runtime::Runtime, nats: &Nats, module: &str, p: u32) -> JetStreamLog {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match rt.block_on(JetStreamLog::open(nats, module, p)) {
-            Ok(log) => return log,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("stream not ready yet: {e}");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => panic!("opening the stream: {e}"),
-        }
-    }
-}
+use super::nats::{connect, open_log, NatsCluster, Proxy};
 
 /// Every whole entry's body, read from the start by a fresh view.
 fn restore_all(log: &dyn ReplicatedLog) -> Vec<Vec<u8>> {
@@ -459,4 +429,55 @@ fn a_partition_restores_from_jetstream_into_empty_files() {
     assert!(refused.message.contains("fenced"), "{refused}");
     assert!(a.log.replication.poisoned().is_some());
     assert_eq!(all(&b).len(), 200, "the zombie's write is nowhere");
+}
+
+#[test]
+#[ignore = "needs nats-server: make test-cluster"]
+fn a_host_cut_off_from_nats_knows_it_and_is_seen_dead() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // h2 reaches every server only through a proxy the test controls.
+    let proxies: Vec<Proxy> = (0..3)
+        .map(|i| Proxy::start(cluster.client_port(i)))
+        .collect();
+    let through: Vec<String> = proxies
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{}", p.port))
+        .collect();
+    let start = |id: &str, urls: &str| {
+        Host::start(
+            &dir.path().join(id),
+            &[
+                "--cluster",
+                urls,
+                "--host-id",
+                id,
+                "--owner-timeout-ms",
+                "1500",
+            ],
+        )
+    };
+    let h1 = start("h1", &cluster.urls());
+    let h2 = start("h2", &through.join(","));
+    let both = |h: &Host| alive(h).values().filter(|a| **a).count() == 2;
+    eventually("two live hosts", || (both(&h1) && both(&h2)).then_some(()));
+
+    for p in &proxies {
+        p.cut();
+    }
+    eventually("h2 seen dead by h1", || {
+        (alive(&h1).get("h2") == Some(&false)).then_some(())
+    });
+    eventually("h2 knows it is cut off", || {
+        (h2.get("/v1/cluster").json()["connected"] == false).then_some(())
+    });
+    for p in &proxies {
+        p.heal();
+    }
+    eventually("h2 back, both ways", || {
+        (both(&h1) && both(&h2)).then_some(())
+    });
+    assert_eq!(h2.get("/v1/cluster").json()["connected"], true);
 }

@@ -2,6 +2,9 @@
 //! JetStream on, loopback ports, temporary store dirs, stopped by pid when dropped.
 
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice::cluster::jetstream::{JetStreamLog, Nats};
 
 /// Three clustered `nats-server`s on free loopback ports, stopped (by pid) when dropped.
 pub struct NatsCluster {
@@ -72,6 +75,11 @@ impl NatsCluster {
         self.servers[i] = Some(child);
     }
 
+    /// The client port of server `n<i>`.
+    pub fn client_port(&self, i: usize) -> u16 {
+        self.client_ports[i]
+    }
+
     pub fn urls(&self) -> String {
         self.client_ports
             .iter()
@@ -99,5 +107,110 @@ impl Drop for NatsCluster {
         for i in 0..self.servers.len() {
             self.kill9(i);
         }
+    }
+}
+
+/// A runtime for the NATS client and a connection, once JetStream answers (a meta leader is
+/// elected about a second after the servers start).
+pub fn connect(cluster: &NatsCluster) -> (tokio::runtime::Runtime, Nats) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let nats = rt
+        .block_on(Nats::connect(
+            &cluster.urls(),
+            "cluster-test",
+            3,
+            Duration::from_secs(20),
+        ))
+        .expect("connecting to NATS");
+    (rt, nats)
+}
+
+/// Opens a partition's stream, retrying while the cluster elects its leaders.
+pub fn open_log(rt: &tokio::runtime::Runtime, nats: &Nats, module: &str, p: u32) -> JetStreamLog {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match rt.block_on(JetStreamLog::open(nats, module, p)) {
+            Ok(log) => return log,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("stream not ready yet: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("opening the stream: {e}"),
+        }
+    }
+}
+
+/// A TCP proxy to one NATS server that a test can cut (every connection closed, new ones
+/// refused) and heal: a host cut off from NATS without touching the network stack.
+pub struct Proxy {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    pub fn start(target_port: u16) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a proxy port");
+        let port = listener.local_addr().unwrap().port();
+        let proxy = Proxy {
+            port,
+            cut: Default::default(),
+            stop: Default::default(),
+            conns: Default::default(),
+        };
+        let (cut, stop, conns) = (proxy.cut.clone(), proxy.stop.clone(), proxy.conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                if cut.load(Ordering::Acquire) {
+                    continue; // dropped: refused
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target_port)) else {
+                    continue;
+                };
+                let mut kept = conns.lock().unwrap();
+                for s in [&client, &server] {
+                    if let Ok(s) = s.try_clone() {
+                        kept.push(s);
+                    }
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        proxy
+    }
+
+    /// Closes every connection and refuses new ones until [`Proxy::heal`].
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Release);
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.cut();
+        // Wakes the accept loop so it sees the stop flag.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
     }
 }

@@ -368,6 +368,14 @@ mod tests {
     use super::super::log::{MemoryLog, Mode};
     use super::*;
 
+    /// Claims `log` for `host` over epoch `over` with a fresh view, applying nothing.
+    fn claim(log: &Arc<MemoryLog>, host: &str, over: u64) -> Owner<MemoryLog> {
+        Owner::claim(Arc::clone(log), host, &mut LogView::default(), over, |_| {
+            Ok(())
+        })
+        .unwrap()
+    }
+
     fn bodies(log: &MemoryLog) -> Vec<(EntryKind, Vec<u8>)> {
         let mut view = LogView::default();
         let mut out = Vec::new();
@@ -382,23 +390,9 @@ mod tests {
     #[test]
     fn a_later_claim_fences_the_previous_owner() {
         let log = Arc::new(MemoryLog::default());
-        let mut a = Owner::claim(
-            Arc::clone(&log),
-            "a",
-            &mut LogView::default(),
-            0,
-            |_| Ok(()),
-        )
-        .unwrap();
+        let mut a = claim(&log, "a", 0);
         a.write(EntryKind::In, b"one").unwrap();
-        let mut b = Owner::claim(
-            Arc::clone(&log),
-            "b",
-            &mut LogView::default(),
-            1,
-            |_| Ok(()),
-        )
-        .unwrap();
+        let mut b = claim(&log, "b", 1);
         assert_eq!((a.epoch(), b.epoch()), (1, 2));
         assert_eq!(
             a.write(EntryKind::In, b"zombie"),
@@ -432,15 +426,7 @@ mod tests {
     #[test]
     fn large_entries_come_back_whole_and_unfinished_ones_are_dropped() {
         let log = Arc::new(MemoryLog::default());
-        let mut a = Owner::claim(
-            Arc::clone(&log),
-            "a",
-            &mut LogView::default(),
-            0,
-            |_| Ok(()),
-        )
-        .unwrap()
-        .with_part_bytes(4);
+        let mut a = claim(&log, "a", 0).with_part_bytes(4);
         let seq = a.write(EntryKind::Fx, b"0123456789").unwrap();
         assert_eq!(seq, 4, "claim + three parts");
         // A writer that dies after one part of three: the next claim drops the group.
@@ -467,14 +453,7 @@ mod tests {
     #[test]
     fn a_lost_answer_is_retried_into_one_entry() {
         let log = Arc::new(MemoryLog::default());
-        let mut a = Owner::claim(
-            Arc::clone(&log),
-            "a",
-            &mut LogView::default(),
-            0,
-            |_| Ok(()),
-        )
-        .unwrap();
+        let mut a = claim(&log, "a", 0);
         log.set_mode(Mode::LoseAnswers);
         assert!(matches!(
             a.write(EntryKind::In, b"x"),
@@ -496,22 +475,8 @@ mod tests {
     #[test]
     fn an_entry_of_an_old_epoch_after_a_claim_is_damage() {
         let log = Arc::new(MemoryLog::default());
-        let _a = Owner::claim(
-            Arc::clone(&log),
-            "a",
-            &mut LogView::default(),
-            0,
-            |_| Ok(()),
-        )
-        .unwrap();
-        let _b = Owner::claim(
-            Arc::clone(&log),
-            "b",
-            &mut LogView::default(),
-            1,
-            |_| Ok(()),
-        )
-        .unwrap();
+        let _a = claim(&log, "a", 0);
+        let _b = claim(&log, "b", 1);
         // Written around the fence (a broken log would let this through).
         log.publish(
             2,

@@ -35,7 +35,8 @@ pub struct Nats {
 
 impl Nats {
     /// Connects to `urls` (comma-separated `nats://host:port`); retries until a server
-    /// answers or `within` passes.
+    /// answers or `within` passes. Only the servers named are used (not those a server
+    /// advertises): a host reaches NATS the way its operator said.
     pub async fn connect(
         urls: &str,
         name: &str,
@@ -46,7 +47,8 @@ impl Nats {
             .name(name)
             .connection_timeout(within)
             .request_timeout(Some(REQUEST_TIMEOUT))
-            .retry_on_initial_connect();
+            .retry_on_initial_connect()
+            .ignore_discovered_servers();
         let addrs: Vec<async_nats::ServerAddr> = urls
             .split(',')
             .map(|u| u.trim().parse())

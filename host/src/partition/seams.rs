@@ -332,3 +332,4 @@ macro_rules! forward_through {
 
 forward_through!(Arc);
 forward_through!(Rc);
+forward_through!(Box);

@@ -35,12 +35,16 @@ use tokio::sync::oneshot;
 
 use handlers::{place, record, record_id, SimExec, FLAKY, POISON};
 use mem::{
-    Faults, FaultyLog, Inboxes, MemLog, MemStore, MemTransport, SharedFaults, SimClock, SimLog,
-    SimStore, SIM_RETRY,
+    Faults, FaultyLog, Inboxes, MemLog, MemStore, MemTransport, SharedFaults, SimClock, SIM_RETRY,
 };
 use rng::Rng;
 use sluice::cluster::fence::{LogView, Owner};
 use sluice::cluster::replicated::{ReplicatedDepotLog, ReplicatedStore, Replication, Restorer};
+
+/// A partition's depot log and store as the simulation runs them: local, or behind a
+/// replicated log.
+type SimLog = Box<dyn sluice::partition::seams::PartitionLog>;
+type SimStore = Box<dyn sluice::partition::seams::PartitionStore>;
 
 type SimPartition = Partition<SimExec, SimLog, SimStore, MemTransport>;
 
@@ -172,8 +176,8 @@ impl Sim {
             let (log, store) = match self.replicated.is_some() {
                 true => self.fail_over(p),
                 false => (
-                    SimLog::Local(Rc::clone(&self.logs[p as usize])),
-                    SimStore::Local(Rc::clone(&self.stores[p as usize])),
+                    Box::new(Rc::clone(&self.logs[p as usize])) as SimLog,
+                    Box::new(Rc::clone(&self.stores[p as usize])) as SimStore,
                 ),
             };
             let mut part = Partition::new(
@@ -237,11 +241,11 @@ impl Sim {
         self.stores[p as usize] = Rc::clone(&store);
         let replication = Replication::new(owner.with_part_bytes(64), SIM_RETRY);
         (
-            SimLog::Replicated(ReplicatedDepotLog {
+            Box::new(ReplicatedDepotLog {
                 local: log,
                 replication: Arc::clone(&replication),
             }),
-            SimStore::Replicated(ReplicatedStore {
+            Box::new(ReplicatedStore {
                 local: store,
                 replication,
             }),

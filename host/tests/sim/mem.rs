@@ -8,7 +8,7 @@ use std::rc::Rc;
 use sluice::cluster::log::{
     LogError, MemoryLog, Mode, Outgoing, PublishFailure, ReplicatedLog, Stored,
 };
-use sluice::cluster::replicated::{ReplicatedDepotLog, ReplicatedStore, Retry};
+use sluice::cluster::replicated::Retry;
 use sluice::partition::hops::Hop;
 use sluice::partition::seams::{
     Clock, Commit, HopTransport, KeyFound, KeyedRecord, PartitionLog, PartitionStore, Progress,
@@ -386,82 +386,5 @@ impl ReplicatedLog for FaultyLog {
 
     fn last_seq(&self) -> Result<u64, LogError> {
         self.inner.last_seq()
-    }
-}
-
-/// A partition's depot log as the simulation runs it: local, or behind a replicated log.
-pub enum SimLog {
-    Local(Rc<MemLog>),
-    Replicated(ReplicatedDepotLog<Rc<MemLog>, FaultyLog>),
-}
-
-impl SimLog {
-    fn inner(&self) -> &dyn PartitionLog {
-        match self {
-            SimLog::Local(l) => l,
-            SimLog::Replicated(r) => r,
-        }
-    }
-}
-
-impl PartitionLog for SimLog {
-    fn append(
-        &self,
-        records: &[(&str, &[u8])],
-        keys: &[KeyedRecord<'_>],
-        next: &mut HashMap<String, u64>,
-        time_ms: u64,
-    ) -> Result<Vec<u64>, StorageError> {
-        self.inner().append(records, keys, next, time_ms)
-    }
-
-    fn find_key(&self, depot: &str, key: &str) -> Result<Option<KeyFound>, StorageError> {
-        self.inner().find_key(depot, key)
-    }
-
-    fn read(
-        &self,
-        depot: &str,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
-        self.inner().read(depot, from, limit)
-    }
-
-    fn end(&self, depot: &str) -> Result<u64, StorageError> {
-        self.inner().end(depot)
-    }
-}
-
-/// A partition's store as the simulation runs it: local, or behind a replicated log.
-pub enum SimStore {
-    Local(Rc<MemStore>),
-    Replicated(ReplicatedStore<Rc<MemStore>, FaultyLog>),
-}
-
-impl SimStore {
-    fn inner(&self) -> &dyn PartitionStore {
-        match self {
-            SimStore::Local(s) => s,
-            SimStore::Replicated(r) => r,
-        }
-    }
-}
-
-impl PartitionStore for SimStore {
-    fn progress(&self) -> Result<Progress, StorageError> {
-        self.inner().progress()
-    }
-
-    fn outbox_from(&self, target: u32, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
-        self.inner().outbox_from(target, from)
-    }
-
-    fn commit(&self, c: &Commit, durable: bool) -> Result<(), StorageError> {
-        self.inner().commit(c, durable)
-    }
-
-    fn dead_letters(&self, topology: &str, limit: usize) -> Result<Vec<DeadLetter>, StorageError> {
-        self.inner().dead_letters(topology, limit)
     }
 }
