@@ -15,12 +15,10 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use sluice::cluster::fence::{ClaimError, LogView, Owner, WriteError};
+use sluice::cluster::fence::{ClaimError, LogView, Owner, WriteError, PART_BYTES_MAX};
 use sluice::cluster::jetstream::JetStreamLog;
 use sluice::cluster::log::{EntryKind, ReplicatedLog};
-use sluice::cluster::replicated::{
-    ReplicatedDepotLog, ReplicatedStore, Replication, Restorer, Retry,
-};
+use sluice::cluster::replicated::{claim_restoring, ReplicatedDepotLog, ReplicatedStore, Retry};
 use sluice::depot::log::DepotLog;
 use sluice::pstate::store::PStateStore;
 
@@ -311,13 +309,16 @@ fn word_key(i: u64) -> Vec<u8> {
 fn claim_files(log: &Arc<JetStreamLog>, host: &str, over: u64, dir: &Path) -> ReplicatedFiles {
     let depot = Arc::new(DepotLog::open(&dir.join("depot.redb")).expect("depot file"));
     let store = Arc::new(PStateStore::open(&dir.join("pstate.redb")).expect("pstate file"));
-    let mut restorer = Restorer::default();
-    let owner = Owner::claim(Arc::clone(log), host, &mut LogView::default(), over, |e| {
-        restorer.apply(e, &*depot, &*store)
-    })
+    let replication = claim_restoring(
+        Arc::clone(log),
+        host,
+        over,
+        &*depot,
+        &*store,
+        Retry::default(),
+        PART_BYTES_MAX,
+    )
     .expect("claim");
-    restorer.finish(&*store).expect("durable");
-    let replication = Replication::new(owner, Retry::default());
     ReplicatedFiles {
         log: ReplicatedDepotLog {
             local: depot,

@@ -82,6 +82,13 @@ fn unframe(stored: &Stored) -> Result<(u64, bool, &[u8]), ViewError> {
     ))
 }
 
+/// The latest epoch stored in `log` (0: never claimed), read from the start.
+pub fn current_epoch<L: ReplicatedLog + ?Sized>(log: &L) -> Result<u64, ViewError> {
+    let mut view = LogView::default();
+    view.catch_up(log, |_| Ok(()))?;
+    Ok(view.epoch().map_or(0, |e| e.number))
+}
+
 /// A reader's position in a partition log: the current epoch and any entry whose parts are
 /// still arriving. Restoring a partition is one view read to the end; an owner keeps reading
 /// nothing (it wrote everything after its claim itself).

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::codec::{decode_commit, decode_inputs, encode_commit, encode_inputs};
-use super::fence::{Entry, Owner, ViewError, WriteError};
+use super::fence::{ClaimError, Entry, LogView, Owner, ViewError, WriteError};
 use super::log::{EntryKind, ReplicatedLog};
 use crate::partition::seams::{
     Commit, KeyFound, KeyedRecord, PartitionLog, PartitionStore, Progress, StorageError,
@@ -233,4 +233,36 @@ impl Restorer {
     pub fn finish<S: PartitionStore + ?Sized>(&self, store: &S) -> Result<(), StorageError> {
         store.commit(&Commit::default(), true)
     }
+}
+
+/// Claims the partition for `host` over epoch `over` (see [`Owner::claim`]), restoring the
+/// empty local `log` and `store` from the replicated log on the way; answers the new owner's
+/// replication, to build the partition's seams with. Entries are split into parts of
+/// `part_bytes` ([`super::fence::PART_BYTES_MAX`] on JetStream).
+#[allow(clippy::too_many_arguments)]
+pub fn claim_restoring<R, L, S>(
+    rlog: Arc<R>,
+    host: &str,
+    over: u64,
+    log: &L,
+    store: &S,
+    retry: Retry,
+    part_bytes: usize,
+) -> Result<Arc<Replication<R>>, ClaimError>
+where
+    R: ReplicatedLog + ?Sized,
+    L: PartitionLog + ?Sized,
+    S: PartitionStore + ?Sized,
+{
+    let mut restorer = Restorer::default();
+    let owner = Owner::claim(rlog, host, &mut LogView::default(), over, |e| {
+        restorer.apply(e, log, store)
+    })?;
+    restorer.finish(store).map_err(|e| {
+        ClaimError::View(ViewError::Apply {
+            seq: owner.next_seq() - 1,
+            reason: format!("making the restored store durable: {e}"),
+        })
+    })?;
+    Ok(Replication::new(owner.with_part_bytes(part_bytes), retry))
 }

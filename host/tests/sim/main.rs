@@ -38,8 +38,8 @@ use mem::{
     Faults, FaultyLog, Inboxes, MemLog, MemStore, MemTransport, SharedFaults, SimClock, SIM_RETRY,
 };
 use rng::Rng;
-use sluice::cluster::fence::{LogView, Owner};
-use sluice::cluster::replicated::{ReplicatedDepotLog, ReplicatedStore, Replication, Restorer};
+use sluice::cluster::fence::{current_epoch, LogView};
+use sluice::cluster::replicated::{claim_restoring, ReplicatedDepotLog, ReplicatedStore, Restorer};
 
 /// A partition's depot log and store as the simulation runs them: local, or behind a
 /// replicated log.
@@ -222,24 +222,21 @@ impl Sim {
         let (log, store) = self.empty_locals();
         let enabled = std::mem::replace(&mut self.faults.borrow_mut().enabled, false);
         self.failovers += 1;
-        let mut view = LogView::default();
-        let mut restorer = Restorer::default();
-        view.catch_up(&*rlog, |e| restorer.apply(e, &*log, &*store))
-            .expect("the log reads back without damage");
-        let over = view.epoch().map_or(0, |e| e.number);
-        let owner = Owner::claim(
+        // The new host judged the current owner dead (the fence decides).
+        let over = current_epoch(&*rlog).expect("the log reads back without damage");
+        let replication = claim_restoring(
             Arc::clone(&rlog),
             &format!("h{}", self.failovers),
-            &mut view,
             over,
-            |e| restorer.apply(e, &*log, &*store),
+            &*log,
+            &*store,
+            SIM_RETRY,
+            64, // small parts: commits span several
         )
         .unwrap_or_else(|e| panic!("{}: claim failed: {e}", self.context()));
-        restorer.finish(&*store).expect("no faults while restoring");
         self.faults.borrow_mut().enabled = enabled;
         self.logs[p as usize] = Rc::clone(&log);
         self.stores[p as usize] = Rc::clone(&store);
-        let replication = Replication::new(owner.with_part_bytes(64), SIM_RETRY);
         (
             Box::new(ReplicatedDepotLog {
                 local: log,
