@@ -6,9 +6,11 @@
 //!
 //! What is checked here (issue 14, first steps): ownership by fence on JetStream itself
 //! (one winner among rival claimants, a zombie owner's writes refused, multi-part entries
-//! whole), acknowledged entries surviving `kill -9` of the stream's leader (none lost, none
-//! duplicated), and membership (hosts see each other; a host killed or paused past the owner
-//! timeout is seen dead, and alive again once back). OS crashes cannot be simulated here.
+//! whole), acknowledged entries surviving `kill -9` of the stream's leader and a seeded
+//! schedule of 20 faults (none lost, none duplicated), a partition's redb files restored
+//! from the log, and membership (hosts see each other; a host killed, paused past the owner
+//! timeout or cut off from NATS is seen dead, and alive again once back). OS crashes cannot
+//! be simulated here.
 
 use std::path::Path;
 use std::process::Command;
@@ -481,4 +483,120 @@ fn a_host_cut_off_from_nats_knows_it_and_is_seen_dead() {
         (both(&h1) && both(&h2)).then_some(())
     });
     assert_eq!(h2.get("/v1/cluster").json()["connected"], true);
+}
+
+/// A small deterministic RNG (splitmix64) for fault schedules.
+struct Schedule(u64);
+
+impl Schedule {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+/// Faults in one schedule (the issue asks for at least 20 per suite run).
+const SCHEDULE_FAULTS: usize = 20;
+
+#[test]
+#[ignore = "needs nats-server: make test-cluster"]
+fn a_seeded_fault_schedule_loses_no_acked_entry() {
+    let Some(mut cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let seed: u64 = std::env::var("CLUSTER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(14);
+    eprintln!("fault schedule seed {seed} (replay with CLUSTER_SEED={seed})");
+    let mut rng = Schedule(seed);
+    let (rt, nats) = connect(&cluster);
+    let log = Arc::new(open_log(&rt, &nats, "schedule", 0));
+    let mut claims = 1;
+    let mut owner = Owner::claim(Arc::clone(&log), "h1", &mut LogView::default(), 0, |_| {
+        Ok(())
+    })
+    .unwrap();
+    let (mut acked, mut retries, mut fenced) = (Vec::new(), 0u32, 0u32);
+    let mut faults: std::collections::BTreeMap<&str, u32> = Default::default();
+    let mut next = 0u64;
+    for _ in 0..SCHEDULE_FAULTS {
+        for _ in 0..5 + rng.below(20) {
+            let body = format!("e-{next}").into_bytes();
+            next += 1;
+            write_retrying(&mut owner, &body, &mut retries);
+            acked.push(body);
+        }
+        let leader = || -> usize {
+            log.leader()
+                .and_then(|l| l.trim_start_matches('n').parse().ok())
+                .unwrap_or(0)
+        };
+        match rng.below(4) {
+            0 => {
+                let n = leader();
+                cluster.kill9(n);
+                cluster.restart(n);
+                *faults.entry("kill -9 of the stream leader").or_default() += 1;
+            }
+            1 => {
+                let n = rng.below(cluster.len() as u64) as usize;
+                cluster.kill9(n);
+                cluster.restart(n);
+                *faults.entry("kill -9 of a server").or_default() += 1;
+            }
+            2 => {
+                // Paused past an election, then resumed (a zombie server).
+                let n = leader();
+                cluster.signal(n, "-STOP");
+                std::thread::sleep(Duration::from_millis(500 + rng.below(2_500)));
+                cluster.signal(n, "-CONT");
+                *faults
+                    .entry("SIGSTOP/SIGCONT of the stream leader")
+                    .or_default() += 1;
+            }
+            _ => {
+                // Another host claims: the owner is now a zombie, fenced at its next write.
+                claims += 1;
+                let epoch = owner.epoch();
+                let host = format!("h{claims}");
+                let rival = loop {
+                    match Owner::claim(
+                        Arc::clone(&log),
+                        &host,
+                        &mut LogView::default(),
+                        epoch,
+                        |_| Ok(()),
+                    ) {
+                        Ok(o) => break o,
+                        Err(ClaimError::View(_)) => std::thread::sleep(Duration::from_millis(200)),
+                        Err(e) => panic!("claim: {e}"),
+                    }
+                };
+                let zombie = owner.write(EntryKind::In, b"zombie");
+                assert_eq!(
+                    zombie,
+                    Err(WriteError::Fenced { epoch }),
+                    "the zombie wrote"
+                );
+                fenced += 1;
+                owner = rival;
+                *faults.entry("zombie owner (a rival claim)").or_default() += 1;
+            }
+        }
+    }
+    for i in 0..20 {
+        let body = format!("tail-{i}").into_bytes();
+        write_retrying(&mut owner, &body, &mut retries);
+        acked.push(body);
+    }
+    eprintln!("faults: {faults:?}; {retries} writes retried in doubt; {fenced} zombie writes refused; {} entries acked", acked.len());
+    assert_eq!(faults.values().sum::<u32>() as usize, SCHEDULE_FAULTS);
+    // Every acked entry once, in order, and nothing else (claims are not entries).
+    let (rt2, nats2) = connect(&cluster);
+    let reread = open_log(&rt2, &nats2, "schedule", 0);
+    assert_eq!(restore_all(&reread), acked);
 }

@@ -88,6 +88,21 @@ impl NatsCluster {
             .join(",")
     }
 
+    /// Sends `sig` (`-STOP`, `-CONT`, …) to server `n<i>`.
+    pub fn signal(&self, i: usize, sig: &str) {
+        let pid = self.servers[i].as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// How many servers the cluster has.
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
     /// `kill -9` of server `n<i>`.
     pub fn kill9(&mut self, i: usize) {
         if let Some(mut c) = self.servers[i].take() {
