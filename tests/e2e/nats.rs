@@ -19,6 +19,15 @@ fn free_port() -> u16 {
     l.local_addr().expect("its address").port()
 }
 
+/// `SLUICE_NATS_SYNC=always` (servers ≥ 2.10 only) makes the servers fsync before they
+/// acknowledge: the setting README recommends for OS-crash durability.
+fn sync_interval() -> String {
+    match std::env::var("SLUICE_NATS_SYNC") {
+        Ok(v) if !v.is_empty() => format!(", sync_interval: {v}"),
+        _ => String::new(),
+    }
+}
+
 impl NatsCluster {
     /// Starts `n` servers, or answers `None` (after saying why) when there is no
     /// `nats-server` and this is not CI.
@@ -55,10 +64,11 @@ impl NatsCluster {
         let store = self.dir.path().join(format!("n{i}"));
         let config = format!(
             "server_name: n{i}\nlisten: 127.0.0.1:{}\nmax_payload: 8MB\n\
-             jetstream {{ store_dir: \"{}\", max_memory_store: 256MB, max_file_store: 4GB }}\n\
+             jetstream {{ store_dir: \"{}\", max_memory_store: 256MB, max_file_store: 4GB{} }}\n\
              cluster {{ name: c1, listen: 127.0.0.1:{}, routes: [ {} ] }}\n",
             self.client_ports[i],
             store.display(),
+            sync_interval(),
             self.route_ports[i],
             routes.join(", ")
         );
