@@ -4,7 +4,8 @@
 //! Code map:
 //! - [`log`]: the replicated-log seam (one fenced stream per partition) and its in-memory
 //!   model for simulations;
-//! - [`jetstream`]: that seam on JetStream (async-nats), used by `sluice serve --cluster`;
+//! - [`jetstream`]: the NATS connection (`sluice serve --cluster`) and that seam on
+//!   JetStream (async-nats);
 //! - [`fence`]: ownership by fence: epochs, claims, the owner's fenced writer, restore;
 //! - [`replicated`]: a partition's seams over its replicated log (append and commit go to
 //!   the log first), and restoring the local files from it;

@@ -3,8 +3,9 @@
 //!
 //! The single node plugs in redb files, in-process channels and wasmtime
 //! ([`super::progress`], [`super::worker`], [`super::execute`]); the simulation test plugs
-//! in in-memory implementations and native Rust handlers; the cluster (CLUSTER.md §4.9) plugs
-//! in a JetStream log, ownership and NATS request/reply. Contracts every implementation keeps:
+//! in in-memory implementations and native Rust handlers; the cluster (CLUSTER.md §4.9) puts
+//! the log and the store behind a partition's replicated log ([`crate::cluster::replicated`]),
+//! and will plug in NATS request/reply for hops. Contracts every implementation keeps:
 //! - [`PartitionLog::append`] returns only after the records are durable, with dense offsets;
 //! - [`PartitionStore::commit`] is atomic; a commit with `durable` makes it and every earlier
 //!   commit survive a crash, a commit without it may be lost by a crash (together with every
