@@ -183,6 +183,10 @@ struct ServeArgs {
     /// claim its partitions); heartbeats go every fifth of it.
     #[arg(long, default_value_t = 10_000)]
     owner_timeout_ms: u64,
+    /// How long a request for a module waits while no host runs it (a failover) before it
+    /// is answered 503 with `Retry-After`.
+    #[arg(long, default_value_t = 20_000)]
+    failover_wait_ms: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -254,6 +258,15 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             .manual_clock_ms
             .map(|ms| Arc::new(sluice::partition::seams::ManualClock::new(ms))),
     };
+    if args.cluster.is_some() {
+        // On a cluster the local module files are a cache of the partition logs: a host
+        // starts with none and restores what it claims.
+        let modules = args.data_dir.join("modules");
+        if modules.exists() {
+            std::fs::remove_dir_all(&modules)
+                .with_context(|| format!("clearing {}", modules.display()))?;
+        }
+    }
     let registry = Registry::open(config)
         .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -266,7 +279,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
         let cluster = match &args.cluster {
-            Some(urls) => Some(join_cluster(&args, urls, addr).await?),
+            Some(urls) => Some(join_cluster(&args, urls, addr, &registry).await?),
             None => None,
         };
         println!("sluice listening on http://{addr}");
@@ -299,12 +312,14 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects to the cluster's NATS servers and starts this host's heartbeats.
+/// Connects to the cluster's NATS servers, starts this host's heartbeats and its placement
+/// loop.
 async fn join_cluster(
     args: &ServeArgs,
     urls: &str,
     addr: SocketAddr,
-) -> anyhow::Result<Arc<sluice::cluster::membership::Membership>> {
+    registry: &Arc<Registry>,
+) -> anyhow::Result<Arc<sluice::cluster::placement::Placement>> {
     let host = args
         .host_id
         .clone()
@@ -341,8 +356,16 @@ async fn join_cluster(
         }
     };
     membership.spawn(timeout / 5);
+    let placement = sluice::cluster::placement::Placement::open(
+        nats,
+        membership,
+        Arc::clone(registry),
+        ms(args.failover_wait_ms),
+    )
+    .await?;
+    placement.spawn(timeout / 5);
     tracing::info!(%host, %urls, "joined the cluster");
-    Ok(membership)
+    Ok(placement)
 }
 
 fn ms(ms: u64) -> std::time::Duration {

@@ -17,17 +17,20 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use sluice::cluster::fence::{ClaimError, LogView, Owner, WriteError, PART_BYTES_MAX};
+use sluice::cluster::fence::{Claim, ClaimError, LogView, Owner, WriteError, PART_BYTES_MAX};
 use sluice::cluster::jetstream::JetStreamLog;
 use sluice::cluster::log::{EntryKind, ReplicatedLog};
 use sluice::cluster::replicated::{claim_restoring, ReplicatedDepotLog, ReplicatedStore, Retry};
 use sluice::depot::log::DepotLog;
 use sluice::pstate::store::PStateStore;
 
-use super::harness::{eventually, module_wasm, Host};
+use super::harness::{eventually, Host};
 use super::nats::{connect, open_log, NatsCluster, Proxy};
 
 /// Every whole entry's body, read from the start by a fresh view.
+#[path = "cluster_modules.rs"]
+mod modules;
+
 fn restore_all(log: &dyn ReplicatedLog) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     LogView::default()
@@ -260,11 +263,6 @@ fn hosts_see_each_other_die_and_come_back() {
         );
     }
 
-    // Modules do not run on a cluster yet: refused clearly, nothing deployed.
-    let r = h1.deploy("wordcount", &module_wasm("wordcount"), "");
-    assert_eq!(r.status, 501, "{}", r.error_message());
-    assert_eq!(r.error_code(), "cluster-modules-unsupported");
-
     // kill -9: seen dead past the owner timeout.
     let (h3_dir, h3_args) = h3.stop_by_kill9();
     eventually("h3 seen dead", || {
@@ -314,7 +312,7 @@ fn claim_files(log: &Arc<JetStreamLog>, host: &str, over: u64, dir: &Path) -> Re
     let replication = claim_restoring(
         Arc::clone(log),
         host,
-        over,
+        Claim::Over(over),
         &*depot,
         &*store,
         Retry::default(),
@@ -324,11 +322,11 @@ fn claim_files(log: &Arc<JetStreamLog>, host: &str, over: u64, dir: &Path) -> Re
     ReplicatedFiles {
         log: ReplicatedDepotLog {
             local: depot,
-            replication: Arc::clone(&replication),
+            replication: Some(Arc::clone(&replication)),
         },
         store: ReplicatedStore {
             local: store,
-            replication,
+            replication: Some(replication),
         },
     }
 }
@@ -430,7 +428,7 @@ fn a_partition_restores_from_jetstream_into_empty_files() {
         .append(&[("words", b"\x60")], &[], &mut next, 0)
         .unwrap_err();
     assert!(refused.message.contains("fenced"), "{refused}");
-    assert!(a.log.replication.poisoned().is_some());
+    assert!(a.log.replication.as_ref().unwrap().poisoned().is_some());
     assert_eq!(all(&b).len(), 200, "the zombie's write is nowhere");
 }
 
@@ -489,6 +487,16 @@ fn a_host_cut_off_from_nats_knows_it_and_is_seen_dead() {
 struct Schedule(u64);
 
 impl Schedule {
+    /// Seeded by `CLUSTER_SEED` (default 14), printed for a replay.
+    fn from_env(what: &str) -> Self {
+        let seed: u64 = std::env::var("CLUSTER_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(14);
+        eprintln!("{what} seed {seed} (replay with CLUSTER_SEED={seed})");
+        Schedule(seed)
+    }
+
     fn below(&mut self, n: u64) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
@@ -507,12 +515,7 @@ fn a_seeded_fault_schedule_loses_no_acked_entry() {
     let Some(mut cluster) = NatsCluster::start(3) else {
         return;
     };
-    let seed: u64 = std::env::var("CLUSTER_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(14);
-    eprintln!("fault schedule seed {seed} (replay with CLUSTER_SEED={seed})");
-    let mut rng = Schedule(seed);
+    let mut rng = Schedule::from_env("fault schedule");
     let (rt, nats) = connect(&cluster);
     let log = Arc::new(open_log(&rt, &nats, "schedule", 0));
     let mut claims = 1;

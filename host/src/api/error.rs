@@ -291,6 +291,14 @@ impl From<DeployError> for ApiError {
             DeployError::Failed { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "module-failed", message)
             }
+            DeployError::ClusterUnsupported(_) => {
+                ApiError::new(StatusCode::NOT_IMPLEMENTED, "cluster-unsupported", message)
+            }
+            DeployError::Claim(_) => {
+                let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "claim-failed", message);
+                e.retry_after_s = Some(1);
+                e
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod conn;
 pub mod cors;
 mod error;
+mod forward;
 pub mod json;
 #[cfg(test)]
 mod openapi_tests;
@@ -82,8 +83,8 @@ pub struct AppState {
     pub pools: pools::Pools,
     /// Origins browsers may call from ([`cors`]).
     pub cors: cors::Cors,
-    /// This host's cluster membership (`sluice serve --cluster`); `None`: a single node.
-    pub cluster: Option<Arc<crate::cluster::membership::Membership>>,
+    /// This host's part in the cluster (`sluice serve --cluster`); `None`: a single node.
+    pub cluster: Option<Arc<crate::cluster::placement::Placement>>,
 }
 
 pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
@@ -328,6 +329,31 @@ fn module(state: &AppState, name: &str) -> Result<Arc<Module>, ApiError> {
     }
 }
 
+/// A deploy's options from its query (`partitions`, `retain.<depot>`).
+fn deploy_options(
+    params: &HashMap<String, String>,
+) -> Result<crate::module::DeployOptions, ApiError> {
+    let mut options = crate::module::DeployOptions {
+        partitions: parse_u64(params, "partitions")?.map(|p| u32::try_from(p).unwrap_or(u32::MAX)),
+        ..Default::default()
+    };
+    for (k, v) in params {
+        let Some(depot) = k.strip_prefix("retain.") else {
+            continue;
+        };
+        let v = subscribe::decode_component(v)?;
+        let setting =
+            match v.as_str() {
+                "module" => None,
+                v => Some(crate::depot::Retention::parse_setting(v).map_err(|e| {
+                    ApiError::bad_request("invalid-parameter", format!("`{k}`: {e}"))
+                })?),
+            };
+        options.retention.insert(depot.to_string(), setting);
+    }
+    Ok(options)
+}
+
 fn parse_u64(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
     params
         .get(name)
@@ -382,7 +408,7 @@ async fn advance_clock(
 
 async fn route(
     state: &AppState,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
@@ -393,6 +419,12 @@ async fn route(
     };
     let limits = state.registry.runtime().limits().clone();
     state.tokens.check(&method, &segments, req.headers())?;
+    if let (Some(placement), ["v1", "modules", ..]) = (&state.cluster, segments.as_slice()) {
+        match forward::module_request(state, placement, &method, &segments, req).await? {
+            forward::Outcome::Handled(r) => return Ok(r),
+            forward::Outcome::Local(r) => req = r,
+        }
+    }
     let not_allowed = || {
         let allow = allowed_methods(&segments);
         let mut e = ApiError::new(
@@ -459,33 +491,9 @@ async fn route(
             }
         }
         ["v1", "modules", name] => match method {
-            Method::PUT if state.cluster.is_some() => Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "cluster-modules-unsupported",
-                "modules do not run on a cluster yet: this host is a cluster member \
-                 (membership and replicated partition logs only); deploy to a single-node host",
-            )),
             Method::PUT => {
                 let name = name.to_string();
-                let params = query_params(&req);
-                let mut options = crate::module::DeployOptions {
-                    partitions: parse_u64(&params, "partitions")?
-                        .map(|p| u32::try_from(p).unwrap_or(u32::MAX)),
-                    ..Default::default()
-                };
-                for (k, v) in &params {
-                    let Some(depot) = k.strip_prefix("retain.") else {
-                        continue;
-                    };
-                    let v = subscribe::decode_component(v)?;
-                    let setting = match v.as_str() {
-                        "module" => None,
-                        v => Some(crate::depot::Retention::parse_setting(v).map_err(|e| {
-                            ApiError::bad_request("invalid-parameter", format!("`{k}`: {e}"))
-                        })?),
-                    };
-                    options.retention.insert(depot.to_string(), setting);
-                }
+                let options = deploy_options(&query_params(&req))?;
                 let wasm =
                     read_body(state, req, limits.module_size_bytes, "module_size_bytes").await?;
                 let registry = Arc::clone(&state.registry);
@@ -636,16 +644,19 @@ async fn route(
 /// The `Allow` header of a route (405 answers carry it).
 /// `GET /v1/cluster`: the hosts this host sees (a single node: only its mode).
 fn cluster_view(state: &AppState) -> serde_json::Value {
-    let Some(m) = &state.cluster else {
+    let Some(placement) = &state.cluster else {
         return json!({"mode": "single-node", "hosts": [], "modules": []});
     };
+    let m = &placement.membership;
     json!({
         "mode": "cluster",
         "host": m.host,
         "connected": m.connected(),
         "owner_timeout_ms": m.owner_timeout().as_millis() as u64,
+        "failover_wait_ms": placement.failover_wait.as_millis() as u64,
         "hosts": m.hosts(),
-        "modules": [],
+        "modules": placement.modules_view(),
+        "placement": placement.stats(),
     })
 }
 

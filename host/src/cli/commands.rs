@@ -115,9 +115,36 @@ fn render_cluster(view: &Value) -> String {
     let modules = view["modules"].as_array().cloned().unwrap_or_default();
     if !modules.is_empty() {
         text.push('\n');
-        if let Some(t) = of_objects(&Value::Array(modules)) {
-            text.push_str(&t.render());
+        let mut t = Table::new(&["module", "partition", "owner", "epoch", "log seq", "state"]);
+        for m in &modules {
+            let partitions = m["partition_owners"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if partitions.is_empty() {
+                let dash = || "-".to_string();
+                let name = cell(&m["name"]);
+                t.row(vec![
+                    name,
+                    dash(),
+                    "(none)".into(),
+                    dash(),
+                    dash(),
+                    "unowned".into(),
+                ]);
+            }
+            for p in &partitions {
+                t.row(vec![
+                    cell(&m["name"]),
+                    cell(&p["partition"]),
+                    cell(&m["owner"]),
+                    cell(&p["epoch"]),
+                    cell(&p["log_seq"]),
+                    cell(&p["state"]),
+                ]);
+            }
         }
+        text.push_str(&t.render());
     }
     text
 }

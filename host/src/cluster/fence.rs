@@ -217,6 +217,17 @@ pub enum ClaimError {
     View(#[from] ViewError),
 }
 
+/// Which epoch a claim takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The one after this epoch, the one the claimant judged dead (0: the log had no owner).
+    Over(u64),
+    /// This number, if every epoch stored is below it: a module's partitions take the epoch
+    /// its first partition's claim won, so a claimant that lost that race (and later read a
+    /// partition before the winner claimed it) can never take the partition back.
+    At(u64),
+}
+
 /// The partition's current owner: the only writer of its log.
 pub struct Owner<L: ?Sized> {
     log: Arc<L>,
@@ -239,15 +250,33 @@ impl<L: ReplicatedLog + ?Sized> Owner<L> {
         host: &str,
         view: &mut LogView,
         over: u64,
+        apply: impl FnMut(&Entry) -> Result<(), ViewError>,
+    ) -> Result<Self, ClaimError> {
+        Self::claim_as(log, host, view, Claim::Over(over), apply)
+    }
+
+    /// Claims the partition by `rule` (see [`Claim`]); otherwise as [`Owner::claim`].
+    pub fn claim_as(
+        log: Arc<L>,
+        host: &str,
+        view: &mut LogView,
+        rule: Claim,
         mut apply: impl FnMut(&Entry) -> Result<(), ViewError>,
     ) -> Result<Self, ClaimError> {
         view.catch_up(&*log, &mut apply)?;
-        if let Some(current) = view.epoch().filter(|e| e.number != over) {
-            return Err(ClaimError::Lost {
-                current: current.clone(),
-            });
-        }
-        let number = view.epoch().map_or(1, |e| e.number + 1);
+        let current = view.epoch().map_or(0, |e| e.number);
+        let number = match rule {
+            Claim::Over(over) if current == over => current + 1,
+            Claim::At(number) if current < number => number,
+            _ => {
+                return Err(ClaimError::Lost {
+                    current: view.epoch().cloned().unwrap_or(Epoch {
+                        number: 0,
+                        host: String::new(),
+                    }),
+                })
+            }
+        };
         let claim = Epoch {
             number,
             host: host.to_string(),
@@ -301,6 +330,11 @@ impl<L: ReplicatedLog + ?Sized> Owner<L> {
 
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// The log this owner writes.
+    pub fn log(&self) -> &L {
+        &self.log
     }
 
     /// The sequence the next message gets (one past the owner's last).
@@ -413,6 +447,34 @@ mod tests {
                 (EntryKind::In, b"two".to_vec())
             ]
         );
+    }
+
+    #[test]
+    fn a_claim_at_an_epoch_never_goes_below_one_stored() {
+        let log = Arc::new(MemoryLog::default());
+        let at = |host: &str, n| {
+            Owner::claim_as(
+                Arc::clone(&log),
+                host,
+                &mut LogView::default(),
+                Claim::At(n),
+                |_| Ok(()),
+            )
+        };
+        let mut a = at("a", 5).unwrap();
+        assert_eq!(a.epoch(), 5);
+        a.write(EntryKind::In, b"one").unwrap();
+        // A claimant of an older module epoch loses; so does one of the same epoch.
+        for n in [4, 5] {
+            assert!(matches!(at("b", n), Err(ClaimError::Lost { current }) if current.number == 5));
+        }
+        let mut c = at("c", 7).unwrap();
+        assert_eq!(
+            a.write(EntryKind::In, b"zombie"),
+            Err(WriteError::Fenced { epoch: 5 })
+        );
+        c.write(EntryKind::In, b"two").unwrap();
+        assert_eq!(bodies(&log).len(), 2);
     }
 
     #[test]

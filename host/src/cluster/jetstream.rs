@@ -88,6 +88,11 @@ impl JetStreamLog {
     /// Opens the partition's stream, creating it if it does not exist.
     pub async fn open(nats: &Nats, module: &str, partition: u32) -> Result<Self, LogError> {
         let (name, prefix) = stream_name(module, partition);
+        Self::open_stream(nats, name, prefix).await
+    }
+
+    /// Opens (or creates) the stream `name` on the subjects `<prefix>.{in,fx,ctl}`.
+    pub async fn open_stream(nats: &Nats, name: String, prefix: String) -> Result<Self, LogError> {
         let config = stream::Config {
             name: name.clone(),
             subjects: vec![format!("{prefix}.>")],

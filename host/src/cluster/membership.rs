@@ -55,6 +55,31 @@ pub struct Heartbeat {
     pub address: String,
     /// Counts up with every heartbeat (a restart starts again at 1).
     pub beat: u64,
+    /// The modules it runs (a routing hint: the partition logs' epochs decide).
+    #[serde(default)]
+    pub owns: Vec<OwnedModule>,
+}
+
+/// A module a host runs, as its heartbeats say.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OwnedModule {
+    pub module: String,
+    pub version: u64,
+    pub partitions: Vec<OwnedPartition>,
+}
+
+/// One partition of a module a host runs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OwnedPartition {
+    pub partition: u32,
+    /// The epoch this host claimed it at.
+    pub epoch: u64,
+    /// The sequence of the last entry this host stored in its log.
+    pub log_seq: u64,
+    /// Entries of its log not yet applied here (0 once restored: the owner writes the rest).
+    pub lag: u64,
+    /// The partition's state on this host (`serving`, `failed`, …).
+    pub state: String,
 }
 
 /// One host as this host sees it.
@@ -66,6 +91,7 @@ pub struct HostView {
     /// Milliseconds since its heartbeat last changed, on this host's clock.
     pub last_heartbeat_ms_ago: u64,
     pub beat: u64,
+    pub owns: Vec<OwnedModule>,
 }
 
 struct Seen {
@@ -83,6 +109,8 @@ pub struct Membership {
     seen: Mutex<BTreeMap<String, Seen>>,
     /// When this host's own heartbeat was last stored.
     own_ok: Mutex<Instant>,
+    /// What this host's heartbeats say it runs ([`Membership::report`]).
+    owns: Mutex<Vec<OwnedModule>>,
 }
 
 impl Membership {
@@ -101,6 +129,7 @@ impl Membership {
             kv,
             seen: Mutex::new(BTreeMap::new()),
             own_ok: Mutex::new(Instant::now()),
+            owns: Mutex::new(Vec::new()),
         });
         me.beat(1).await?;
         Ok(me)
@@ -111,6 +140,7 @@ impl Membership {
             host: self.host.clone(),
             address: self.address.clone(),
             beat,
+            owns: self.owns.lock().expect("poisoned").clone(),
         };
         let bytes = serde_json::to_vec(&heartbeat).expect("serializable");
         self.kv.put(&self.host, bytes.into()).await?;
@@ -197,6 +227,7 @@ impl Membership {
                     alive: ago < self.owner_timeout,
                     last_heartbeat_ms_ago: ago.as_millis() as u64,
                     beat: s.heartbeat.beat,
+                    owns: s.heartbeat.owns.clone(),
                 }
             })
             .collect();
@@ -207,9 +238,15 @@ impl Membership {
             alive: own < self.owner_timeout,
             last_heartbeat_ms_ago: own.as_millis() as u64,
             beat: seen.get(&self.host).map_or(1, |s| s.heartbeat.beat),
+            owns: self.owns.lock().expect("poisoned").clone(),
         });
         out.sort_by(|a, b| a.host.cmp(&b.host));
         out
+    }
+
+    /// What this host runs, for its next heartbeats and its own view.
+    pub fn report(&self, owns: Vec<OwnedModule>) {
+        *self.owns.lock().expect("poisoned") = owns;
     }
 
     pub fn owner_timeout(&self) -> Duration {

@@ -10,13 +10,17 @@
 //! - [`replicated`]: a partition's seams over its replicated log (append and commit go to
 //!   the log first), and restoring the local files from it;
 //! - [`codec`]: the bodies of `In` (appended records) and `Fx` (commits) entries;
-//! - [`membership`]: hosts, heartbeats and who is alive.
+//! - [`membership`]: hosts, heartbeats and who is alive;
+//! - [`catalog`]: the modules deployed on the cluster, their components in JetStream;
+//! - [`placement`]: which host runs which module, claims after a host dies, routing.
 //!
 //! Without `--cluster` none of this runs: the host is the embedded single node.
 
+pub mod catalog;
 pub mod codec;
 pub mod fence;
 pub mod jetstream;
 pub mod log;
 pub mod membership;
+pub mod placement;
 pub mod replicated;

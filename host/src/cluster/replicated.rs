@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::codec::{decode_commit, decode_inputs, encode_commit, encode_inputs};
-use super::fence::{ClaimError, Entry, LogView, Owner, ViewError, WriteError};
+use super::fence::{Claim, ClaimError, Entry, LogView, Owner, ViewError, WriteError};
 use super::log::{EntryKind, ReplicatedLog};
 use crate::partition::seams::{
     Commit, KeyFound, KeyedRecord, PartitionLog, PartitionStore, Progress, StorageError,
@@ -74,6 +74,22 @@ impl<R: ReplicatedLog + ?Sized> Replication<R> {
         self.writer.lock().expect("poisoned").owner.epoch()
     }
 
+    /// Whether the log holds entries past this owner's last one (another host claimed the
+    /// partition, or a write in doubt landed): answers the log's last sequence if so. No
+    /// write is in flight meanwhile (it holds the writer), so an entry of this owner's own
+    /// is never mistaken for another's.
+    pub fn overtaken(&self) -> Result<Option<u64>, super::log::LogError> {
+        let w = self.writer.lock().expect("poisoned");
+        let ours = w.owner.next_seq() - 1;
+        let last = w.owner.log().last_seq()?;
+        Ok((last > ours).then_some(last))
+    }
+
+    /// The sequence of the last entry this owner stored (its claim, at first).
+    pub fn last_seq(&self) -> u64 {
+        self.writer.lock().expect("poisoned").owner.next_seq() - 1
+    }
+
     /// Stores one entry, retrying a write in doubt; any failure poisons the seams.
     fn write(&self, kind: EntryKind, body: &[u8]) -> Result<u64, StorageError> {
         let mut w = self.writer.lock().expect("poisoned");
@@ -99,10 +115,11 @@ impl<R: ReplicatedLog + ?Sized> Replication<R> {
     }
 }
 
-/// The depot log of a replicated partition.
+/// The depot log of a partition: the local one, behind its replicated log on a cluster
+/// (`replication: None` on a single node: the local log alone).
 pub struct ReplicatedDepotLog<L, R: ReplicatedLog + ?Sized> {
     pub local: L,
-    pub replication: Arc<Replication<R>>,
+    pub replication: Option<Arc<Replication<R>>>,
 }
 
 impl<L: PartitionLog, R: ReplicatedLog + ?Sized> PartitionLog for ReplicatedDepotLog<L, R> {
@@ -113,8 +130,9 @@ impl<L: PartitionLog, R: ReplicatedLog + ?Sized> PartitionLog for ReplicatedDepo
         next: &mut HashMap<String, u64>,
         time_ms: u64,
     ) -> Result<Vec<u64>, StorageError> {
-        self.replication
-            .write(EntryKind::In, &encode_inputs(records, keys, time_ms))?;
+        if let Some(r) = &self.replication {
+            r.write(EntryKind::In, &encode_inputs(records, keys, time_ms))?;
+        }
         self.local.append(records, keys, next, time_ms)
     }
 
@@ -151,10 +169,11 @@ impl<L: PartitionLog, R: ReplicatedLog + ?Sized> PartitionLog for ReplicatedDepo
     }
 }
 
-/// The state store of a replicated partition.
+/// The state store of a partition: the local one, behind its replicated log on a cluster
+/// (`replication: None` on a single node).
 pub struct ReplicatedStore<S, R: ReplicatedLog + ?Sized> {
     pub local: S,
-    pub replication: Arc<Replication<R>>,
+    pub replication: Option<Arc<Replication<R>>>,
 }
 
 impl<S: PartitionStore, R: ReplicatedLog + ?Sized> PartitionStore for ReplicatedStore<S, R> {
@@ -168,9 +187,8 @@ impl<S: PartitionStore, R: ReplicatedLog + ?Sized> PartitionStore for Replicated
 
     fn commit(&self, commit: &Commit, durable: bool) -> Result<(), StorageError> {
         // An empty commit only makes earlier ones durable locally: the log already has them.
-        if !commit.is_empty() {
-            self.replication
-                .write(EntryKind::Fx, &encode_commit(commit))?;
+        if let (false, Some(r)) = (commit.is_empty(), &self.replication) {
+            r.write(EntryKind::Fx, &encode_commit(commit))?;
         }
         self.local.commit(commit, durable)
     }
@@ -235,7 +253,7 @@ impl Restorer {
     }
 }
 
-/// Claims the partition for `host` over epoch `over` (see [`Owner::claim`]), restoring the
+/// Claims the partition for `host` by `rule` (see [`Owner::claim_as`]), restoring the
 /// empty local `log` and `store` from the replicated log on the way; answers the new owner's
 /// replication, to build the partition's seams with. Entries are split into parts of
 /// `part_bytes` ([`super::fence::PART_BYTES_MAX`] on JetStream).
@@ -243,7 +261,7 @@ impl Restorer {
 pub fn claim_restoring<R, L, S>(
     rlog: Arc<R>,
     host: &str,
-    over: u64,
+    rule: Claim,
     log: &L,
     store: &S,
     retry: Retry,
@@ -255,7 +273,7 @@ where
     S: PartitionStore + ?Sized,
 {
     let mut restorer = Restorer::default();
-    let owner = Owner::claim(rlog, host, &mut LogView::default(), over, |e| {
+    let owner = Owner::claim_as(rlog, host, &mut LogView::default(), rule, |e| {
         restorer.apply(e, log, store)
     })?;
     restorer.finish(store).map_err(|e| {
@@ -266,3 +284,10 @@ where
     })?;
     Ok(Replication::new(owner.with_part_bytes(part_bytes), retry))
 }
+
+/// A host partition's depot log (replicated through JetStream on a cluster).
+pub type HostLog =
+    ReplicatedDepotLog<Arc<crate::depot::log::DepotLog>, super::jetstream::JetStreamLog>;
+/// A host partition's state store (replicated through JetStream on a cluster).
+pub type HostStore =
+    ReplicatedStore<Arc<crate::pstate::PStateStore>, super::jetstream::JetStreamLog>;

@@ -15,6 +15,7 @@
 //! every `full`-ack event tree finished), its workers stopped, and new workers started on the
 //! same databases: topologies continue from their recorded offsets.
 
+mod cluster;
 pub mod definition;
 pub mod migrator;
 
@@ -29,6 +30,8 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
+use crate::cluster::jetstream::JetStreamLog;
+use crate::cluster::replicated::Replication;
 use crate::config::{Config, PARTITIONS_MAX};
 use crate::depot::log::DepotLog;
 use crate::depot::{Depot, RouteError};
@@ -73,6 +76,12 @@ pub enum DeployError {
     /// The module could not be loaded at start; it must be repaired or undeployed first.
     #[error("module `{name}` failed to load: {reason}; undeploy it (DELETE, which deletes its files) or repair its files and restart the host")]
     Failed { name: String, reason: String },
+    /// What a cluster cannot run yet (the module stays a single-node one).
+    #[error("not supported on a cluster yet: {0}")]
+    ClusterUnsupported(String),
+    /// Claiming or restoring a partition from its replicated log failed.
+    #[error("claiming the module's partitions: {0}")]
+    Claim(String),
 }
 
 /// Why an append was refused.
@@ -166,6 +175,8 @@ pub struct Module {
     open_trees: Arc<AtomicUsize>,
     /// The microbatch coordinator's stop flag and thread, if the module has microbatches.
     coordinator: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
+    /// Per partition, its replicated log's owner on a cluster (empty on a single node).
+    pub replications: Vec<Arc<Replication<JetStreamLog>>>,
     /// Where dead-letter replays of microbatch topologies go (the coordinator).
     batch_replays: Option<std::sync::mpsc::Sender<ReplayRequest>>,
     record_size_bytes: usize,
@@ -740,7 +751,7 @@ impl Registry {
                 let wasm = std::fs::read(dir.join(&m.wasm))
                     .map_err(|e| format!("{}: {e}", dir.join(&m.wasm).display()))?;
                 std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    registry.start(&dir, &m, &wasm, Files::Open(&opts))
+                    registry.start(&dir, &m, &wasm, Files::Open(&opts), Vec::new())
                 }))
                 .map_err(|p| format!("panicked: {}", panic_message(&p)))?
                 .map_err(|e| e.to_string())
@@ -848,6 +859,23 @@ impl Registry {
         }
     }
 
+    /// The partition count of a new module: the deploy's, else the module's hint, else the
+    /// host's default; a power of two up to [`PARTITIONS_MAX`].
+    fn partitions_of(
+        &self,
+        options: &DeployOptions,
+        definition: &Definition,
+    ) -> Result<u32, DeployError> {
+        let partitions = options
+            .partitions
+            .or(definition.partitions_hint)
+            .unwrap_or(self.config.default_partitions);
+        if !partitions.is_power_of_two() || partitions > PARTITIONS_MAX {
+            return Err(DeployError::BadPartitions(partitions));
+        }
+        Ok(partitions)
+    }
+
     /// Validates, compiles, defines and starts a new module.
     fn deploy_new(
         &self,
@@ -862,13 +890,7 @@ impl Registry {
             .validate()
             .map_err(DeployError::InvalidDefinition)?;
         let retention = deployment_retention(&definition, &BTreeMap::new(), &options.retention)?;
-        let partitions = options
-            .partitions
-            .or(definition.partitions_hint)
-            .unwrap_or(self.config.default_partitions);
-        if !partitions.is_power_of_two() || partitions > PARTITIONS_MAX {
-            return Err(DeployError::BadPartitions(partitions));
-        }
+        let partitions = self.partitions_of(&options, &definition)?;
         let manifest = Manifest {
             name: name.to_string(),
             version: 1,
@@ -891,7 +913,7 @@ impl Registry {
         write_synced(&tmp.join("module.json"), &json).map_err(io)?;
         std::fs::rename(&tmp, &dir).map_err(io)?;
         sync_dir(dir.parent().expect("has a parent")).map_err(io)?;
-        let module = self.start(&dir, &manifest, wasm, Files::Open(&opts))?;
+        let module = self.start(&dir, &manifest, wasm, Files::Open(&opts), Vec::new())?;
         self.modules
             .write()
             .expect("poisoned")
@@ -978,7 +1000,15 @@ impl Registry {
         // Any failure from here on restarts the old version, which ran a moment ago.
         let switched = begin_migrations(&name, &migrations, &files)
             .and_then(|()| write_manifest(&dir, &manifest).map_err(io))
-            .and_then(|()| self.start(&dir, &manifest, wasm, Files::Reuse(files.clone())));
+            .and_then(|()| {
+                self.start(
+                    &dir,
+                    &manifest,
+                    wasm,
+                    Files::Reuse(files.clone()),
+                    Vec::new(),
+                )
+            });
         let module = match switched {
             Ok(m) => m,
             Err(e) => {
@@ -989,7 +1019,13 @@ impl Registry {
                 );
                 write_manifest(&dir, &old_manifest).map_err(io)?;
                 let old_wasm = std::fs::read(dir.join(&old_manifest.wasm)).map_err(io)?;
-                let restored = self.start(&dir, &old_manifest, &old_wasm, Files::Reuse(files))?;
+                let restored = self.start(
+                    &dir,
+                    &old_manifest,
+                    &old_wasm,
+                    Files::Reuse(files),
+                    Vec::new(),
+                )?;
                 self.modules
                     .write()
                     .expect("poisoned")
@@ -1069,6 +1105,7 @@ impl Registry {
         manifest: &Manifest,
         wasm: &[u8],
         files: Files,
+        replications: Vec<Arc<Replication<JetStreamLog>>>,
     ) -> Result<Arc<Module>, DeployError> {
         let component = self.runtime.compile(wasm)?;
         let pre = self.runtime.prepare(&component)?;
@@ -1170,6 +1207,7 @@ impl Registry {
                 open_trees: Arc::clone(&open_trees),
                 status: Arc::clone(&status),
                 clock: Arc::clone(&self.clock),
+                replication: replications.get(p as usize).cloned(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("{}-p{p}", manifest.name))
@@ -1260,6 +1298,7 @@ impl Registry {
             coordinator: Mutex::new(coordinator),
             record_size_bytes: limits.record_size_bytes,
             queue_depth: limits.partition_queue_depth,
+            replications,
         }))
     }
 }

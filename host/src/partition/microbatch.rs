@@ -14,11 +14,11 @@ use super::core::Partition;
 use super::dead_letters::DeadHop;
 use super::execute::handler_imports;
 use super::progress::{write_dead_letters, write_position};
-use super::seams::{Commit, PartitionStore};
+use super::seams::{Commit, PartitionLog, PartitionStore};
 use super::work::{BatchHop, BatchStep};
 use super::worker::Channels;
 use super::{Topology, TopologyKind};
-use crate::depot::log::DepotLog;
+use crate::cluster::replicated::{HostLog, HostStore};
 use crate::pstate::engine::Table;
 use crate::pstate::store::{write_entries, DeadLetter, Overlay};
 use crate::pstate::{PStateStore, Session};
@@ -57,7 +57,9 @@ impl MbStates {
 }
 
 /// The partition as the host runs it.
-pub type HostPartition = Partition<GuestInstance, Arc<DepotLog>, Arc<PStateStore>, Channels>;
+/// Its seams are the local files, behind the partition's replicated log on a cluster (where
+/// microbatches are refused: their steps below write the local store only).
+pub type HostPartition = Partition<GuestInstance, HostLog, HostStore, Channels>;
 
 impl HostPartition {
     /// Carries out one microbatch step on this partition; answers the hops to route and a
@@ -133,19 +135,20 @@ impl HostPartition {
                 let mut session = st.session.take().ok_or("batch prepared twice")?;
                 let entries = session.take_writes();
                 let dead = (&st.dead[..], &st.replaying[..]);
-                prepare_microbatch(&self.store, topology, id, &entries, dead)
+                prepare_microbatch(&self.store.local, topology, id, &entries, dead)
                     .map_err(|e| e.to_string())?;
                 Ok((Vec::new(), st.dead.len() as u64))
             }
             BatchStep::Apply => {
                 let position = self.position + 1;
-                let applied = apply_microbatch(&self.store, topology, id, position)
+                let applied = apply_microbatch(&self.store.local, topology, id, position)
                     .map_err(|e| e.to_string())?;
                 if let Some(entries) = applied {
                     self.position = position;
                     self.store
+                        .local
                         .changes()
-                        .published(&self.store, position, &entries);
+                        .published(&self.store.local, position, &entries);
                 }
                 self.mb.running.remove(topology);
                 Ok((Vec::new(), 0))

@@ -22,6 +22,8 @@ use super::microbatch::HostPartition;
 use super::seams::{Clock, HopTransport};
 use super::work::{BatchReply, PeerMessage, Work};
 use super::Topology;
+use crate::cluster::jetstream::JetStreamLog;
+use crate::cluster::replicated::{HostLog, HostStore, Replication};
 use crate::depot::log::DepotLog;
 use crate::imports::Imports;
 use crate::pstate::claims::{Writer, WriterClaims};
@@ -161,6 +163,10 @@ pub struct WorkerSpec {
     pub status: Arc<PartitionStatus>,
     /// The host's clock (flush timing, tick times).
     pub clock: Arc<dyn Clock>,
+    /// The partition's replicated log on a cluster (`None` on a single node). A replicated
+    /// partition never restarts in place: its local files may then be behind its log, so
+    /// every failure is final here and the cluster re-claims it (restoring from the log).
+    pub replication: Option<Arc<Replication<JetStreamLog>>>,
 }
 
 /// How soon hops held for a full queue are offered again when nothing else arrives.
@@ -310,8 +316,27 @@ impl WorkerSpec {
             &self.cfg.module,
             &self.status,
             &queue,
-            |rx, carry, restarted| self.run_once(rx, carry, restarted),
+            |rx, carry, restarted| {
+                if self.replication.is_none() {
+                    return self.run_once(rx, carry, restarted);
+                }
+                let once = AssertUnwindSafe(|| self.run_once(rx, carry, restarted));
+                match std::panic::catch_unwind(once) {
+                    Ok(Exit::Failed(cause)) => Exit::Fatal(self.replicated_failure(cause)),
+                    Err(panic) => Exit::Fatal(self.replicated_failure(panic_message(&panic))),
+                    Ok(exit) => exit,
+                }
+            },
         );
+    }
+
+    /// The cause of a replicated partition's failure, as its status reports it.
+    fn replicated_failure(&self, cause: String) -> String {
+        let poisoned = self.replication.as_ref().and_then(|r| r.poisoned());
+        let why = poisoned.map_or(cause, |p| format!("its log stopped taking writes: {p}"));
+        format!(
+            "{why}; a replicated partition is not restarted in place (the cluster claims it again)"
+        )
     }
 
     fn build(&self) -> Result<HostPartition, String> {
@@ -346,8 +371,14 @@ impl WorkerSpec {
             self.cfg.clone(),
             Arc::clone(&self.topologies),
             instance,
-            Arc::clone(&self.log),
-            Arc::clone(&self.store),
+            HostLog {
+                local: Arc::clone(&self.log),
+                replication: self.replication.clone(),
+            },
+            HostStore {
+                local: Arc::clone(&self.store),
+                replication: self.replication.clone(),
+            },
             Channels {
                 peers: Arc::clone(&self.peers),
                 hops_queued: Arc::clone(&self.hops_queued),

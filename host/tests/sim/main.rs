@@ -38,7 +38,7 @@ use mem::{
     Faults, FaultyLog, Inboxes, MemLog, MemStore, MemTransport, SharedFaults, SimClock, SIM_RETRY,
 };
 use rng::Rng;
-use sluice::cluster::fence::{current_epoch, LogView};
+use sluice::cluster::fence::{current_epoch, Claim, LogView};
 use sluice::cluster::replicated::{claim_restoring, ReplicatedDepotLog, ReplicatedStore, Restorer};
 
 /// A partition's depot log and store as the simulation runs them: local, or behind a
@@ -227,7 +227,7 @@ impl Sim {
         let replication = claim_restoring(
             Arc::clone(&rlog),
             &format!("h{}", self.failovers),
-            over,
+            Claim::Over(over),
             &*log,
             &*store,
             SIM_RETRY,
@@ -240,11 +240,11 @@ impl Sim {
         (
             Box::new(ReplicatedDepotLog {
                 local: log,
-                replication: Arc::clone(&replication),
+                replication: Some(Arc::clone(&replication)),
             }),
             Box::new(ReplicatedStore {
                 local: store,
-                replication,
+                replication: Some(replication),
             }),
         )
     }

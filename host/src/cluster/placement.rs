@@ -1,0 +1,438 @@
+//! Which host runs which module, and moving a module when its host dies (CLUSTER.md §4.3).
+//!
+//! A module runs on one host at a time, every partition of it (so hops, `full` acks and
+//! queries stay inside one process, as on a single node); modules spread over the hosts.
+//! The *owner* of a module is the holder of its partition 0's epoch; it then claims every
+//! other partition at that same epoch ([`Claim::At`]). Each host, every tick:
+//! - reads the module catalog;
+//! - drops what it runs that the catalog deleted, or whose partition failed for good (a
+//!   fenced or poisoned log: another host claimed it, or a write stayed in doubt) — deleting
+//!   the local files, which are a cache of the logs;
+//! - for a module no live host says it runs (heartbeats), reads partition 0's epoch and
+//!   claims the module over it when it holds that epoch itself, or when its holder is dead
+//!   (or none) and this host is the module's first choice (rendezvous hashing over the live
+//!   hosts). A host cut off from NATS claims nothing.
+//!
+//! Invariants: a module's partitions are written by one host at a time (the fence:
+//! a claim over a live owner's epoch fences it; a claimant that lost partition 0 never takes
+//! another partition, since those are claimed at partition 0's epoch and only over lower
+//! ones); a request is served only by the module's current owner, others forward it
+//! (`api::forward`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::catalog::{CatalogError, Head, ModuleCatalog};
+use super::fence::{Claim, LogView, PART_BYTES_MAX};
+use super::jetstream::{JetStreamLog, Nats};
+use super::membership::{HostView, Membership, OwnedModule, OwnedPartition};
+use super::replicated::{claim_restoring, Retry};
+use crate::module::Registry;
+use crate::partition::worker::PartitionState;
+
+/// Where a request for a module goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This host runs it.
+    Local,
+    /// Another live host says it runs it.
+    Remote { host: String, address: String },
+    /// The catalog has it, nobody runs it (a failover in progress).
+    Unowned,
+    /// The catalog has no such module.
+    Unknown,
+}
+
+/// Counts of what this host's placement did, for the cluster view and the tests.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PlacementStats {
+    pub claims: u64,
+    pub claims_failed: u64,
+    pub drops: u64,
+    /// How long the last claim took (catalog read, restore of every partition, start), ms.
+    pub last_claim_ms: u64,
+}
+
+/// This host's part in the cluster: membership, the module catalog and placement.
+pub struct Placement {
+    pub host: String,
+    pub membership: Arc<Membership>,
+    pub catalog: ModuleCatalog<JetStreamLog>,
+    registry: Arc<Registry>,
+    nats: Nats,
+    retry: Retry,
+    /// How long a request waits for a module's owner during a failover.
+    pub failover_wait: Duration,
+    logs: Mutex<HashMap<(String, u32), Arc<JetStreamLog>>>,
+    stats: Mutex<PlacementStats>,
+    /// Serialises ticks (the loop's and a deploy's).
+    ticking: Mutex<()>,
+}
+
+/// The stream of the module catalog.
+const CATALOG_STREAM: &str = "SL_MODULES";
+
+impl Placement {
+    /// Opens the catalog (creating its stream); nothing runs until [`Placement::spawn`].
+    pub async fn open(
+        nats: Nats,
+        membership: Arc<Membership>,
+        registry: Arc<Registry>,
+        failover_wait: Duration,
+    ) -> anyhow::Result<Arc<Self>> {
+        let log = JetStreamLog::open_stream(&nats, CATALOG_STREAM.into(), "sl.modules".into())
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the module catalog: {e}"))?;
+        Ok(Arc::new(Self {
+            host: membership.host.clone(),
+            membership,
+            catalog: ModuleCatalog::new(Arc::new(log)),
+            registry,
+            nats,
+            retry: Retry::default(),
+            failover_wait,
+            logs: Mutex::new(HashMap::new()),
+            stats: Mutex::new(PlacementStats::default()),
+            ticking: Mutex::new(()),
+        }))
+    }
+
+    /// Runs the placement loop on its own thread (its calls block on NATS), every `every`.
+    pub fn spawn(self: &Arc<Self>, every: Duration) {
+        let me = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("placement".into())
+            .spawn(move || loop {
+                me.tick();
+                std::thread::sleep(every);
+            })
+            .expect("spawning the placement thread");
+    }
+
+    pub fn stats(&self) -> PlacementStats {
+        self.stats.lock().expect("poisoned").clone()
+    }
+
+    /// One pass over the catalog (see the module docs). Blocking.
+    pub fn tick(&self) {
+        let _one = self.ticking.lock().expect("poisoned");
+        if let Err(e) = self.catalog.refresh() {
+            tracing::warn!("reading the module catalog: {e}");
+        }
+        let hosts = self.membership.hosts();
+        for head in self.catalog.heads() {
+            if let Err(e) = self.reconcile(&head, &hosts) {
+                tracing::warn!(module = head.module, "placement: {e}");
+            }
+        }
+        for m in self.registry.list() {
+            if self.catalog.head(&m.name).is_none() {
+                self.drop(&m.name, "module-deleted", "the cluster has no such module");
+            }
+        }
+        self.report();
+    }
+
+    fn reconcile(&self, head: &Head, hosts: &[HostView]) -> Result<(), String> {
+        let name = &head.module;
+        if let Some(m) = self.registry.get(name) {
+            if head.deleted {
+                self.drop(
+                    name,
+                    "module-deleted",
+                    &format!("module `{name}` was deleted"),
+                );
+            } else if let Some(cause) = failed_partition(&m) {
+                self.drop(name, "owner-lost", &cause);
+            } else if let Some(cause) = self.written_by_another(&m)? {
+                self.drop(name, "owner-lost", &cause);
+            }
+            return Ok(());
+        }
+        if head.deleted || !self.membership.connected() {
+            return Ok(());
+        }
+        let runs_elsewhere = hosts
+            .iter()
+            .any(|h| h.alive && h.host != self.host && h.owns.iter().any(|o| &o.module == name));
+        if runs_elsewhere {
+            return Ok(());
+        }
+        let p0 = self.log(name, 0)?;
+        let mut view = LogView::default();
+        view.catch_up(&*p0, |_| Ok(()))
+            .map_err(|e| format!("reading partition 0: {e}"))?;
+        let (over, holder) = view
+            .epoch()
+            .map_or((0, None), |e| (e.number, Some(e.host.clone())));
+        let mine = holder.as_deref() == Some(self.host.as_str());
+        let holder_alive = holder
+            .as_deref()
+            .is_some_and(|h| hosts.iter().any(|v| v.host == h && v.alive));
+        if !mine && (holder_alive || first_choice(name, hosts) != Some(self.host.as_str())) {
+            return Ok(());
+        }
+        self.claim(head, over)
+    }
+
+    /// Whether another host wrote a partition log of `m` after this host's last entry (it
+    /// claimed the module while this one was paused or cut off): this host is fenced and
+    /// must stop serving, reads included, without waiting for a write of its own to fail.
+    fn written_by_another(&self, m: &crate::module::Module) -> Result<Option<String>, String> {
+        for (p, r) in m.replications.iter().enumerate() {
+            if let Some(last) = r.overtaken().map_err(|e| e.to_string())? {
+                return Ok(Some(format!(
+                    "partition {p}'s log is at {last}, past this host's last entry: another host claimed it"
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Claims every partition of `head`'s module (partition 0 over epoch `over`) and runs it.
+    fn claim(&self, head: &Head, over: u64) -> Result<(), String> {
+        let started = Instant::now();
+        let result = self.claim_inner(head, over);
+        let mut stats = self.stats.lock().expect("poisoned");
+        match &result {
+            Ok(()) => {
+                stats.claims += 1;
+                stats.last_claim_ms = started.elapsed().as_millis() as u64;
+                tracing::info!(
+                    module = head.module,
+                    ms = stats.last_claim_ms,
+                    "claimed the module"
+                );
+            }
+            Err(_) => stats.claims_failed += 1,
+        }
+        result
+    }
+
+    fn claim_inner(&self, head: &Head, over: u64) -> Result<(), String> {
+        let wasm = self
+            .catalog
+            .wasm(head)
+            .map_err(|e: CatalogError| e.to_string())?;
+        let logs = (0..head.partitions)
+            .map(|p| self.log(&head.module, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut epoch = 0;
+        let mut claim =
+            |p: u32, log: &crate::depot::log::DepotLog, store: &crate::pstate::PStateStore| {
+                let rule = if p == 0 {
+                    Claim::Over(over)
+                } else {
+                    Claim::At(epoch)
+                };
+                let r = claim_restoring(
+                    Arc::clone(&logs[p as usize]),
+                    &self.host,
+                    rule,
+                    log,
+                    store,
+                    self.retry,
+                    PART_BYTES_MAX,
+                )
+                .map_err(|e| e.to_string())?;
+                epoch = r.epoch();
+                Ok(r)
+            };
+        self.registry
+            .start_claimed(
+                &head.module,
+                head.version,
+                head.partitions,
+                &wasm,
+                &mut claim,
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn drop(&self, name: &str, code: &str, why: &str) {
+        if self.registry.drop_local(name, code, why) {
+            self.stats.lock().expect("poisoned").drops += 1;
+        }
+    }
+
+    /// Partition `p`'s log of `module` (opened once).
+    fn log(&self, module: &str, p: u32) -> Result<Arc<JetStreamLog>, String> {
+        let key = (module.to_string(), p);
+        if let Some(l) = self.logs.lock().expect("poisoned").get(&key) {
+            return Ok(Arc::clone(l));
+        }
+        let log = self
+            .nats
+            .runtime
+            .block_on(JetStreamLog::open(&self.nats, module, p))
+            .map_err(|e| format!("opening partition {p}'s log: {e}"))?;
+        let log = Arc::new(log);
+        self.logs
+            .lock()
+            .expect("poisoned")
+            .insert(key, Arc::clone(&log));
+        Ok(log)
+    }
+
+    /// Puts what this host runs into its heartbeats.
+    fn report(&self) {
+        let owns = self
+            .registry
+            .list()
+            .iter()
+            .filter(|m| !m.replications.is_empty())
+            .map(|m| OwnedModule {
+                module: m.name.clone(),
+                version: m.version,
+                partitions: m
+                    .replications
+                    .iter()
+                    .zip(&m.handles)
+                    .enumerate()
+                    .map(|(p, (r, h))| OwnedPartition {
+                        partition: p as u32,
+                        epoch: r.epoch(),
+                        log_seq: r.last_seq(),
+                        lag: 0,
+                        state: h.status.state().name().to_string(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        self.membership.report(owns);
+    }
+
+    /// Where a request for `module` goes now (no I/O).
+    pub fn route(&self, module: &str) -> Route {
+        if self.registry.get(module).is_some() {
+            return Route::Local;
+        }
+        match self.catalog.head(module) {
+            Some(h) if !h.deleted => {}
+            _ => return Route::Unknown,
+        }
+        let owner = self
+            .membership
+            .hosts()
+            .into_iter()
+            .filter(|h| h.alive && h.host != self.host)
+            .filter_map(|h| {
+                let epoch = h
+                    .owns
+                    .iter()
+                    .find(|o| o.module == module)?
+                    .partitions
+                    .first()?
+                    .epoch;
+                Some((epoch, h))
+            })
+            .max_by_key(|(epoch, _)| *epoch);
+        match owner {
+            Some((_, h)) => Route::Remote {
+                host: h.host,
+                address: h.address,
+            },
+            None => Route::Unowned,
+        }
+    }
+
+    /// Per module of the catalog: its owner (as heartbeats say) and partitions.
+    pub fn modules_view(&self) -> Vec<serde_json::Value> {
+        let hosts = self.membership.hosts();
+        self.catalog
+            .heads()
+            .into_iter()
+            .filter(|h| !h.deleted)
+            .map(|head| {
+                let owner = hosts
+                    .iter()
+                    .filter(|h| h.alive)
+                    .filter_map(|h| {
+                        let o = h.owns.iter().find(|o| o.module == head.module)?;
+                        Some((h.host.clone(), o.clone()))
+                    })
+                    .max_by_key(|(_, o)| o.partitions.first().map_or(0, |p| p.epoch));
+                let (owner, partitions) = match owner {
+                    Some((host, o)) => (Some(host), o.partitions),
+                    None => (None, Vec::new()),
+                };
+                serde_json::json!({
+                    "name": head.module,
+                    "version": head.version,
+                    "partitions": head.partitions,
+                    "owner": owner,
+                    "epoch": partitions.first().map(|p| p.epoch),
+                    "partition_owners": partitions,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The live host that ranks first for `module` (rendezvous hashing).
+fn first_choice<'a>(module: &str, hosts: &'a [HostView]) -> Option<&'a str> {
+    hosts
+        .iter()
+        .filter(|h| h.alive)
+        .max_by_key(|h| {
+            let d = Sha256::digest(format!("{module}/{}", h.host).as_bytes());
+            u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+        })
+        .map(|h| h.host.as_str())
+}
+
+/// Why a partition of `m` failed for good, if one did.
+fn failed_partition(m: &crate::module::Module) -> Option<String> {
+    m.handles
+        .iter()
+        .enumerate()
+        .find_map(|(p, h)| match h.status.state() {
+            PartitionState::Failed { cause } => Some(format!("partition {p} failed: {cause}")),
+            _ => None,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: &str, alive: bool) -> HostView {
+        HostView {
+            host: id.into(),
+            address: String::new(),
+            alive,
+            last_heartbeat_ms_ago: 0,
+            beat: 1,
+            owns: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_first_choice_is_stable_and_skips_dead_hosts() {
+        let all = [host("a", true), host("b", true), host("c", true)];
+        let modules: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
+        let firsts: Vec<&str> = modules
+            .iter()
+            .map(|m| first_choice(m, &all).unwrap())
+            .collect();
+        // Spread: every host is first for some module.
+        for h in ["a", "b", "c"] {
+            assert!(firsts.contains(&h), "{h} is first for none: {firsts:?}");
+        }
+        // A dead host's modules move; the others' stay where they were.
+        let b_dead = [host("a", true), host("b", false), host("c", true)];
+        for (m, was) in modules.iter().zip(&firsts) {
+            let now = first_choice(m, &b_dead).unwrap();
+            if *was == "b" {
+                assert_ne!(now, "b");
+            } else {
+                assert_eq!(now, *was, "{m} moved though its host lives");
+            }
+        }
+        assert_eq!(first_choice("m", &[host("a", false)]), None);
+    }
+}

@@ -1,0 +1,143 @@
+//! The registry's part on a cluster: checking a component before it goes into the cluster's
+//! catalog, starting a module this host claimed on fresh local files restored from its
+//! partition logs, and dropping it again (see `cluster::placement`).
+//!
+//! Invariant: on a cluster a module's local directory is a cache of its partition logs; it
+//! is deleted whenever this host stops running the module, and created empty before a
+//! claim restores it, so no file outlives the ownership that wrote it.
+
+use std::sync::Arc;
+
+use super::{
+    default_wasm_file, valid_name, write_synced, DeployError, DeployOptions, Files, Manifest,
+    Module, Registry,
+};
+use crate::cluster::jetstream::JetStreamLog;
+use crate::cluster::replicated::Replication;
+use crate::depot::log::DepotLog;
+use crate::pstate::PStateStore;
+use crate::topology::TopologyKind;
+
+/// Restores one partition's empty files from its log and claims it: answers its owner.
+pub type ClaimPartition<'a> =
+    dyn FnMut(u32, &DepotLog, &PStateStore) -> Result<Arc<Replication<JetStreamLog>>, String> + 'a;
+
+impl Registry {
+    /// Checks `wasm` as a new module of a cluster without starting it; answers its
+    /// partition count.
+    pub fn check_for_cluster(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        options: &DeployOptions,
+    ) -> Result<u32, DeployError> {
+        if !valid_name(name) {
+            return Err(DeployError::BadName(name.to_string()));
+        }
+        if !options.retention.is_empty() {
+            return Err(DeployError::ClusterUnsupported(
+                "retention set at deploy (`retain.<depot>`); declare it in the module".into(),
+            ));
+        }
+        let component = self.runtime.compile(wasm)?;
+        let pre = self.runtime.prepare(&component)?;
+        let definition = self.define(pre, name)?;
+        let validated = definition
+            .validate()
+            .map_err(DeployError::InvalidDefinition)?;
+        if let Some(t) = validated
+            .topologies
+            .iter()
+            .find(|t| t.kind == TopologyKind::Microbatch)
+        {
+            return Err(DeployError::ClusterUnsupported(format!(
+                "microbatch topologies (`{}`); deploy this module to a single-node host",
+                t.name
+            )));
+        }
+        self.partitions_of(options, &definition)
+    }
+
+    /// Starts version `version` of `name` on new, empty local files that `claim` restores
+    /// from each partition's log (partition 0 first) while claiming it. Nothing runs unless
+    /// every partition was claimed.
+    pub fn start_claimed(
+        &self,
+        name: &str,
+        version: u64,
+        partitions: u32,
+        wasm: &[u8],
+        claim: &mut ClaimPartition<'_>,
+    ) -> Result<Arc<Module>, DeployError> {
+        let _guard = self.deploy_lock.lock().expect("poisoned");
+        if self.get(name).is_some() {
+            return Err(DeployError::Claim(format!("`{name}` already runs here")));
+        }
+        let dir = self.module_dir(name);
+        let io = |e: String| DeployError::Io(e);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| io(format!("{}: {e}", dir.display())))?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| io(e.to_string()))?;
+        let opts = self.storage_options(self.files_open(), 2 * partitions as usize);
+        let mut files = Vec::new();
+        for p in 0..partitions {
+            let pdir = dir.join(format!("p{p}"));
+            crate::storage::create_partition(&pdir, name, p, &opts)
+                .map_err(|e| io(e.to_string()))?;
+            let (log, store) = crate::storage::open_partition(&pdir, name, p, &opts)
+                .map_err(|e| io(e.to_string()))?;
+            files.push((Arc::new(log), Arc::new(store)));
+        }
+        let mut replications = Vec::new();
+        for (p, (log, store)) in files.iter().enumerate() {
+            let replication = claim(p as u32, log, store).map_err(|e| {
+                drop_dir(&dir);
+                DeployError::Claim(format!("partition {p}: {e}"))
+            })?;
+            replications.push(replication);
+        }
+        let manifest = Manifest {
+            name: name.to_string(),
+            version,
+            partitions,
+            wasm: default_wasm_file(),
+            retention: Default::default(),
+        };
+        write_synced(&dir.join(&manifest.wasm), wasm).map_err(|e| io(e.to_string()))?;
+        let module = self
+            .start(&dir, &manifest, wasm, Files::Reuse(files), replications)
+            .inspect_err(|_| drop_dir(&dir))?;
+        self.modules
+            .write()
+            .expect("poisoned")
+            .insert(name.to_string(), Arc::clone(&module));
+        tracing::info!(module = name, partitions, version, "module claimed");
+        Ok(module)
+    }
+
+    /// Stops `name` here and deletes its local files; its subscribers are told why (`code`,
+    /// `why`). False if it did not run here.
+    pub fn drop_local(&self, name: &str, code: &str, why: &str) -> bool {
+        let _guard = self.deploy_lock.lock().expect("poisoned");
+        let Some(module) = self.modules.write().expect("poisoned").remove(name) else {
+            return false;
+        };
+        module
+            .retired
+            .store(true, std::sync::atomic::Ordering::Release);
+        super::stop_workers(&module);
+        for h in &module.handles {
+            h.store.changes().close(code, why);
+        }
+        drop_dir(&self.module_dir(name));
+        tracing::info!(module = name, "module dropped here: {why}");
+        true
+    }
+}
+
+fn drop_dir(dir: &std::path::Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        tracing::warn!("removing {}: {e}", dir.display());
+    }
+}

@@ -1,0 +1,612 @@
+//! Modules on a cluster, end to end: three real `nats-server`s, three real hosts; deploys
+//! through any host, requests through any host, the owner killed or paused, and the data
+//! checked afterwards against a recomputation from what was acked.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::{signal, Schedule, SCHEDULE_FAULTS};
+use crate::harness::{eventually, module_wasm, Host};
+use crate::nats::{connect, open_log, NatsCluster, Proxy};
+
+const OWNER_TIMEOUT_MS: &str = "1500";
+
+fn start_host(dir: &std::path::Path, urls: &str, id: &str) -> Host {
+    Host::start(
+        &dir.join(id),
+        &[
+            "--cluster",
+            urls,
+            "--host-id",
+            id,
+            "--owner-timeout-ms",
+            OWNER_TIMEOUT_MS,
+            "--failover-wait-ms",
+            "20000",
+            "--partitions",
+            "4",
+        ],
+    )
+}
+
+/// The module's owner as `host` sees it (`None`: nobody runs it, as far as it knows).
+fn owner(host: &Host, module: &str) -> Option<String> {
+    let view = host.get("/v1/cluster").json();
+    view["modules"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == module)?["owner"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// `counts` of every word, through `host`.
+fn counts(host: &Host, module: &str) -> BTreeMap<String, i64> {
+    let r = host.post_json(
+        &format!("/v1/modules/{module}/pstates/counts/select"),
+        &json!({"path": ["all"], "partition": "all"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e[0].as_str().unwrap().to_string(), e[1].as_i64().unwrap()))
+        .collect()
+}
+
+/// What the acked appends say: each record at its (depot, partition, offset).
+#[derive(Default)]
+struct Acked {
+    records: BTreeMap<(String, u64, u64), Value>,
+}
+
+impl Acked {
+    fn take(&mut self, depot: &str, record: &Value, answer: &Value) {
+        let at = (
+            depot.to_string(),
+            answer["partition"].as_u64().expect("partition"),
+            answer["offset"].as_u64().expect("offset"),
+        );
+        if let Some(before) = self.records.insert(at.clone(), record.clone()) {
+            assert_eq!(&before, record, "two records acked at {at:?}");
+        }
+    }
+
+    /// The counts the acked records make (words count once each; sentences split on spaces).
+    fn counts(&self) -> BTreeMap<String, i64> {
+        let mut c = BTreeMap::new();
+        for ((depot, _, _), r) in &self.records {
+            let words: Vec<String> = match depot.as_str() {
+                "words" => vec![r["word"].as_str().unwrap().to_string()],
+                _ => r["text"]
+                    .as_str()
+                    .unwrap()
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect(),
+            };
+            for w in words {
+                *c.entry(w).or_insert(0) += 1;
+            }
+        }
+        c
+    }
+}
+
+/// Checks every acked record at its offset through `host`, none duplicated, and the counts
+/// equal to the recomputation.
+fn check(host: &Host, acked: &Acked) {
+    for depot in ["words", "sentences"] {
+        let stored = host.read_depot("wc", depot);
+        let mut seen = 0;
+        for ((d, p, o), record) in &acked.records {
+            if d == depot {
+                assert_eq!(
+                    stored[*p as usize].get(*o as usize),
+                    Some(record),
+                    "acked {depot} record at partition {p} offset {o}"
+                );
+                seen += 1;
+            }
+        }
+        let total: usize = stored.iter().map(Vec::len).sum();
+        assert_eq!(
+            total, seen,
+            "{depot}: records stored that were never acked (or twice)"
+        );
+    }
+    assert_eq!(
+        counts(host, "wc"),
+        acked.counts(),
+        "PStates equal a recomputation from the depots"
+    );
+}
+
+#[test]
+#[ignore = "needs nats-server: make test-cluster"]
+fn a_module_serves_from_every_host_and_fails_over_without_loss() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let urls = cluster.urls();
+    let mut hosts: BTreeMap<String, Host> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|id| (id.to_string(), start_host(dir.path(), &urls, id)))
+        .collect();
+    for h in hosts.values() {
+        eventually("three live hosts", || {
+            (super::alive(h).values().filter(|a| **a).count() == 3).then_some(())
+        });
+    }
+
+    // Deployed through h1: stored in the catalog, run by one host, described from it.
+    let r = hosts["h1"].deploy("wc", &module_wasm("wordcount"), "");
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["partitions"], 4);
+    let again = hosts["h2"].deploy("wc", &module_wasm("wordcount"), "");
+    assert_eq!(again.status, 409, "{}", again.error_message());
+    assert_eq!(again.error_code(), "module-exists");
+    let mb = hosts["h3"].deploy("bank", &module_wasm("bank"), "");
+    assert_eq!(mb.status, 501, "{}", mb.error_message());
+    assert_eq!(mb.error_code(), "cluster-unsupported");
+    let first = eventually("every host sees one owner", || {
+        let o: Vec<_> = hosts.values().map(|h| owner(h, "wc")).collect();
+        (o.iter().all(|x| x.is_some() && *x == o[0])).then(|| o[0].clone().unwrap())
+    });
+    let list = hosts["h2"].get("/v1/modules").json();
+    assert_eq!(list["modules"][0]["name"], "wc");
+    assert_eq!(list["modules"][0]["owner"], first.as_str());
+    let view = hosts["h3"].get("/v1/cluster").json();
+    let wc = &view["modules"][0];
+    assert_eq!(wc["partition_owners"].as_array().unwrap().len(), 4);
+    let epoch = wc["epoch"].as_u64().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "cluster",
+            "--server",
+            &format!("http://{}", hosts["h3"].addr),
+        ])
+        .output()
+        .expect("sluice cluster");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for p in 0..4 {
+        let row = format!("wc      {p}          {first}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&row) && l.contains("serving")),
+            "`{row}` … serving in:\n{text}"
+        );
+    }
+    for p in wc["partition_owners"].as_array().unwrap() {
+        assert_eq!(p["epoch"].as_u64(), Some(epoch), "{wc}");
+    }
+
+    // Appends and reads through every host, hops included (`sentences` → `count_word`).
+    let mut acked = Acked::default();
+    let mut n = 0;
+    for round in 0..5 {
+        for h in hosts.values() {
+            let s = json!({"text": format!("alpha beta w{round}")});
+            let (a, _) = append_until_acked(h, "wc", "sentences", "full", &s, &format!("s{n}"));
+            acked.take("sentences", &s, &a);
+            let w = json!({"word": format!("w{n}")});
+            let (a, _) = append_until_acked(h, "wc", "words", "append", &w, &format!("w{n}"));
+            acked.take("words", &w, &a);
+            n += 1;
+        }
+    }
+    for h in hosts.values() {
+        eventually("counts through every host", || {
+            (counts(h, "wc") == acked.counts()).then_some(())
+        });
+    }
+    let top = hosts["h2"].post_json("/v1/modules/wc/queries/top-words", &json!({"n": 2}));
+    assert_eq!(top.status, 200, "{}", String::from_utf8_lossy(&top.body));
+    assert_eq!(top.json()["result"][0]["count"], 15, "{}", top.json());
+    // An append retried with its key through another host answers the original ack.
+    let w0 = json!({"word": "w0"});
+    let (replayed, _) = append_until_acked(&hosts["h3"], "wc", "words", "append", &w0, "w0");
+    assert_eq!(replayed["replayed"], true, "{replayed}");
+
+    // kill -9 of the owner under load: requests through the others wait, then succeed.
+    let killed = hosts.remove(&first).unwrap().stop_by_kill9();
+    let killed_at = Instant::now();
+    let mut failover = Duration::ZERO;
+    for h in hosts.values() {
+        let w = json!({"word": format!("after{n}")});
+        let (a, took) = append_until_acked(h, "wc", "words", "full", &w, &format!("w{n}"));
+        failover = failover.max(took);
+        acked.take("words", &w, &a);
+        n += 1;
+    }
+    println!(
+        "failover: owner killed → appends acked again after {} ms (owner timeout {OWNER_TIMEOUT_MS} ms)",
+        killed_at.elapsed().as_millis()
+    );
+    let second = eventually("a new owner", || {
+        owner(hosts.values().next().unwrap(), "wc").filter(|o| *o != first)
+    });
+    // The idempotency keys acked before the failover still answer the original acks.
+    let (replayed, _) = append_until_acked(&hosts[&second], "wc", "words", "append", &w0, "w0");
+    assert_eq!(replayed["replayed"], true, "{replayed}");
+    assert_eq!(replayed["offset"], acked_offset(&acked, "words", &w0));
+    for h in hosts.values() {
+        check(h, &acked);
+    }
+
+    // The killed host comes back with its id: the module stays where it is, served through it.
+    let back = Host::restart(killed);
+    eventually("the old owner forwards", || {
+        (owner(&back, "wc").as_deref() == Some(second.as_str())).then_some(())
+    });
+    check(&back, &acked);
+    hosts.insert(first.clone(), back);
+
+    // A zombie: the owner paused past the timeout; another host claims; resumed, the zombie
+    // writes nothing and serves nothing of its own: it forwards to the new owner.
+    signal(&hosts[&second], "-STOP");
+    let third = eventually("a claim over the paused owner", || {
+        hosts
+            .iter()
+            .find(|(id, _)| **id != second)
+            .and_then(|(_, h)| owner(h, "wc"))
+            .filter(|o| *o != second)
+    });
+    for (id, h) in &hosts {
+        if *id != second {
+            let w = json!({"word": format!("zombie-era{n}")});
+            let (a, _) = append_until_acked(h, "wc", "words", "full", &w, &format!("w{n}"));
+            acked.take("words", &w, &a);
+            n += 1;
+        }
+    }
+    signal(&hosts[&second], "-CONT");
+    let zombie = &hosts[&second];
+    eventually("the zombie sees it was fenced", || {
+        (owner(zombie, "wc").as_deref() == Some(third.as_str())).then_some(())
+    });
+    let w = json!({"word": "through-the-zombie"});
+    let (a, _) = append_until_acked(zombie, "wc", "words", "full", &w, &format!("w{n}"));
+    acked.take("words", &w, &a);
+    for h in hosts.values() {
+        check(h, &acked);
+    }
+    let placement = hosts[&third].get("/v1/cluster").json()["placement"].clone();
+    assert!(placement["claims"].as_u64().unwrap() >= 1, "{placement}");
+
+    // Deleted through any host: gone everywhere.
+    let r = hosts[&first].request("DELETE", "/v1/modules/wc", "application/json", b"");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    for h in hosts.values() {
+        eventually("the module gone", || {
+            (h.get("/v1/modules/wc").status == 404).then_some(())
+        });
+    }
+}
+
+fn acked_offset(acked: &Acked, depot: &str, record: &Value) -> u64 {
+    acked
+        .records
+        .iter()
+        .find(|((d, _, _), r)| d == depot && *r == record)
+        .map(|((_, _, o), _)| *o)
+        .unwrap()
+}
+
+/// A host of the fault schedule: reaches NATS only through its own proxies (one per server),
+/// so the test can cut it off.
+struct Member {
+    id: String,
+    host: Option<Host>,
+    stopped: Option<(std::path::PathBuf, Vec<String>)>,
+    proxies: Vec<Proxy>,
+}
+
+impl Member {
+    fn host(&self) -> &Host {
+        self.host.as_ref().expect("running")
+    }
+}
+
+/// Social's expected state: who follows whom (set up before the faults) and the posts acked.
+#[derive(Default)]
+struct Social {
+    follows: BTreeMap<String, BTreeSet<String>>,
+    posts: Vec<(String, String)>,
+}
+
+impl Social {
+    /// Checks every account's counts and timeline through `host`.
+    fn check(&self, host: &Host, accounts: &[String]) {
+        for a in accounts {
+            let p = social_query(host, "profile", json!({"account": a}));
+            let followers = self.follows.values().filter(|f| f.contains(a)).count();
+            let posts = self.posts.iter().filter(|(author, _)| author == a).count();
+            assert_eq!(
+                (
+                    p["followers"].as_u64(),
+                    p["following"].as_u64(),
+                    p["posts"].as_u64()
+                ),
+                (
+                    Some(followers as u64),
+                    Some(self.follows[a].len() as u64),
+                    Some(posts as u64)
+                ),
+                "profile of {a}: {p}"
+            );
+            let page = social_query(host, "timeline", json!({"account": a, "limit": 500}));
+            let mut got: Vec<String> = page["posts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["id"].as_str().unwrap().to_string())
+                .collect();
+            got.sort();
+            let mut want: Vec<String> = self
+                .posts
+                .iter()
+                .filter(|(author, _)| self.follows[a].contains(author))
+                .map(|(_, id)| id.clone())
+                .collect();
+            want.sort();
+            assert_eq!(
+                got, want,
+                "timeline of {a}: each followee's post exactly once"
+            );
+        }
+    }
+}
+
+fn social_query(host: &Host, name: &str, args: Value) -> Value {
+    let r = host.post_json(&format!("/v1/modules/social/queries/{name}"), &args);
+    assert_eq!(
+        r.status,
+        200,
+        "{name} {args}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    r.json()["result"].clone()
+}
+
+/// Appends `record` through `host` with an idempotency key, retrying (same key, same host)
+/// until it is acked; answers the ack and how long it took. Any other answer than 200 must
+/// be a 503 (never a false ack, never a refusal).
+fn append_until_acked(
+    host: &Host,
+    module: &str,
+    depot: &str,
+    ack: &str,
+    record: &Value,
+    key: &str,
+) -> (Value, Duration) {
+    let started = Instant::now();
+    loop {
+        let r = sluice::client::Client::new(&host.addr)
+            .unwrap()
+            .with_timeout(Duration::from_secs(90))
+            .request_with_headers(
+                "POST",
+                &format!("/v1/modules/{module}/depots/{depot}/append?ack={ack}"),
+                "application/json",
+                record.to_string().as_bytes(),
+                &[("Idempotency-Key", key)],
+            );
+        let last = match r {
+            Ok(r) if r.status == 200 => return (r.json(), started.elapsed()),
+            Ok(r) => {
+                assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+                String::from_utf8_lossy(&r.body).into_owned()
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{module} {key} never acked through {}; last: {last}",
+            host.addr
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// [`append_until_acked`] with `ack=full`, answering the ack.
+fn acked_append(host: &Host, module: &str, depot: &str, record: &Value, key: &str) -> Value {
+    append_until_acked(host, module, depot, "full", record, key).0
+}
+
+#[test]
+#[ignore = "needs nats-server: make test-cluster"]
+fn a_seeded_schedule_of_host_faults_loses_nothing() {
+    let Some(mut cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let mut rng = Schedule::from_env("host fault schedule");
+    // CLUSTER_KEEP_LOGS=1 keeps the hosts' data and logs for a look after a failure.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = match std::env::var_os("CLUSTER_KEEP_LOGS") {
+        Some(_) => tmp.keep(),
+        None => tmp.path().to_path_buf(),
+    };
+    eprintln!("hosts' logs: {}", dir.display());
+    let mut members: Vec<Member> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|id| {
+            let proxies: Vec<Proxy> = (0..cluster.len())
+                .map(|i| Proxy::start(cluster.client_port(i)))
+                .collect();
+            let urls: Vec<String> = proxies
+                .iter()
+                .map(|p| format!("nats://127.0.0.1:{}", p.port))
+                .collect();
+            Member {
+                id: id.to_string(),
+                host: Some(start_host(&dir, &urls.join(","), id)),
+                stopped: None,
+                proxies,
+            }
+        })
+        .collect();
+    for m in &members {
+        eventually("three live hosts", || {
+            (super::alive(m.host()).values().filter(|a| **a).count() == 3).then_some(())
+        });
+    }
+    for (module, wasm) in [("wc", "wordcount"), ("social", "social")] {
+        let r = members[0].host().deploy(module, &module_wasm(wasm), "");
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    }
+    // Social's follows first (each account follows the next three), with no faults.
+    let accounts: Vec<String> = (0..6).map(|i| format!("acct{i}")).collect();
+    let mut social = Social::default();
+    for (i, a) in accounts.iter().enumerate() {
+        for k in 1..=3 {
+            let b = &accounts[(i + k) % accounts.len()];
+            let f = json!({"follower": a, "followee": b});
+            acked_append(
+                members[1].host(),
+                "social",
+                "follows",
+                &f,
+                &format!("f-{a}-{b}"),
+            );
+            social
+                .follows
+                .entry(a.clone())
+                .or_default()
+                .insert(b.clone());
+        }
+    }
+    let (rt, nats) = connect(&cluster);
+    let mut acked = Acked::default();
+    let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut n = 0u64;
+    // Bounded load: a few appends to each module through healthy hosts, then the next fault.
+    let load = |members: &[Member],
+                rng: &mut Schedule,
+                acked: &mut Acked,
+                social: &mut Social,
+                n: &mut u64,
+                count: u64| {
+        let healthy: Vec<&Member> = members.iter().filter(|m| m.host.is_some()).collect();
+        for _ in 0..count {
+            let h = healthy[rng.below(healthy.len() as u64) as usize].host();
+            *n += 1;
+            match *n % 3 {
+                0 => {
+                    let s = json!({"text": format!("alpha w{}", *n % 7)});
+                    let a = acked_append(h, "wc", "sentences", &s, &format!("s{n}"));
+                    acked.take("sentences", &s, &a);
+                }
+                1 => {
+                    let w = json!({"word": format!("w{}", *n % 5)});
+                    let a = acked_append(h, "wc", "words", &w, &format!("w{n}"));
+                    acked.take("words", &w, &a);
+                }
+                _ => {
+                    let author = accounts[(*n % 6) as usize].clone();
+                    let id = format!("p{n}");
+                    let p = json!({"author": author, "id": id, "text": "hi", "time": *n as i64});
+                    acked_append(h, "social", "posts", &p, &id);
+                    social.posts.push((author, id));
+                }
+            }
+        }
+    };
+    let owner_of = |members: &[Member], module: &str| -> usize {
+        let viewer = members.iter().find(|m| m.host.is_some()).unwrap().host();
+        let id = eventually("a module's owner", || owner(viewer, module));
+        members.iter().position(|m| m.id == id).unwrap()
+    };
+    for _ in 0..SCHEDULE_FAULTS {
+        let before = 2 + rng.below(4);
+        load(&members, &mut rng, &mut acked, &mut social, &mut n, before);
+        let module = if rng.below(2) == 0 { "wc" } else { "social" };
+        match rng.below(4) {
+            0 => {
+                let o = owner_of(&members, module);
+                members[o].stopped = Some(members[o].host.take().unwrap().stop_by_kill9());
+                load(&members, &mut rng, &mut acked, &mut social, &mut n, 3);
+                members[o].host = Some(Host::restart(members[o].stopped.take().unwrap()));
+                *faults
+                    .entry("kill -9 of a module's owner host")
+                    .or_default() += 1;
+            }
+            1 => {
+                let o = owner_of(&members, module);
+                let paused = members[o].host.take().unwrap();
+                signal(&paused, "-STOP");
+                std::thread::sleep(Duration::from_millis(2_000));
+                load(&members, &mut rng, &mut acked, &mut social, &mut n, 3);
+                signal(&paused, "-CONT");
+                members[o].host = Some(paused);
+                *faults
+                    .entry("SIGSTOP past the owner timeout, then SIGCONT")
+                    .or_default() += 1;
+            }
+            2 => {
+                let log = open_log(&rt, &nats, module, 0);
+                let leader = log
+                    .leader()
+                    .and_then(|l| l.trim_start_matches('n').parse().ok())
+                    .unwrap_or(0);
+                cluster.kill9(leader);
+                load(&members, &mut rng, &mut acked, &mut social, &mut n, 3);
+                cluster.restart(leader);
+                *faults
+                    .entry("kill -9 of a stream's leader NATS server")
+                    .or_default() += 1;
+            }
+            _ => {
+                let o = if rng.below(2) == 0 {
+                    owner_of(&members, module)
+                } else {
+                    rng.below(members.len() as u64) as usize
+                };
+                let cut = members[o].host.take().unwrap();
+                for p in &members[o].proxies {
+                    p.cut();
+                }
+                std::thread::sleep(Duration::from_millis(2_000));
+                load(&members, &mut rng, &mut acked, &mut social, &mut n, 3);
+                for p in &members[o].proxies {
+                    p.heal();
+                }
+                members[o].host = Some(cut);
+                *faults
+                    .entry("a host cut off from NATS, then healed")
+                    .or_default() += 1;
+            }
+        }
+    }
+    load(&members, &mut rng, &mut acked, &mut social, &mut n, 6);
+    eprintln!(
+        "faults: {faults:?}; acked {} wordcount records and {} posts",
+        acked.records.len(),
+        social.posts.len()
+    );
+    assert_eq!(faults.values().sum::<u32>(), SCHEDULE_FAULTS as u32);
+    // One owner per module, every host agreeing; everything acked, once, through every host.
+    for module in ["wc", "social"] {
+        eventually("every host agrees on the owner", || {
+            let o: Vec<_> = members.iter().map(|m| owner(m.host(), module)).collect();
+            (o[0].is_some() && o.iter().all(|x| *x == o[0])).then_some(())
+        });
+    }
+    for m in &members {
+        check(m.host(), &acked);
+        social.check(m.host(), &accounts);
+    }
+    let claims: u64 = members
+        .iter()
+        .map(|m| {
+            m.host().get("/v1/cluster").json()["placement"]["claims"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    eprintln!("claims over the run (hosts still up): {claims}");
+}
