@@ -610,3 +610,74 @@ fn a_seeded_schedule_of_host_faults_loses_nothing() {
         .sum();
     eprintln!("claims over the run (hosts still up): {claims}");
 }
+
+/// Failovers measured (printed, not asserted against a time: benchmarks measure speed):
+/// `FAILOVER_RUNS` times the owner of `wc` is killed with `kill -9` and the time until an
+/// append through a survivor is acked again is taken; the killed host restarts each time.
+#[test]
+#[ignore = "needs nats-server: make test-cluster"]
+fn failover_times_over_several_runs() {
+    const FAILOVER_RUNS: usize = 5;
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let urls = cluster.urls();
+    let mut hosts: BTreeMap<String, Host> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|id| (id.to_string(), start_host(dir.path(), &urls, id)))
+        .collect();
+    for h in hosts.values() {
+        eventually("three live hosts", || {
+            (super::alive(h).values().filter(|a| **a).count() == 3).then_some(())
+        });
+    }
+    let r = hosts["h1"].deploy("wc", &module_wasm("wordcount"), "");
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let mut acked = Acked::default();
+    let mut times = Vec::new();
+    for run in 0..FAILOVER_RUNS {
+        let viewer = hosts.values().next().unwrap();
+        let first = eventually("an owner", || owner(viewer, "wc"));
+        for i in 0..20 {
+            let w = json!({"word": format!("r{run}-{i}")});
+            let a = acked_append(&hosts[&first], "wc", "words", &w, &format!("r{run}-{i}"));
+            acked.take("words", &w, &a);
+        }
+        let killed = hosts.remove(&first).unwrap().stop_by_kill9();
+        let survivor = hosts.values().next().unwrap();
+        let w = json!({"word": format!("after-{run}")});
+        let (a, took) = append_until_acked(survivor, "wc", "words", "full", &w, &format!("a{run}"));
+        acked.take("words", &w, &a);
+        times.push(took.as_millis() as u64);
+        let claim_ms = hosts
+            .values()
+            .map(|h| {
+                h.get("/v1/cluster").json()["placement"]["last_claim_ms"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .max()
+            .unwrap();
+        eprintln!(
+            "failover {run}: {} ms until acked again (the claim itself: {claim_ms} ms)",
+            took.as_millis()
+        );
+        hosts.insert(first.clone(), Host::restart(killed));
+        for h in hosts.values() {
+            eventually("three live hosts again", || {
+                (super::alive(h).values().filter(|a| **a).count() == 3).then_some(())
+            });
+        }
+    }
+    times.sort_unstable();
+    eprintln!(
+        "failover over {FAILOVER_RUNS} runs (owner timeout {OWNER_TIMEOUT_MS} ms): min {} ms, median {} ms, max {} ms",
+        times[0],
+        times[FAILOVER_RUNS / 2],
+        times[FAILOVER_RUNS - 1]
+    );
+    for h in hosts.values() {
+        check(h, &acked);
+    }
+}
