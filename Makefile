@@ -67,6 +67,7 @@ bench: modules
 	$(CARGO) bench -p sluice --bench languages 2>/dev/null | tee target/bench-languages.md
 	$(CARGO) bench -p sluice --bench migration 2>/dev/null | tee target/bench-migration.md
 	$(CARGO) bench -p sluice --bench cluster_log 2>/dev/null | tee target/bench-cluster-log.md
+	$(CARGO) bench -p sluice --bench cluster 2>/dev/null | tee target/bench-cluster.md
 
 ## Fuzz every target for FUZZ_SECONDS each (needs the nightly toolchain; installs cargo-fuzz).
 FUZZ_SECONDS ?= 30

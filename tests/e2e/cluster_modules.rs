@@ -204,6 +204,17 @@ fn a_module_serves_from_every_host_and_fails_over_without_loss() {
             (counts(h, "wc") == acked.counts()).then_some(())
         });
     }
+    // A subscription through a host that does not run the module is sent to the owner.
+    let url = Host::subscribe_url("wc", "counts", &json!([{"key": "alpha"}]), "");
+    let (_, other) = hosts.iter().find(|(id, _)| **id != first).unwrap();
+    match other.try_subscribe(&url, None) {
+        Err(r) => {
+            assert_eq!(r.status, 307, "{}", String::from_utf8_lossy(&r.body));
+            let to = format!("http://{}{url}", hosts[&first].addr);
+            assert_eq!(r.header("location"), Some(to.as_str()));
+        }
+        Ok(_) => panic!("a subscription served by a host that does not run the module"),
+    }
     let top = hosts["h2"].post_json("/v1/modules/wc/queries/top-words", &json!({"n": 2}));
     assert_eq!(top.status, 200, "{}", String::from_utf8_lossy(&top.body));
     assert_eq!(top.json()["result"][0]["count"], 15, "{}", top.json());

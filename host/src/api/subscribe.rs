@@ -226,6 +226,40 @@ fn refused(e: Refused) -> ApiError {
 }
 
 /// Validates the request and starts the stream (`None`: a HEAD, answered with headers only).
+/// On a cluster, a subscription is served by the module's owner only: another host answers
+/// 307 to it (browsers' `EventSource` follows), or 503 `no-owner` during a failover.
+fn elsewhere(
+    placement: &crate::cluster::placement::Placement,
+    module: &str,
+    req: &Request<Incoming>,
+) -> Result<(), ApiError> {
+    use crate::cluster::placement::Route;
+    match placement.route(module) {
+        Route::Local | Route::Unknown => Ok(()),
+        Route::Remote { host, address } => {
+            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let mut e = ApiError::new(
+                StatusCode::TEMPORARY_REDIRECT,
+                "owner-elsewhere",
+                format!("module `{module}` runs on host `{host}`: subscribe there"),
+            )
+            .detail("owner", host);
+            e.headers
+                .push((hyper::header::LOCATION, format!("{address}{target}")));
+            Err(e)
+        }
+        Route::Unowned => {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-owner",
+                format!("no host runs module `{module}` now (a failover); retry"),
+            );
+            e.retry_after_s = Some(1);
+            Err(e)
+        }
+    }
+}
+
 async fn start(
     state: &AppState,
     req: &Request<Incoming>,
@@ -257,6 +291,9 @@ async fn start(
         );
         e.headers.push((hyper::header::ALLOW, "GET, HEAD".into()));
         return Err(e);
+    }
+    if let Some(placement) = &state.cluster {
+        elsewhere(placement, m, req)?;
     }
     if !accepts_event_stream(req) {
         return Err(ApiError::new(
