@@ -31,6 +31,20 @@ fn start_host(dir: &std::path::Path, urls: &str, id: &str) -> Host {
     )
 }
 
+/// Hosts h1, h2 and h3 joined through `urls`, once each sees all three alive.
+fn three_hosts(dir: &std::path::Path, urls: &str) -> BTreeMap<String, Host> {
+    let hosts: BTreeMap<String, Host> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|id| (id.to_string(), start_host(dir, urls, id)))
+        .collect();
+    for h in hosts.values() {
+        eventually("three live hosts", || {
+            (super::alive(h).values().filter(|a| **a).count() == 3).then_some(())
+        });
+    }
+    hosts
+}
+
 /// The module's owner as `host` sees it (`None`: nobody runs it, as far as it knows).
 fn owner(host: &Host, module: &str) -> Option<String> {
     let view = host.get("/v1/cluster").json();
@@ -132,16 +146,7 @@ fn a_module_serves_from_every_host_and_fails_over_without_loss() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let urls = cluster.urls();
-    let mut hosts: BTreeMap<String, Host> = ["h1", "h2", "h3"]
-        .iter()
-        .map(|id| (id.to_string(), start_host(dir.path(), &urls, id)))
-        .collect();
-    for h in hosts.values() {
-        eventually("three live hosts", || {
-            (super::alive(h).values().filter(|a| **a).count() == 3).then_some(())
-        });
-    }
+    let mut hosts = three_hosts(dir.path(), &cluster.urls());
 
     // Deployed through h1: stored in the catalog, run by one host, described from it.
     let r = hosts["h1"].deploy("wc", &module_wasm("wordcount"), "");
@@ -633,16 +638,7 @@ fn failover_times_over_several_runs() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let urls = cluster.urls();
-    let mut hosts: BTreeMap<String, Host> = ["h1", "h2", "h3"]
-        .iter()
-        .map(|id| (id.to_string(), start_host(dir.path(), &urls, id)))
-        .collect();
-    for h in hosts.values() {
-        eventually("three live hosts", || {
-            (super::alive(h).values().filter(|a| **a).count() == 3).then_some(())
-        });
-    }
+    let mut hosts = three_hosts(dir.path(), &cluster.urls());
     let r = hosts["h1"].deploy("wc", &module_wasm("wordcount"), "");
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let mut acked = Acked::default();
