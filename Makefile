@@ -3,7 +3,7 @@ CARGO ?= cargo
 WASM_DIR := target/wasm32-wasip2/release
 LISTEN ?= 127.0.0.1:7470
 
-.PHONY: run test test-cluster sdk-test sim modules wasm-target host lint fmt bench fuzz clean
+.PHONY: run test test-cluster sdk-test sim modules wasm-target host lint fmt bench bench-postgres fuzz clean
 
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
@@ -68,6 +68,12 @@ bench: modules
 	$(CARGO) bench -p sluice --bench migration 2>/dev/null | tee target/bench-migration.md
 	$(CARGO) bench -p sluice --bench cluster_log 2>/dev/null | tee target/bench-cluster-log.md
 	$(CARGO) bench -p sluice --bench cluster 2>/dev/null | tee target/bench-cluster.md
+	$(CARGO) bench -p sluice --bench growth 2>/dev/null | tee target/bench-growth.md
+	$(MAKE) bench-postgres
+
+# Sluice vs PostgreSQL on an event log plus counts (installs postgresql and wrk when missing).
+bench-postgres: modules
+	$(CARGO) bench -p sluice --bench postgres 2>/dev/null | tee target/bench-postgres.md
 
 ## Fuzz every target for FUZZ_SECONDS each (needs the nightly toolchain; installs cargo-fuzz).
 FUZZ_SECONDS ?= 30

@@ -13,6 +13,11 @@ use sluice::api::{serve, AppState};
 use sluice::config::{Config, Limits};
 use sluice::module::Registry;
 
+/// mimalloc instead of glibc's malloc: the per-record path allocates small buffers on many
+/// threads (JSON trees, CBOR, redb pages), where glibc's arenas spent ~22% of the host's CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sluice",

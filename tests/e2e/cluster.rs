@@ -603,3 +603,45 @@ fn a_seeded_fault_schedule_loses_no_acked_entry() {
     let reread = open_log(&rt2, &nats2, "schedule", 0);
     assert_eq!(restore_all(&reread), acked);
 }
+
+#[test]
+#[ignore = "needs nats-server: make test-cluster"]
+fn reads_come_back_whole_and_in_order_from_any_position() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let (rt, nats) = connect(&cluster);
+    let log = Arc::new(open_log(&rt, &nats, "reads", 0));
+    let mut owner = Owner::claim(Arc::clone(&log), "h1", &mut LogView::default(), 0, |_| {
+        Ok(())
+    })
+    .unwrap();
+    let mut written = Vec::new();
+    for i in 0..1300u32 {
+        let body = format!("r-{i}").into_bytes();
+        written.push((owner.write(EntryKind::In, &body).unwrap(), body));
+    }
+    // Through another connection: from the start in batches (a restore), from the middle,
+    // and going on after its consumer idled out on the server.
+    let (rt2, nats2) = connect(&cluster);
+    let log2 = open_log(&rt2, &nats2, "reads", 0);
+    let bodies: Vec<Vec<u8>> = written.iter().map(|(_, b)| b.clone()).collect();
+    assert_eq!(restore_all(&log2), bodies);
+    let check = |from: u64, n: usize| {
+        let got = log2.read(from, n).unwrap();
+        let seqs: Vec<u64> = got.iter().map(|s| s.seq).collect();
+        assert_eq!(seqs, (from..from + n as u64).collect::<Vec<_>>());
+        for s in &got {
+            assert_eq!(s.kind, EntryKind::In);
+            let (_, body) = written.iter().find(|(seq, _)| *seq == s.seq).unwrap();
+            assert!(s.payload.ends_with(body), "entry {} holds its body", s.seq);
+        }
+    };
+    let first = written[0].0;
+    check(first + 700, 100);
+    check(first + 800, 100);
+    std::thread::sleep(Duration::from_secs(6));
+    check(first + 900, 300);
+    let last = written.last().unwrap().0;
+    assert!(log2.read(last + 1, 10).unwrap().is_empty());
+}

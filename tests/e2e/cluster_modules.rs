@@ -209,6 +209,14 @@ fn a_module_serves_from_every_host_and_fails_over_without_loss() {
             (counts(h, "wc") == acked.counts()).then_some(())
         });
     }
+    // Once processed, no partition's PStates trail its log (`lag`, from every host's view).
+    for h in hosts.values() {
+        eventually("no lag once processed", || {
+            let view = h.get("/v1/cluster").json();
+            let parts = view["modules"][0]["partition_owners"].as_array()?.clone();
+            (parts.len() == 4 && parts.iter().all(|p| p["lag"] == 0)).then_some(())
+        });
+    }
     // A subscription through a host that does not run the module is sent to the owner.
     let url = Host::subscribe_url("wc", "counts", &json!([{"key": "alpha"}]), "");
     let (_, other) = hosts.iter().find(|(id, _)| **id != first).unwrap();

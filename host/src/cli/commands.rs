@@ -115,7 +115,15 @@ fn render_cluster(view: &Value) -> String {
     let modules = view["modules"].as_array().cloned().unwrap_or_default();
     if !modules.is_empty() {
         text.push('\n');
-        let mut t = Table::new(&["module", "partition", "owner", "epoch", "log seq", "state"]);
+        let mut t = Table::new(&[
+            "module",
+            "partition",
+            "owner",
+            "epoch",
+            "log seq",
+            "lag",
+            "state",
+        ]);
         for m in &modules {
             let partitions = m["partition_owners"]
                 .as_array()
@@ -130,6 +138,7 @@ fn render_cluster(view: &Value) -> String {
                     "(none)".into(),
                     dash(),
                     dash(),
+                    dash(),
                     "unowned".into(),
                 ]);
             }
@@ -140,6 +149,7 @@ fn render_cluster(view: &Value) -> String {
                     cell(&m["owner"]),
                     cell(&p["epoch"]),
                     cell(&p["log_seq"]),
+                    cell(&p["lag"]),
                     cell(&p["state"]),
                 ]);
             }

@@ -4,9 +4,13 @@
 //!
 //! Uses only what nats-server 2.9.10 has: stream-wide `Nats-Expected-Last-Sequence` (exact
 //! under concurrency on 2.9 R3, CLUSTER.md §1.1) and `Nats-Msg-Id` dedup; never
-//! `Nats-Expected-Last-Subject-Sequence` nor KV `update` (not exclusive on 2.9 R3). Reads go
-//! through the stream leader (`STREAM.MSG.GET`), never a replica: a claimant must see the
-//! tail it expects.
+//! `Nats-Expected-Last-Subject-Sequence` nor KV `update` (not exclusive on 2.9 R3). A read
+//! asks the stream leader for the last sequence, then takes the entries up to it from a pull
+//! consumer (one round trip per batch; it is kept while reads continue one another) and
+//! whatever the consumer did not deliver promptly one by one from the leader
+//! (`STREAM.MSG.GET`): a claimant sees the whole tail the leader had. A consumer on a replica
+//! can only be behind, never different (replicas apply the same committed Raft log), so an
+//! entry is taken from it only at the exact sequence expected next.
 //!
 //! The seam is synchronous (the partition worker is a thread): each call blocks on the
 //! runtime the client lives on, so it must not be called from one of its worker threads.
@@ -14,13 +18,21 @@
 use std::future::IntoFuture;
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use futures_util::future::join_all;
+use futures_util::StreamExt;
 
 use super::log::{EntryKind, LogError, Outgoing, PublishFailure, ReplicatedLog, Stored};
 
 /// How long one publish or read waits for its answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a read waits for its consumer to deliver a batch before taking the rest one by one.
+const STREAMED_WAIT: Duration = Duration::from_millis(500);
+/// A read's consumer is removed by the server after this long without a pull.
+const READER_IDLE: Duration = Duration::from_secs(5);
+/// How long reads take entries one by one after streaming them failed.
+const ONE_BY_ONE_FOR: Duration = Duration::from_secs(5);
 
 /// A connection to the cluster's NATS servers.
 #[derive(Clone)]
@@ -82,6 +94,23 @@ pub struct JetStreamLog {
     nats: Nats,
     stream: String,
     prefix: String,
+    /// The consumer the last read took entries from, if it may go on (reads that continue one
+    /// another, as a restore makes them, pull from it), and until when reads take entries one
+    /// by one only (set when a consumer could not be made or delivered nothing: during a NATS
+    /// fault each attempt would cost its wait again).
+    reader: tokio::sync::Mutex<Reading>,
+}
+
+#[derive(Default)]
+struct Reading {
+    reader: Option<Reader>,
+    one_by_one_until: Option<std::time::Instant>,
+}
+
+/// A pull consumer positioned at `next`.
+struct Reader {
+    consumer: PullConsumer,
+    next: u64,
 }
 
 impl JetStreamLog {
@@ -109,6 +138,7 @@ impl JetStreamLog {
             nats: nats.clone(),
             stream: name,
             prefix,
+            reader: tokio::sync::Mutex::new(Reading::default()),
         })
     }
 
@@ -178,6 +208,110 @@ impl JetStreamLog {
             return Ok(Vec::new());
         }
         let to = last.min(from + max as u64 - 1);
+        let mut out = self.read_streamed(from, to).await;
+        let next = out.last().map_or(from, |s| s.seq + 1);
+        if next <= to {
+            out.extend(self.read_each(next, to).await?);
+        }
+        Ok(out)
+    }
+
+    /// Entries from `from` up to `to`, in order, as far as the read's consumer delivers them
+    /// within [`STREAMED_WAIT`]; the consumer is kept for a read from where this one stopped,
+    /// and dropped at anything unexpected (an error, a sequence out of order).
+    async fn read_streamed(&self, from: u64, to: u64) -> Vec<Stored> {
+        let mut reading = self.reader.lock().await;
+        if reading
+            .one_by_one_until
+            .is_some_and(|t| std::time::Instant::now() < t)
+        {
+            return Vec::new();
+        }
+        let consumer = match reading.reader.take() {
+            Some(r) if r.next == from => Some(r.consumer),
+            _ => tokio::time::timeout(STREAMED_WAIT, self.consumer_at(from))
+                .await
+                .ok()
+                .flatten(),
+        };
+        // Bounded as a whole: a server that stopped answering must not hold the read.
+        let out = match consumer {
+            Some(c) => tokio::time::timeout(
+                2 * STREAMED_WAIT,
+                Self::pull(c, from, to, &mut reading.reader),
+            )
+            .await
+            .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        reading.one_by_one_until = out
+            .is_empty()
+            .then(|| std::time::Instant::now() + ONE_BY_ONE_FOR);
+        out
+    }
+
+    /// Pulls entries from `from` up to `to` from `consumer`; leaves it in `keep` positioned
+    /// after them unless anything unexpected happened.
+    async fn pull(
+        consumer: PullConsumer,
+        from: u64,
+        to: u64,
+        keep: &mut Option<Reader>,
+    ) -> Vec<Stored> {
+        let want = (to - from + 1) as usize;
+        let mut out: Vec<Stored> = Vec::with_capacity(want);
+        let Ok(mut batch) = consumer
+            .batch()
+            .max_messages(want)
+            .expires(STREAMED_WAIT)
+            .messages()
+            .await
+        else {
+            return out;
+        };
+        while let Some(m) = batch.next().await {
+            let expected = from + out.len() as u64;
+            let taken = m.ok().and_then(|m| {
+                let seq = m.info().ok()?.stream_sequence;
+                if seq != expected {
+                    return None;
+                }
+                stored(seq, m.subject.as_str(), m.headers.as_ref(), &m.payload).ok()
+            });
+            match taken {
+                Some(s) => out.push(s),
+                // The rest is taken one by one (where an unknown subject is an error).
+                None => return out,
+            }
+        }
+        *keep = Some(Reader {
+            consumer,
+            next: from + out.len() as u64,
+        });
+        out
+    }
+
+    /// A pull consumer on this stream delivering from sequence `from` (none if it cannot be
+    /// made now: the read takes its entries one by one).
+    async fn consumer_at(&self, from: u64) -> Option<PullConsumer> {
+        let stream = self.nats.js.get_stream_no_info(&self.stream).await.ok()?;
+        stream
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: READER_IDLE,
+                memory_storage: true,
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await
+            .ok()
+    }
+
+    /// Entries `from..=to`, each asked of the stream leader.
+    async fn read_each(&self, from: u64, to: u64) -> Result<Vec<Stored>, LogError> {
         let stream = self
             .nats
             .js
@@ -191,23 +325,12 @@ impl JetStreamLog {
         let mut out = Vec::with_capacity((to - from + 1) as usize);
         for (seq, got) in join_all(gets).await {
             let m = got.map_err(|e| LogError::Unavailable(format!("message {seq}: {e}")))?;
-            let kind = m
-                .subject
-                .rsplit('.')
-                .next()
-                .and_then(EntryKind::from_token)
-                .ok_or_else(|| LogError::Refused(format!("unknown subject {}", m.subject)))?;
-            let msg_id = m
-                .headers
-                .get(async_nats::header::NATS_MESSAGE_ID)
-                .map(|v| v.as_str().to_string())
-                .unwrap_or_default();
-            out.push(Stored {
-                seq: m.sequence,
-                kind,
-                msg_id,
-                payload: m.payload.to_vec(),
-            });
+            out.push(stored(
+                m.sequence,
+                m.subject.as_str(),
+                Some(&m.headers),
+                &m.payload,
+            )?);
         }
         Ok(out)
     }
@@ -234,6 +357,30 @@ impl JetStreamLog {
             info.cluster.as_ref().and_then(|c| c.leader.clone())
         })
     }
+}
+
+/// A stored entry from its subject (`<prefix>.<kind>`), headers and payload.
+fn stored(
+    seq: u64,
+    subject: &str,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+) -> Result<Stored, LogError> {
+    let kind = subject
+        .rsplit('.')
+        .next()
+        .and_then(EntryKind::from_token)
+        .ok_or_else(|| LogError::Refused(format!("unknown subject {subject}")))?;
+    let msg_id = headers
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_default();
+    Ok(Stored {
+        seq,
+        kind,
+        msg_id,
+        payload: payload.to_vec(),
+    })
 }
 
 fn publish_error(kind: PublishErrorKind, message: String) -> LogError {

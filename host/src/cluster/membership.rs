@@ -76,7 +76,8 @@ pub struct OwnedPartition {
     pub epoch: u64,
     /// The sequence of the last entry this host stored in its log.
     pub log_seq: u64,
-    /// Entries of its log not yet applied here (0 once restored: the owner writes the rest).
+    /// Records appended to its depots and not yet processed by its stream topologies, summed
+    /// over topologies (`sluice_topology_lag_records`): how far its PStates trail its log.
     pub lag: u64,
     /// The partition's state on this host (`serving`, `failed`, …).
     pub state: String,

@@ -297,7 +297,7 @@ impl Placement {
                         partition: p as u32,
                         epoch: r.epoch(),
                         log_seq: r.last_seq(),
-                        lag: 0,
+                        lag: m.topology_lag(p).iter().map(|(_, n)| n).sum(),
                         state: h.status.state().name().to_string(),
                     })
                     .collect(),

@@ -475,6 +475,31 @@ impl Module {
         }
     }
 
+    /// Per topology, the records appended to its depots on partition `p` and not yet
+    /// processed there (0 for a depot whose offsets cannot be read now).
+    pub fn topology_lag(&self, p: usize) -> Vec<(&Topology, u64)> {
+        let h = &self.handles[p];
+        let snapshot = h.store.begin_read().ok();
+        self.topologies
+            .iter()
+            .map(|t| {
+                let lag = t
+                    .depots
+                    .iter()
+                    .map(|d| {
+                        let end = h.log.end_offset(d).unwrap_or(0);
+                        let done = snapshot
+                            .as_ref()
+                            .and_then(|s| processed_offset(s, &t.name, d).ok())
+                            .unwrap_or(0);
+                        end.saturating_sub(done)
+                    })
+                    .sum();
+                (t, lag)
+            })
+            .collect()
+    }
+
     /// Gauges of this module's current state: topology lag per partition, queue depths,
     /// version.
     pub fn gauges(&self) -> Vec<crate::metrics::Gauge> {
@@ -519,20 +544,7 @@ impl Module {
                 labels,
                 value: h.status.durable_position.load(Ordering::Relaxed) as f64,
             });
-            let snapshot = h.store.begin_read().ok();
-            for t in self.topologies.iter() {
-                let lag: u64 = t
-                    .depots
-                    .iter()
-                    .map(|d| {
-                        let end = h.log.end_offset(d).unwrap_or(0);
-                        let done = snapshot
-                            .as_ref()
-                            .and_then(|s| processed_offset(s, &t.name, d).ok())
-                            .unwrap_or(0);
-                        end.saturating_sub(done)
-                    })
-                    .sum();
+            for (t, lag) in self.topology_lag(p) {
                 out.push(Gauge {
                     name: "sluice_topology_lag_records",
                     labels: vec![
