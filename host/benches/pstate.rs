@@ -15,6 +15,12 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, TableD
 use sluice::pstate::{self, Catalog, Navigator, PStateStore, Range, Schema, Session, TransformOp};
 use sluice::value::Value;
 
+/// The allocator the `sluice` binary runs with, so the in-process figures are the host's (and
+/// raw redb, in the same process, gets it too). Under glibc's malloc the key lookup varied
+/// 1.3–4× between runs with the heap left by the 1M-write setup (`malloc_consolidate`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BIG: usize = 1_000_000;
 const KEYS: usize = 10_000;
 const BATCH: usize = 10_000;

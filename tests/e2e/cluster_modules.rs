@@ -152,9 +152,10 @@ fn a_module_serves_from_every_host_and_fails_over_without_loss() {
     let r = hosts["h1"].deploy("wc", &module_wasm("wordcount"), "");
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["partitions"], 4);
+    // The same build again, through another host: nothing changes (a PUT is idempotent).
     let again = hosts["h2"].deploy("wc", &module_wasm("wordcount"), "");
-    assert_eq!(again.status, 409, "{}", again.error_message());
-    assert_eq!(again.error_code(), "module-exists");
+    assert_eq!(again.status, 200, "{}", again.error_message());
+    assert_eq!(again.json()["version"], 1, "{}", again.json());
     let mb = hosts["h3"].deploy("bank", &module_wasm("bank"), "");
     assert_eq!(mb.status, 501, "{}", mb.error_message());
     assert_eq!(mb.error_code(), "cluster-unsupported");
@@ -236,6 +237,45 @@ fn a_module_serves_from_every_host_and_fails_over_without_loss() {
     let (replayed, _) = append_until_acked(&hosts["h3"], "wc", "words", "append", &w0, "w0");
     assert_eq!(replayed["replayed"], true, "{replayed}");
 
+    // An update through a host that does not run the module: checked there (an incompatible
+    // build is refused, nothing stored), stored in the catalog, swapped by the owner; the
+    // data is kept and the new version's topology covers the records appended before it.
+    let (other_id, other) = hosts.iter().find(|(id, _)| **id != first).unwrap();
+    let bad = other.deploy("wc", &module_wasm("wordcount_bad_schema"), "");
+    assert_eq!(bad.status, 409, "{}", bad.error_message());
+    assert_eq!(
+        bad.error_code(),
+        "incompatible-update",
+        "{}",
+        bad.error_message()
+    );
+    let up = other.deploy("wc", &module_wasm("wordcount_next"), "");
+    assert_eq!(up.status, 200, "through {other_id}: {}", up.error_message());
+    assert_eq!(up.json()["version"], 2, "{}", up.json());
+    assert!(
+        up.json()["pstates"].to_string().contains("lengths"),
+        "{}",
+        up.json()
+    );
+    for h in hosts.values() {
+        let d = h.get("/v1/modules/wc").json();
+        assert_eq!(d["version"], 2, "{d}");
+        assert_eq!(counts(h, "wc"), acked.counts());
+    }
+    assert_eq!(owner(&hosts["h1"], "wc").as_deref(), Some(first.as_str()));
+    let total = hosts[&first].post_json("/v1/modules/wc/queries/total", &json!({}));
+    assert_eq!(
+        total.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&total.body)
+    );
+    let sum: i64 = acked.counts().values().sum();
+    assert_eq!(total.json()["result"], sum, "{}", total.json());
+    let w = json!({"word": "after-the-update"});
+    let (a, _) = append_until_acked(other, "wc", "words", "full", &w, "after-the-update");
+    acked.take("words", &w, &a);
+
     // kill -9 of the owner under load: requests through the others wait, then succeed.
     let killed = hosts.remove(&first).unwrap().stop_by_kill9();
     let killed_at = Instant::now();
@@ -254,6 +294,9 @@ fn a_module_serves_from_every_host_and_fails_over_without_loss() {
     let second = eventually("a new owner", || {
         owner(hosts.values().next().unwrap(), "wc").filter(|o| *o != first)
     });
+    // The new owner runs the catalog's version.
+    let d = hosts[&second].get("/v1/modules/wc").json();
+    assert_eq!(d["version"], 2, "{d}");
     // The idempotency keys acked before the failover still answer the original acks.
     let (replayed, _) = append_until_acked(&hosts[&second], "wc", "words", "append", &w0, "w0");
     assert_eq!(replayed["replayed"], true, "{replayed}");

@@ -1,6 +1,7 @@
-//! Module requests on a cluster host (`sluice serve --cluster`): deploys and deletes go to
-//! the cluster's catalog; every other request for a module is served here if this host runs
-//! the module, and otherwise forwarded to the host that does (`cluster::placement`).
+//! Module requests on a cluster host (`sluice serve --cluster`): deploys (new modules and
+//! updates) and deletes go to the cluster's catalog; every other request for a module is
+//! served here if this host runs the module, and otherwise forwarded to the host that does
+//! (`cluster::placement`), over a kept connection to it when one is idle.
 //!
 //! Forwarding rules (nothing is ever answered as done unless the owner answered so):
 //! - while no host runs the module (a failover), the request waits up to the failover bound
@@ -13,6 +14,7 @@
 //! - a forwarded request is never forwarded again (a host that does not run the module
 //!   answers `not-owner`), so requests do not loop between hosts with stale views.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,8 +124,10 @@ fn list(placement: &Placement) -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, &json!({ "modules": modules }))
 }
 
-/// `PUT /v1/modules/{name}` on a cluster: checks the component here, stores it in the
-/// catalog, waits for a host to run it and answers its description from that host.
+/// `PUT /v1/modules/{name}` on a cluster: checks the component here (as a new module, or
+/// as an update of the build the catalog holds), stores it in the catalog, waits for the
+/// host that runs the module to run that version, and answers its description from that
+/// host: 201 for a new module, 200 for an update (or for the build already there).
 async fn deploy(
     state: &AppState,
     placement: &Arc<Placement>,
@@ -139,23 +143,89 @@ async fn deploy(
         Arc::clone(&state.registry),
         name.to_string(),
     );
-    blocking(move || {
-        let partitions = registry.check_for_cluster(&module, &wasm, &options)?;
-        p.catalog
-            .deploy(&module, partitions, &wasm)
-            .map_err(catalog_error)?;
-        p.tick(); // this host runs it now if it is the module's first choice
-        Ok(())
-    })
-    .await?;
+    let (version, created) =
+        blocking(move || store_build(&p, &registry, &module, &wasm, &options)).await?;
     let uri: Uri = format!("/v1/modules/{name}").parse().expect("a valid path");
-    let described =
-        send_until_owned(placement, name, &Method::GET, &uri, &headers, Bytes::new()).await?;
-    let (mut parts, body) = described.into_parts();
-    if parts.status == StatusCode::OK {
-        parts.status = StatusCode::CREATED;
+    let deadline = Instant::now() + placement.failover_wait + UPDATE_SWAP_WAIT;
+    loop {
+        let described =
+            send_until_owned(placement, name, &Method::GET, &uri, &headers, Bytes::new()).await?;
+        let (mut parts, body) = described.into_parts();
+        let body = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(never) => match never {},
+        };
+        let runs = parts.status != StatusCode::OK || described_version(&body) >= Some(version);
+        if runs || Instant::now() >= deadline {
+            if parts.status == StatusCode::OK && created {
+                parts.status = StatusCode::CREATED;
+            }
+            if !runs {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "update-pending",
+                    format!("version {version} of module `{name}` is stored in the cluster's catalog, but its owner did not switch to it within {} ms; it will (GET the module to see its version)", (placement.failover_wait + UPDATE_SWAP_WAIT).as_millis()),
+                );
+                e.retry_after_s = Some(1);
+                return Err(e);
+            }
+            return Ok(Response::from_parts(parts, Full::new(body)));
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
     }
-    Ok(Response::from_parts(parts, body))
+}
+
+/// How long a deploy waits, beyond the failover bound, for the owner to switch versions.
+const UPDATE_SWAP_WAIT: Duration = Duration::from_secs(30);
+/// Checks of an update made again because the catalog changed under them.
+const UPDATE_ATTEMPTS: usize = 3;
+
+/// Checks `wasm` and stores it in the catalog, as a new module or as the next version of
+/// the deployed one; answers the version that holds it and whether the module is new. The
+/// build already at the head stores nothing (a PUT is idempotent).
+fn store_build(
+    p: &Placement,
+    registry: &crate::module::Registry,
+    module: &str,
+    wasm: &[u8],
+    options: &crate::module::DeployOptions,
+) -> Result<(u64, bool), ApiError> {
+    for _ in 0..UPDATE_ATTEMPTS {
+        p.catalog.refresh().map_err(catalog_error)?;
+        let head = p.catalog.head(module).filter(|h| !h.deleted);
+        let stored = match head {
+            None => {
+                let partitions = registry.check_for_cluster(module, wasm, options)?;
+                p.catalog
+                    .deploy(module, partitions, wasm)
+                    .map(|h| (h.version, true))
+            }
+            Some(head) => {
+                let old = p.catalog.wasm(&head).map_err(catalog_error)?;
+                registry.check_update_for_cluster(module, &old, head.partitions, wasm, options)?;
+                if old == wasm {
+                    return Ok((head.version, false));
+                }
+                p.catalog
+                    .update(module, head.version, wasm)
+                    .map(|h| (h.version, false))
+            }
+        };
+        match stored {
+            Ok(v) => {
+                p.tick(); // this host runs (or updates) it now if it is the owner
+                return Ok(v);
+            }
+            Err(CatalogError::Changed(_) | CatalogError::Exists(_)) => continue,
+            Err(e) => return Err(catalog_error(e)),
+        }
+    }
+    Err(catalog_error(CatalogError::Contended(module.to_string())))
+}
+
+/// The `version` of a module's description.
+fn described_version(body: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<serde_json::Value>(body).ok()?["version"].as_u64()
 }
 
 /// `DELETE /v1/modules/{name}` on a cluster: marks it deleted in the catalog; every host
@@ -307,7 +377,8 @@ enum Failure {
     Unknown(String),
 }
 
-/// One forwarded request to the host at `address` (`http://ip:port`).
+/// One forwarded request to the host at `address` (`http://ip:port`), over an idle
+/// connection to it if one is kept ([`IDLE`]), else over a new one.
 async fn send(
     address: &str,
     method: &Method,
@@ -317,18 +388,33 @@ async fn send(
     me: &str,
 ) -> Result<Response<Full<Bytes>>, Failure> {
     let authority = address.trim_start_matches("http://").trim_end_matches('/');
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(authority))
-        .await
-        .map_err(|_| Failure::NotSent("connecting timed out".into()))?
-        .map_err(|e| Failure::NotSent(format!("connecting: {e}")))?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+    let request = forwarded_request(authority, method, uri, headers, body, me)?;
+    let answered = tokio::time::timeout(FORWARD_TIMEOUT, async {
+        let (sender, response) = send_on_some_connection(authority, request).await?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
             .await
-            .map_err(|e| Failure::NotSent(format!("handshake: {e}")))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
+            .map_err(|e| Failure::Unknown(format!("reading the answer: {e}")))?
+            .to_bytes();
+        keep_idle(authority, sender);
+        Ok(Response::from_parts(parts, Full::new(body)))
     });
+    answered
+        .await
+        .map_err(|_| Failure::Unknown(format!("no answer within {FORWARD_TIMEOUT:?}")))?
+}
+
+/// The request as the owner gets it: same method, path, query and headers (hop-by-hop ones
+/// dropped), marked forwarded by `me`.
+fn forwarded_request(
+    authority: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+    me: &str,
+) -> Result<Request<Full<Bytes>>, Failure> {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let mut request = Request::builder().method(method.clone()).uri(path);
     for (k, v) in headers {
@@ -339,30 +425,97 @@ async fn send(
             request = request.header(k, v);
         }
     }
-    let request = request
+    request
         .header(hyper::header::HOST, authority)
         .header(
             FORWARDED,
             HeaderValue::from_str(me).unwrap_or(HeaderValue::from_static("host")),
         )
         .body(Full::new(body))
-        .map_err(|e| Failure::NotSent(format!("building the request: {e}")))?;
-    let answered = tokio::time::timeout(FORWARD_TIMEOUT, async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| Failure::Unknown(e.to_string()))?;
-        let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| Failure::Unknown(format!("reading the answer: {e}")))?
-            .to_bytes();
-        Ok(Response::from_parts(parts, Full::new(body)))
-    });
-    answered
+        .map_err(|e| Failure::NotSent(format!("building the request: {e}")))
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// Sends `request` on a kept connection; if that connection turns out closed before the
+/// request was written (hyper hands the request back), on a new one. A request written and
+/// then unanswered is [`Failure::Unknown`], wherever it was sent.
+async fn send_on_some_connection(
+    authority: &str,
+    request: Request<Full<Bytes>>,
+) -> Result<(Sender, Response<Incoming>), Failure> {
+    let mut request = request;
+    while let Some(mut sender) = take_idle(authority) {
+        if sender.ready().await.is_err() {
+            continue; // closed while idle: nothing was sent on it
+        }
+        match sender.try_send_request(request).await {
+            Ok(response) => return Ok((sender, response)),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => request = unsent,
+                None => return Err(Failure::Unknown(e.into_error().to_string())),
+            },
+        }
+    }
+    let mut sender = connect(authority).await?;
+    let response = sender
+        .send_request(request)
         .await
-        .map_err(|_| Failure::Unknown(format!("no answer within {FORWARD_TIMEOUT:?}")))?
+        .map_err(|e| Failure::Unknown(e.to_string()))?;
+    Ok((sender, response))
+}
+
+/// A new HTTP/1 connection to `authority`.
+async fn connect(authority: &str) -> Result<Sender, Failure> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(authority))
+        .await
+        .map_err(|_| Failure::NotSent("connecting timed out".into()))?
+        .map_err(|e| Failure::NotSent(format!("connecting: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| Failure::NotSent(format!("handshake: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// Connections to other hosts whose last forwarded request was answered, by authority, kept
+/// for the next one. Invariant: a kept connection is idle (its answer was read whole) and was
+/// used less than [`IDLE_KEEP`] ago, well inside the receiver's idle timeout (10 s by default),
+/// so the receiver does not close it as it is reused — and if it does, hyper hands the unsent
+/// request back and it goes on a new connection.
+static IDLE: std::sync::LazyLock<std::sync::Mutex<IdleConnections>> =
+    std::sync::LazyLock::new(Default::default);
+/// Per authority, kept connections with the time each was last answered on.
+type IdleConnections = HashMap<String, Vec<(Instant, Sender)>>;
+const IDLE_KEEP: Duration = Duration::from_secs(4);
+/// The most idle connections kept to one host (a burst opens more; the rest are closed).
+const IDLE_PER_HOST_MAX: usize = 64;
+
+fn take_idle(authority: &str) -> Option<Sender> {
+    let mut idle = IDLE.lock().expect("poisoned");
+    let kept = idle.get_mut(authority)?;
+    while let Some((at, sender)) = kept.pop() {
+        if at.elapsed() < IDLE_KEEP && !sender.is_closed() {
+            return Some(sender);
+        }
+    }
+    None
+}
+
+fn keep_idle(authority: &str, sender: Sender) {
+    if sender.is_closed() {
+        return;
+    }
+    let mut idle = IDLE.lock().expect("poisoned");
+    let kept = idle.entry(authority.to_string()).or_default();
+    kept.retain(|(at, s)| at.elapsed() < IDLE_KEEP && !s.is_closed());
+    if kept.len() < IDLE_PER_HOST_MAX {
+        kept.push((Instant::now(), sender));
+    }
 }
 
 /// Runs a blocking cluster call (NATS round trips) off the async threads.
@@ -378,6 +531,7 @@ fn catalog_error(e: CatalogError) -> ApiError {
     let message = e.to_string();
     match e {
         CatalogError::Exists(_) => ApiError::new(StatusCode::CONFLICT, "module-exists", message),
+        CatalogError::Changed(_) => ApiError::new(StatusCode::CONFLICT, "module-changed", message),
         CatalogError::Damaged { .. } => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "catalog-damaged",
@@ -392,5 +546,82 @@ fn catalog_error(e: CatalogError) -> ApiError {
             e.retry_after_s = Some(1);
             e
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A server on loopback answering `200 <n>` (n counts requests); `keep_alive: false`
+    /// closes every connection after its answer. Returns its address and the connections
+    /// it accepted.
+    async fn server(keep_alive: bool) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                let requests = Arc::clone(&requests);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                        let n = requests.fetch_add(1, Ordering::SeqCst) + 1;
+                        async move {
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from(n.to_string()),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(keep_alive)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (address, accepted)
+    }
+
+    async fn get(address: &str) -> String {
+        let uri: Uri = "/v1/modules/m".parse().unwrap();
+        let r = send(
+            address,
+            &Method::GET,
+            &uri,
+            &HeaderMap::new(),
+            Bytes::new(),
+            "h1",
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no answer from {address}"));
+        assert_eq!(r.status(), StatusCode::OK);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    /// Connections the server accepted for `requests` forwarded one after another, each
+    /// answered in order.
+    async fn connections_for(keep_alive: bool, requests: usize) -> usize {
+        let (address, accepted) = server(keep_alive).await;
+        for n in 1..=requests {
+            assert_eq!(get(&address).await, n.to_string());
+        }
+        accepted.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn forwarded_requests_reuse_one_connection() {
+        assert_eq!(connections_for(true, 5).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_receiver_closed_is_replaced() {
+        assert_eq!(connections_for(false, 3).await, 3);
     }
 }

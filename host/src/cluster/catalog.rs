@@ -57,8 +57,10 @@ pub struct Head {
 pub enum CatalogError {
     #[error(transparent)]
     Log(#[from] LogError),
-    #[error("module `{0}` is already deployed on the cluster (updates on a cluster are not supported yet: delete it first)")]
+    #[error("module `{0}` is already deployed on the cluster")]
     Exists(String),
+    #[error("module `{0}` was deployed, updated or deleted meanwhile; check the build against the new version and retry")]
+    Changed(String),
     #[error("the module catalog is damaged at sequence {seq}: {reason}")]
     Damaged { seq: u64, reason: String },
     #[error("the module catalog kept changing under the deploy of `{0}`; retry")]
@@ -159,6 +161,16 @@ impl<R: ReplicatedLog + ?Sized> ModuleCatalog<R> {
         self.append(module, |previous| match previous {
             Some(h) if !h.deleted => Err(CatalogError::Exists(module.to_string())),
             _ => Ok((partitions, false, wasm)),
+        })
+    }
+
+    /// Stores a new build of a deployed module as its next version, if its head is still
+    /// version `based_on` (the version the build was checked against): else
+    /// [`CatalogError::Changed`], nothing stored. Answers the new head.
+    pub fn update(&self, module: &str, based_on: u64, wasm: &[u8]) -> Result<Head, CatalogError> {
+        self.append(module, |previous| match previous {
+            Some(h) if !h.deleted && h.version == based_on => Ok((h.partitions, false, wasm)),
+            _ => Err(CatalogError::Changed(module.to_string())),
         })
     }
 

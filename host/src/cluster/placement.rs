@@ -8,6 +8,8 @@
 //! - drops what it runs that the catalog deleted, or whose partition failed for good (a
 //!   fenced or poisoned log: another host claimed it, or a write stayed in doubt) — deleting
 //!   the local files, which are a cache of the logs;
+//! - switches what it runs to the catalog's newer version of it (an update: drained and
+//!   swapped as on a single node, its partition logs kept claimed);
 //! - for a module no live host says it runs (heartbeats), reads partition 0's epoch and
 //!   claims the module over it when it holds that epoch itself, or when its holder is dead
 //!   (or none) and this host is the module's first choice (rendezvous hashing over the live
@@ -52,6 +54,8 @@ pub struct PlacementStats {
     pub claims: u64,
     pub claims_failed: u64,
     pub drops: u64,
+    /// Switches of a module running here to a newer version from the catalog.
+    pub updates: u64,
     /// How long the last claim took (catalog read, restore of every partition, start), ms.
     pub last_claim_ms: u64,
 }
@@ -149,6 +153,8 @@ impl Placement {
                 self.drop(name, "owner-lost", &cause);
             } else if let Some(cause) = self.written_by_another(&m)? {
                 self.drop(name, "owner-lost", &cause);
+            } else if head.version > m.version {
+                self.update(head)?;
             }
             return Ok(());
         }
@@ -251,6 +257,19 @@ impl Placement {
             )
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    /// Switches the module, which runs here, to the catalog's newer version `head`.
+    fn update(&self, head: &Head) -> Result<(), String> {
+        let wasm = self
+            .catalog
+            .wasm(head)
+            .map_err(|e: CatalogError| e.to_string())?;
+        self.registry
+            .update_claimed(&head.module, head.version, &wasm)
+            .map_err(|e| format!("updating to version {}: {e}", head.version))?;
+        self.stats.lock().expect("poisoned").updates += 1;
+        Ok(())
     }
 
     fn drop(&self, name: &str, code: &str, why: &str) {

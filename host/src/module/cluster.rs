@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use super::{
-    default_wasm_file, valid_name, write_synced, DeployError, DeployOptions, Files, Manifest,
-    Module, Registry,
+    default_wasm_file, valid_name, write_synced, Definition, DeployError, DeployOptions, Files,
+    Manifest, Module, Registry,
 };
 use crate::cluster::jetstream::JetStreamLog;
 use crate::cluster::replicated::Replication;
@@ -31,6 +31,66 @@ impl Registry {
         wasm: &[u8],
         options: &DeployOptions,
     ) -> Result<u32, DeployError> {
+        let definition = self.cluster_definition(name, wasm, options)?;
+        self.partitions_of(options, &definition)
+    }
+
+    /// Checks `wasm` as an update of `name`, whose build on the cluster is `old_wasm` over
+    /// `partitions` partitions, without starting either: what an update on a single node
+    /// checks ([`Definition::check_update`]), and no migration (see [`Registry::update`]).
+    pub fn check_update_for_cluster(
+        &self,
+        name: &str,
+        old_wasm: &[u8],
+        partitions: u32,
+        wasm: &[u8],
+        options: &DeployOptions,
+    ) -> Result<(), DeployError> {
+        let new = self.cluster_definition(name, wasm, options)?;
+        let incompatible = |why: String| DeployError::Incompatible {
+            name: name.to_string(),
+            why,
+        };
+        if let Some(p) = options.partitions.filter(|p| *p != partitions) {
+            return Err(incompatible(format!(
+                "the partition count cannot change ({partitions} -> {p}): every key's data lives on its partition"
+            )));
+        }
+        let old = self.define(
+            self.runtime.prepare(&self.runtime.compile(old_wasm)?)?,
+            name,
+        )?;
+        old.check_update(&new).map_err(incompatible)?;
+        super::refuse_migrations_on_cluster(
+            &super::migrated_schema_changes(&old, &new).map_err(incompatible)?,
+        )
+    }
+
+    /// Updates `name`, which runs here, to the catalog's `version` of it (`wasm`), keeping
+    /// its partition logs claimed; nothing to do if it runs that version or a later one.
+    pub fn update_claimed(
+        &self,
+        name: &str,
+        version: u64,
+        wasm: &[u8],
+    ) -> Result<Arc<Module>, DeployError> {
+        let _guard = self.deploy_lock.lock().expect("poisoned");
+        let old = self
+            .get(name)
+            .ok_or_else(|| DeployError::Claim(format!("`{name}` does not run here")))?;
+        if old.version >= version {
+            return Ok(old);
+        }
+        self.update(old, wasm, DeployOptions::default(), Some(version))
+    }
+
+    /// A component's definition, checked as a module of a cluster.
+    fn cluster_definition(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        options: &DeployOptions,
+    ) -> Result<Definition, DeployError> {
         if !valid_name(name) {
             return Err(DeployError::BadName(name.to_string()));
         }
@@ -55,7 +115,7 @@ impl Registry {
                 t.name
             )));
         }
-        self.partitions_of(options, &definition)
+        Ok(definition)
     }
 
     /// Starts version `version` of `name` on new, empty local files that `claim` restores

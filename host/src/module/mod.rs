@@ -664,26 +664,49 @@ impl Module {
         }
         let stores: Vec<_> = self.handles.iter().map(|h| Arc::clone(&h.store)).collect();
         let claims = WriterClaims::load(&stores).map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        for n in new.pstates.iter().filter(|n| n.migrate) {
-            let Some(old) = self.definition.pstates.iter().find(|o| o.name == n.name) else {
-                continue;
-            };
-            if let Some(pstate::claims::Writer::Microbatch(t)) = claims.writer(&n.name) {
+        let out = migrated_schema_changes(&self.definition, new)?;
+        for (name, _, _) in &out {
+            if let Some(pstate::claims::Writer::Microbatch(t)) = claims.writer(name) {
                 return Err(format!(
-                    "PState `{}` is written by microbatch topology `{t}`, whose batches prepared before an update would land in the old shape: migrating it is not supported (give the new shape another PState)",
-                    n.name
+                    "PState `{name}` is written by microbatch topology `{t}`, whose batches prepared before an update would land in the old shape: migrating it is not supported (give the new shape another PState)"
                 ));
-            }
-            let (a, b) = (
-                pstate::schema::Schema::parse(&old.schema).map_err(|e| e.to_string())?,
-                pstate::schema::Schema::parse(&n.schema).map_err(|e| e.to_string())?,
-            );
-            if a != b {
-                out.push((n.name.clone(), a.to_string(), b.to_string()));
             }
         }
         Ok(out)
+    }
+}
+
+/// The PStates an update from `old` to `new` migrates: `(pstate, from, to)` for each one
+/// kept with `migrate` declared and a schema that changes.
+pub(crate) fn migrated_schema_changes(
+    old: &Definition,
+    new: &Definition,
+) -> Result<Vec<(String, String, String)>, String> {
+    let mut out = Vec::new();
+    for n in new.pstates.iter().filter(|n| n.migrate) {
+        let Some(o) = old.pstates.iter().find(|o| o.name == n.name) else {
+            continue;
+        };
+        let (a, b) = (
+            pstate::schema::Schema::parse(&o.schema).map_err(|e| e.to_string())?,
+            pstate::schema::Schema::parse(&n.schema).map_err(|e| e.to_string())?,
+        );
+        if a != b {
+            out.push((n.name.clone(), a.to_string(), b.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// On a cluster, an update may not begin migrations (see [`Registry::update`]).
+pub(super) fn refuse_migrations_on_cluster(
+    migrations: &[(String, String, String)],
+) -> Result<(), DeployError> {
+    match migrations.first() {
+        None => Ok(()),
+        Some((pstate, from, to)) => Err(DeployError::ClusterUnsupported(format!(
+            "migrating PState `{pstate}` (`{from}` -> `{to}`): its entries would be rewritten outside the partition logs; give the new shape another PState, or update on a single-node host"
+        ))),
     }
 }
 
@@ -866,7 +889,7 @@ impl Registry {
             });
         }
         match self.get(name) {
-            Some(old) => self.update(old, wasm, options).map(|m| (m, false)),
+            Some(old) => self.update(old, wasm, options, None).map(|m| (m, false)),
             None => self.deploy_new(name, wasm, options).map(|m| (m, true)),
         }
     }
@@ -934,12 +957,16 @@ impl Registry {
         Ok(module)
     }
 
-    /// Swaps a running module for a new build of it (see the module docs).
-    fn update(
+    /// Swaps a running module for a new build of it (see the module docs). On a cluster
+    /// (`cluster_version`: the catalog's version of the build) the version is the catalog's,
+    /// the partition logs stay claimed across the swap, and an update that would rewrite
+    /// PState entries (a migration) is refused: the rewrite is not in the partition logs.
+    pub(super) fn update(
         &self,
         old: Arc<Module>,
         wasm: &[u8],
         options: DeployOptions,
+        cluster_version: Option<u64>,
     ) -> Result<Arc<Module>, DeployError> {
         let name = old.name.clone();
         let incompatible = |why: String| DeployError::Incompatible {
@@ -961,7 +988,7 @@ impl Registry {
         }
         let retention_now =
             || deployment_retention(&old.definition, &old.retention_set, &options.retention);
-        if same_build && retention_now()? == old.retention_set {
+        if cluster_version.is_none() && same_build && retention_now()? == old.retention_set {
             // The build and settings already running: a PUT is idempotent.
             return Ok(old);
         }
@@ -975,12 +1002,16 @@ impl Registry {
             .check_update(&definition)
             .map_err(incompatible)?;
         let migrations = old.migrations_to_begin(&definition).map_err(incompatible)?;
+        if cluster_version.is_some() {
+            refuse_migrations_on_cluster(&migrations)?;
+        }
         let io = |e: std::io::Error| DeployError::Io(e.to_string());
+        let version = cluster_version.unwrap_or(old.version + 1);
         let manifest = Manifest {
             name: name.clone(),
-            version: old.version + 1,
+            version,
             partitions: old.partitions,
-            wasm: format!("module-v{}.wasm", old.version + 1),
+            wasm: format!("module-v{version}.wasm"),
             retention,
         };
         write_synced(&dir.join(&manifest.wasm), wasm).map_err(io)?;
@@ -1018,7 +1049,7 @@ impl Registry {
                     &manifest,
                     wasm,
                     Files::Reuse(files.clone()),
-                    Vec::new(),
+                    old.replications.clone(),
                 )
             });
         let module = match switched {
@@ -1036,7 +1067,7 @@ impl Registry {
                     &old_manifest,
                     &old_wasm,
                     Files::Reuse(files),
-                    Vec::new(),
+                    old.replications.clone(),
                 )?;
                 self.modules
                     .write()

@@ -52,6 +52,11 @@ pub trait View {
         reverse: bool,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Value)>, AccessError>;
+    /// Whether stored entries may still be in an older shape (a migration is rewriting
+    /// them): then every read must go through the entry that holds a value's shape.
+    fn migrating(&self) -> bool {
+        false
+    }
 }
 
 /// Writes, on top of reads.
@@ -300,6 +305,22 @@ impl<V: View> Engine<'_, V> {
         }
     }
 
+    /// Whether `nav` (at `coll`, followed by `rest`) may skip reading the entry it names:
+    /// a `key` (not `must`) whose element is a subindexed map, followed by another `key`,
+    /// with no migration reshaping entries.
+    fn straight_into_subindexed_map(
+        &self,
+        coll: Coll<'_>,
+        nav: &Navigator,
+        rest: &[Navigator],
+    ) -> bool {
+        matches!(nav, Navigator::Key(_))
+            && matches!(rest.first(), Some(Navigator::Key(_)))
+            && matches!(coll.element_schema(), Schema::Map { .. })
+            && coll.element_schema().is_subindexed()
+            && !self.view.migrating()
+    }
+
     fn select_coll(
         &mut self,
         coll: Coll<'_>,
@@ -330,13 +351,22 @@ impl<V: View> Engine<'_, V> {
                     return Err(unnavigable("list"));
                 }
                 let suffix = key::encode(k).map_err(PathError::from)?;
-                let stored = self
-                    .view
-                    .get(self.pstate, coll.table, &coll.elem_key(&suffix))?;
+                let prefix = coll.elem_key(&suffix);
+                if self.straight_into_subindexed_map(coll, nav, rest) {
+                    // `key` into a subindexed map: its elements exist only while the entry
+                    // does, and `key` goes on through an absent one, so reading the
+                    // entry first could not change the answer.
+                    let sub = Coll {
+                        table: Table::Sub,
+                        prefix: &prefix,
+                        schema: coll.element_schema(),
+                    };
+                    return self.select_coll(sub, rest, next, out);
+                }
+                let stored = self.view.get(self.pstate, coll.table, &prefix)?;
                 if stored.is_none() && matches!(nav, Navigator::Must(_)) {
                     return Ok(());
                 }
-                let prefix = coll.elem_key(&suffix);
                 self.select_value(&prefix, stored, coll.element_schema(), rest, next, out)
             }
             Navigator::Nth(n) if coll.is_list() => {

@@ -326,6 +326,10 @@ impl<V: View + ?Sized> View for Migrating<'_, V> {
         }
         Ok(out)
     }
+
+    fn migrating(&self) -> bool {
+        self.record.is_some() || self.inner.migrating()
+    }
 }
 
 impl<V: ViewMut + ?Sized> ViewMut for Migrating<'_, V> {
