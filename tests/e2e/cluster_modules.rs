@@ -345,6 +345,54 @@ fn a_module_serves_from_every_host_and_fails_over_without_loss() {
     let placement = hosts[&third].get("/v1/cluster").json()["placement"].clone();
     assert!(placement["claims"].as_u64().unwrap() >= 1, "{placement}");
 
+    // Deleted through a host that does not run it and at once deployed again through it,
+    // within the owner's tick: a new module, empty (nothing of the deleted one comes back:
+    // its partition streams are its own), run by one host, served by every host.
+    let runner = owner(&hosts[&third], "wc").expect("an owner");
+    let via = hosts
+        .iter()
+        .find(|(id, _)| **id != runner)
+        .map(|(_, h)| h)
+        .unwrap();
+    let version = via.get("/v1/modules/wc").json()["version"]
+        .as_u64()
+        .unwrap();
+    let r = via.request("DELETE", "/v1/modules/wc", "application/json", b"");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = via.deploy("wc", &module_wasm("wordcount"), "");
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    assert_eq!(
+        r.json()["version"].as_u64(),
+        Some(version + 2),
+        "{}",
+        r.json()
+    );
+    let reborn = eventually("every host sees one owner of the new module", || {
+        let o: Vec<_> = hosts.values().map(|h| owner(h, "wc")).collect();
+        (o.iter().all(|x| x.is_some() && *x == o[0])).then(|| o[0].clone().unwrap())
+    });
+    for h in hosts.values() {
+        assert_eq!(
+            counts(h, "wc"),
+            BTreeMap::new(),
+            "the deleted module's counts came back"
+        );
+        for depot in ["words", "sentences"] {
+            let stored = h.read_depot("wc", depot);
+            assert!(stored.iter().all(Vec::is_empty), "{depot}: {stored:?}");
+        }
+    }
+    let mut fresh = Acked::default();
+    for (i, h) in hosts.values().enumerate() {
+        let w = json!({"word": format!("reborn{i}")});
+        let (a, _) = append_until_acked(h, "wc", "words", "full", &w, &format!("again{i}"));
+        fresh.take("words", &w, &a);
+    }
+    for h in hosts.values() {
+        check(h, &fresh);
+        assert_eq!(owner(h, "wc").as_deref(), Some(reborn.as_str()));
+    }
+
     // Deleted through any host: gone everywhere.
     let r = hosts[&first].request("DELETE", "/v1/modules/wc", "application/json", b"");
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));

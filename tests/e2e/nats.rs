@@ -154,7 +154,7 @@ pub fn connect(cluster: &NatsCluster) -> (tokio::runtime::Runtime, Nats) {
 pub fn open_log(rt: &tokio::runtime::Runtime, nats: &Nats, module: &str, p: u32) -> JetStreamLog {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match rt.block_on(JetStreamLog::open(nats, module, p)) {
+        match rt.block_on(JetStreamLog::open(nats, module, 1, p)) {
             Ok(log) => return log,
             Err(e) if Instant::now() < deadline => {
                 eprintln!("stream not ready yet: {e}");

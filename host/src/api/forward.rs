@@ -156,6 +156,17 @@ async fn deploy(
             Err(never) => match never {},
         };
         let runs = parts.status != StatusCode::OK || described_version(&body) >= Some(version);
+        if !runs {
+            if let Some((host, failed)) = placement.update_failure(name, version) {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "update-failed",
+                    format!("version {version} of module `{name}` is stored in the cluster's catalog, but its owner `{host}` could not switch to it ({} tries): {}; it serves the version before meanwhile and tries again after a growing pause", failed.attempts, failed.error),
+                );
+                e.retry_after_s = Some(5);
+                return Err(e);
+            }
+        }
         if runs || Instant::now() >= deadline {
             if parts.status == StatusCode::OK && created {
                 parts.status = StatusCode::CREATED;
@@ -229,12 +240,16 @@ fn described_version(body: &[u8]) -> Option<u64> {
 }
 
 /// `DELETE /v1/modules/{name}` on a cluster: marks it deleted in the catalog; every host
-/// running it drops it (this one at once, the others within a tick).
+/// running it drops it (this one at once, the others within a tick); its partition streams
+/// are deleted (a host still running it finds its writes refused, and drops it too).
 async fn delete(placement: &Arc<Placement>, name: &str) -> Result<Response<Full<Bytes>>, ApiError> {
     let (p, module) = (Arc::clone(placement), name.to_string());
     let existed = blocking(move || {
         let existed = p.catalog.delete(&module).map_err(catalog_error)?;
         p.tick();
+        if let Some(head) = p.catalog.head(&module).filter(|h| existed && h.deleted) {
+            p.delete_logs(&head);
+        }
         Ok(existed)
     })
     .await?;

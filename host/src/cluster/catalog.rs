@@ -12,6 +12,9 @@
 //! - versions count up by one per module: a deploy expects the log's last sequence to be the
 //!   one its index read, so of two deploys from the same read one is refused and re-reads;
 //! - a component is checked against the SHA-256 its head names before it runs;
+//! - a module deployed again after a delete is a new *incarnation* ([`Head::since`]: the
+//!   version that created it), with partition logs of its own: nothing of the deleted one
+//!   comes back, and a host still running the deleted one tells it apart by its version;
 //! - the index lock is never held across I/O (see [`ModuleCatalog::refresh`]).
 
 use std::collections::BTreeMap;
@@ -46,6 +49,11 @@ pub struct Head {
     pub version: u64,
     pub partitions: u32,
     pub deleted: bool,
+    /// The version that created this incarnation of the module: its first deploy, or the
+    /// first deploy after a delete. Versions below it belong to an older, deleted
+    /// incarnation; its partition logs are named by it (`jetstream::stream_name`). Derived
+    /// by every reader from the log's order, never stored.
+    pub since: u64,
     /// Of the component.
     pub sha256: String,
     /// Log sequences of the component's parts, in order.
@@ -294,13 +302,14 @@ impl Index {
             self.partial = Some((h, seqs));
             return;
         }
-        if self
-            .heads
-            .get(&h.module)
-            .is_some_and(|old| old.version >= h.version)
-        {
+        let previous = self.heads.get(&h.module);
+        if previous.is_some_and(|old| old.version >= h.version) {
             return; // a version already taken (never stored twice; defensive)
         }
+        let since = match previous {
+            Some(old) if !old.deleted => old.since,
+            _ => h.version,
+        };
         self.heads.insert(
             h.module.clone(),
             Head {
@@ -308,6 +317,7 @@ impl Index {
                 version: h.version,
                 partitions: h.partitions,
                 deleted: h.deleted,
+                since,
                 sha256: h.sha256,
                 parts: seqs,
             },
@@ -351,10 +361,16 @@ mod tests {
         assert!(a.head("m").unwrap().deleted);
         let again = a.deploy("m", 8, b"three").unwrap();
         assert_eq!(
-            (again.version, again.partitions, again.deleted),
-            (3, 8, false)
+            (again.version, again.partitions, again.deleted, again.since),
+            (3, 8, false, 3)
         );
         assert_eq!(b.wasm(&again).unwrap(), b"three");
+        // An update keeps the incarnation; b, reading the log from the start, agrees.
+        let next = b.update("m", 3, b"four").unwrap();
+        assert_eq!((next.version, next.since), (4, 3));
+        let fresh = ModuleCatalog::new(Arc::clone(&log));
+        fresh.refresh().unwrap();
+        assert_eq!(fresh.head("m").unwrap().since, 3);
     }
 
     #[test]

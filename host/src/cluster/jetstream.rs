@@ -81,12 +81,22 @@ impl Nats {
     }
 }
 
-/// The stream name and subject prefix of one partition.
-pub fn stream_name(module: &str, partition: u32) -> (String, String) {
-    (
-        format!("SL_{module}_P{partition}"),
-        format!("sl.{module}.{partition}"),
-    )
+/// The stream name and subject prefix of one partition of the incarnation of `module` that
+/// version `since` created (`catalog::Head::since`): the first incarnation's are
+/// `SL_<module>_P<k>` / `sl.<module>.<k>`, a later one's `SL_<module>_I<since>_P<k>` /
+/// `sl.<module>.i<since>.<k>`, so that a module deployed again after a delete starts empty.
+pub fn stream_name(module: &str, since: u64, partition: u32) -> (String, String) {
+    if since <= 1 {
+        (
+            format!("SL_{module}_P{partition}"),
+            format!("sl.{module}.{partition}"),
+        )
+    } else {
+        (
+            format!("SL_{module}_I{since}_P{partition}"),
+            format!("sl.{module}.i{since}.{partition}"),
+        )
+    }
 }
 
 /// One partition's log in JetStream.
@@ -115,9 +125,38 @@ struct Reader {
 
 impl JetStreamLog {
     /// Opens the partition's stream, creating it if it does not exist.
-    pub async fn open(nats: &Nats, module: &str, partition: u32) -> Result<Self, LogError> {
-        let (name, prefix) = stream_name(module, partition);
+    pub async fn open(
+        nats: &Nats,
+        module: &str,
+        since: u64,
+        partition: u32,
+    ) -> Result<Self, LogError> {
+        let (name, prefix) = stream_name(module, since, partition);
         Self::open_stream(nats, name, prefix).await
+    }
+
+    /// Deletes the partition's stream (a deleted module's); a stream already gone is fine.
+    pub async fn delete(
+        nats: &Nats,
+        module: &str,
+        since: u64,
+        partition: u32,
+    ) -> Result<(), LogError> {
+        let (name, _) = stream_name(module, since, partition);
+        use async_nats::jetstream::context::DeleteStreamErrorKind;
+        match nats.js.delete_stream(&name).await {
+            Ok(_) => Ok(()),
+            Err(e) => match e.kind() {
+                DeleteStreamErrorKind::JetStream(j)
+                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(())
+                }
+                _ => Err(LogError::Unavailable(format!(
+                    "deleting stream {name}: {e}"
+                ))),
+            },
+        }
     }
 
     /// Opens (or creates) the stream `name` on the subjects `<prefix>.{in,fx,ctl}`.

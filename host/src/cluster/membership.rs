@@ -66,6 +66,18 @@ pub struct OwnedModule {
     pub module: String,
     pub version: u64,
     pub partitions: Vec<OwnedPartition>,
+    /// The catalog's newer version this host could not switch to, if the last try failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_failed: Option<UpdateFailed>,
+}
+
+/// An update a host tried and failed; it tries again after a growing pause.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UpdateFailed {
+    pub version: u64,
+    pub error: String,
+    /// Tries so far.
+    pub attempts: u32,
 }
 
 /// One partition of a module a host runs.

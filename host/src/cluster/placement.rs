@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use super::catalog::{CatalogError, Head, ModuleCatalog};
 use super::fence::{Claim, LogView, PART_BYTES_MAX};
 use super::jetstream::{JetStreamLog, Nats};
-use super::membership::{HostView, Membership, OwnedModule, OwnedPartition};
+use super::membership::{HostView, Membership, OwnedModule, OwnedPartition, UpdateFailed};
 use super::replicated::{claim_restoring, Retry};
 use crate::module::Registry;
 use crate::partition::worker::PartitionState;
@@ -70,7 +70,9 @@ pub struct Placement {
     retry: Retry,
     /// How long a request waits for a module's owner during a failover.
     pub failover_wait: Duration,
-    logs: Mutex<HashMap<(String, u32), Arc<JetStreamLog>>>,
+    /// Partition logs opened, by (module, incarnation, partition).
+    logs: Mutex<HashMap<(String, u64, u32), Arc<JetStreamLog>>>,
+    update_failures: Mutex<UpdateFailures>,
     stats: Mutex<PlacementStats>,
     /// Serialises ticks (the loop's and a deploy's).
     ticking: Mutex<()>,
@@ -99,6 +101,7 @@ impl Placement {
             retry: Retry::default(),
             failover_wait,
             logs: Mutex::new(HashMap::new()),
+            update_failures: Mutex::new(UpdateFailures::default()),
             stats: Mutex::new(PlacementStats::default()),
             ticking: Mutex::new(()),
         }))
@@ -143,31 +146,39 @@ impl Placement {
     fn reconcile(&self, head: &Head, hosts: &[HostView]) -> Result<(), String> {
         let name = &head.module;
         if let Some(m) = self.registry.get(name) {
-            if head.deleted {
+            if head.deleted || m.version < head.since {
+                // Deleted, or deleted and deployed again (a new incarnation, claimed below).
                 self.drop(
                     name,
                     "module-deleted",
                     &format!("module `{name}` was deleted"),
                 );
+                if head.deleted {
+                    return Ok(());
+                }
             } else if let Some(cause) = failed_partition(&m) {
                 self.drop(name, "owner-lost", &cause);
+                return Ok(());
             } else if let Some(cause) = self.written_by_another(&m)? {
                 self.drop(name, "owner-lost", &cause);
-            } else if head.version > m.version {
-                self.update(head)?;
+                return Ok(());
+            } else {
+                if head.version > m.version {
+                    self.update_with_retries(head)?;
+                }
+                return Ok(());
             }
-            return Ok(());
         }
         if head.deleted || !self.membership.connected() {
             return Ok(());
         }
         let runs_elsewhere = hosts
             .iter()
-            .any(|h| h.alive && h.host != self.host && h.owns.iter().any(|o| &o.module == name));
+            .any(|h| h.alive && h.host != self.host && runs_incarnation(&h.owns, head).is_some());
         if runs_elsewhere {
             return Ok(());
         }
-        let p0 = self.log(name, 0)?;
+        let p0 = self.log(head, 0)?;
         let mut view = LogView::default();
         view.catch_up(&*p0, |_| Ok(()))
             .map_err(|e| format!("reading partition 0: {e}"))?;
@@ -224,7 +235,7 @@ impl Placement {
             .wasm(head)
             .map_err(|e: CatalogError| e.to_string())?;
         let logs = (0..head.partitions)
-            .map(|p| self.log(&head.module, p))
+            .map(|p| self.log(head, p))
             .collect::<Result<Vec<_>, _>>()?;
         let mut epoch = 0;
         let mut claim =
@@ -259,6 +270,30 @@ impl Placement {
             .map_err(|e| e.to_string())
     }
 
+    /// Switches the module, which runs here, to the catalog's newer version `head`, unless
+    /// that version failed here lately: a failed switch (its drain timed out, say) is tried
+    /// again after a pause that doubles up to [`UPDATE_RETRY_MAX`], not on every tick (each
+    /// try holds the module's appends back for up to the drain bound), and is reported in
+    /// this host's heartbeats so that the deploy answers with the reason.
+    fn update_with_retries(&self, head: &Head) -> Result<(), String> {
+        let now = Instant::now();
+        if !self
+            .update_failures
+            .lock()
+            .expect("poisoned")
+            .may_try(&head.module, head.version, now)
+        {
+            return Ok(());
+        }
+        let result = self.update(head);
+        let mut failures = self.update_failures.lock().expect("poisoned");
+        match &result {
+            Ok(()) => failures.succeeded(&head.module),
+            Err(e) => failures.failed(&head.module, head.version, e, Instant::now()),
+        }
+        result
+    }
+
     /// Switches the module, which runs here, to the catalog's newer version `head`.
     fn update(&self, head: &Head) -> Result<(), String> {
         let wasm = self
@@ -278,16 +313,16 @@ impl Placement {
         }
     }
 
-    /// Partition `p`'s log of `module` (opened once).
-    fn log(&self, module: &str, p: u32) -> Result<Arc<JetStreamLog>, String> {
-        let key = (module.to_string(), p);
+    /// Partition `p`'s log of `head`'s incarnation of its module (opened once).
+    fn log(&self, head: &Head, p: u32) -> Result<Arc<JetStreamLog>, String> {
+        let key = (head.module.clone(), head.since, p);
         if let Some(l) = self.logs.lock().expect("poisoned").get(&key) {
             return Ok(Arc::clone(l));
         }
         let log = self
             .nats
             .runtime
-            .block_on(JetStreamLog::open(&self.nats, module, p))
+            .block_on(JetStreamLog::open(&self.nats, &head.module, head.since, p))
             .map_err(|e| format!("opening partition {p}'s log: {e}"))?;
         let log = Arc::new(log);
         self.logs
@@ -297,8 +332,34 @@ impl Placement {
         Ok(log)
     }
 
+    /// Deletes the partition streams of `head`'s incarnation of its module, which the catalog
+    /// says is deleted (best effort: a stream left behind holds nothing anyone reads again,
+    /// since a new deploy of the name is a new incarnation with streams of its own).
+    pub fn delete_logs(&self, head: &Head) {
+        self.logs
+            .lock()
+            .expect("poisoned")
+            .retain(|(m, since, _), _| !(*m == head.module && *since == head.since));
+        for p in 0..head.partitions {
+            let deleted = self.nats.runtime.block_on(JetStreamLog::delete(
+                &self.nats,
+                &head.module,
+                head.since,
+                p,
+            ));
+            if let Err(e) = deleted {
+                tracing::warn!(
+                    module = head.module,
+                    partition = p,
+                    "deleting its stream: {e}"
+                );
+            }
+        }
+    }
+
     /// Puts what this host runs into its heartbeats.
     fn report(&self) {
+        let failures = self.update_failures.lock().expect("poisoned");
         let owns = self
             .registry
             .list()
@@ -307,6 +368,7 @@ impl Placement {
             .map(|m| OwnedModule {
                 module: m.name.clone(),
                 version: m.version,
+                update_failed: failures.reported(&m.name),
                 partitions: m
                     .replications
                     .iter()
@@ -322,17 +384,37 @@ impl Placement {
                     .collect(),
             })
             .collect();
+        drop(failures);
         self.membership.report(owns);
+    }
+
+    /// The failure its owner reports, in its heartbeats, of switching `module` to `version`.
+    pub fn update_failure(&self, module: &str, version: u64) -> Option<(String, UpdateFailed)> {
+        self.membership.hosts().into_iter().find_map(|h| {
+            let failed = h
+                .owns
+                .iter()
+                .find(|o| o.module == module)?
+                .update_failed
+                .clone()
+                .filter(|f| f.version == version)?;
+            Some((h.host, failed))
+        })
     }
 
     /// Where a request for `module` goes now (no I/O).
     pub fn route(&self, module: &str) -> Route {
-        if self.registry.get(module).is_some() {
-            return Route::Local;
-        }
-        match self.catalog.head(module) {
-            Some(h) if !h.deleted => {}
+        let head = match self.catalog.head(module) {
+            Some(h) if !h.deleted => h,
+            _ if self.registry.get(module).is_some() => return Route::Local,
             _ => return Route::Unknown,
+        };
+        if self
+            .registry
+            .get(module)
+            .is_some_and(|m| m.version >= head.since)
+        {
+            return Route::Local;
         }
         let owner = self
             .membership
@@ -340,13 +422,7 @@ impl Placement {
             .into_iter()
             .filter(|h| h.alive && h.host != self.host)
             .filter_map(|h| {
-                let epoch = h
-                    .owns
-                    .iter()
-                    .find(|o| o.module == module)?
-                    .partitions
-                    .first()?
-                    .epoch;
+                let epoch = runs_incarnation(&h.owns, &head)?.partitions.first()?.epoch;
                 Some((epoch, h))
             })
             .max_by_key(|(epoch, _)| *epoch);
@@ -371,7 +447,7 @@ impl Placement {
                     .iter()
                     .filter(|h| h.alive)
                     .filter_map(|h| {
-                        let o = h.owns.iter().find(|o| o.module == head.module)?;
+                        let o = runs_incarnation(&h.owns, &head)?;
                         Some((h.host.clone(), o.clone()))
                     })
                     .max_by_key(|(_, o)| o.partitions.first().map_or(0, |p| p.epoch));
@@ -389,6 +465,72 @@ impl Placement {
                 })
             })
             .collect()
+    }
+}
+
+/// What `owns` (a host's heartbeat) says of `head`'s incarnation of its module, if it runs
+/// it: a host still running a deleted incarnation (until its next tick) is not its owner.
+fn runs_incarnation<'o>(owns: &'o [OwnedModule], head: &Head) -> Option<&'o OwnedModule> {
+    owns.iter()
+        .find(|o| o.module == head.module && o.version >= head.since)
+}
+
+/// The first pause before a failed update is tried again; it doubles with each failure.
+const UPDATE_RETRY_FIRST: Duration = Duration::from_secs(5);
+/// The longest pause between tries of a failed update.
+const UPDATE_RETRY_MAX: Duration = Duration::from_secs(120);
+
+/// Updates that failed on this host, per module: the version, why, and when to try again.
+#[derive(Debug, Default)]
+struct UpdateFailures(HashMap<String, UpdateFailure>);
+
+#[derive(Debug)]
+struct UpdateFailure {
+    version: u64,
+    error: String,
+    attempts: u32,
+    next_try: Instant,
+}
+
+impl UpdateFailures {
+    /// Whether switching `module` to `version` may be tried at `now`: yes unless that very
+    /// version failed and its pause has not passed (a newer version is tried at once).
+    fn may_try(&self, module: &str, version: u64, now: Instant) -> bool {
+        match self.0.get(module) {
+            Some(f) if f.version == version => now >= f.next_try,
+            _ => true,
+        }
+    }
+
+    fn failed(&mut self, module: &str, version: u64, error: &str, now: Instant) {
+        let attempts = match self.0.get(module) {
+            Some(f) if f.version == version => f.attempts + 1,
+            _ => 1,
+        };
+        let pause = UPDATE_RETRY_FIRST
+            .saturating_mul(1 << (attempts - 1).min(16))
+            .min(UPDATE_RETRY_MAX);
+        self.0.insert(
+            module.to_string(),
+            UpdateFailure {
+                version,
+                error: error.to_string(),
+                attempts,
+                next_try: now + pause,
+            },
+        );
+    }
+
+    fn succeeded(&mut self, module: &str) {
+        self.0.remove(module);
+    }
+
+    fn reported(&self, module: &str) -> Option<UpdateFailed> {
+        self.0.get(module).map(|f| UpdateFailed {
+            version: f.version,
+            error: f.error.clone(),
+            attempts: f.attempts,
+        })
     }
 }
 
@@ -428,6 +570,77 @@ mod tests {
             beat: 1,
             owns: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_failed_update_waits_a_doubling_pause_and_a_newer_version_goes_at_once() {
+        let mut f = UpdateFailures::default();
+        let t0 = Instant::now();
+        assert!(f.may_try("m", 2, t0));
+        f.failed("m", 2, "the drain timed out", t0);
+        assert!(!f.may_try("m", 2, t0));
+        assert!(!f.may_try("m", 2, t0 + UPDATE_RETRY_FIRST - Duration::from_millis(1)));
+        assert!(f.may_try("m", 2, t0 + UPDATE_RETRY_FIRST));
+        assert!(f.may_try("m", 3, t0), "a newer build is tried at once");
+        assert!(f.may_try("other", 2, t0));
+        let t1 = t0 + UPDATE_RETRY_FIRST;
+        f.failed("m", 2, "again", t1);
+        assert!(!f.may_try("m", 2, t1 + UPDATE_RETRY_FIRST));
+        assert!(f.may_try("m", 2, t1 + 2 * UPDATE_RETRY_FIRST));
+        assert_eq!(
+            f.reported("m"),
+            Some(UpdateFailed {
+                version: 2,
+                error: "again".into(),
+                attempts: 2
+            })
+        );
+        for _ in 0..40 {
+            f.failed("m", 2, "stuck", t1);
+        }
+        assert!(
+            f.may_try("m", 2, t1 + UPDATE_RETRY_MAX),
+            "the pause is bounded"
+        );
+        f.failed("m", 3, "new", t1);
+        assert_eq!(
+            f.reported("m").unwrap().attempts,
+            1,
+            "a new version counts anew"
+        );
+        f.succeeded("m");
+        assert_eq!(f.reported("m"), None);
+        assert!(f.may_try("m", 3, t1));
+    }
+
+    #[test]
+    fn a_host_running_a_deleted_incarnation_is_not_its_owner() {
+        let owns = |version| {
+            vec![OwnedModule {
+                module: "m".into(),
+                version,
+                partitions: Vec::new(),
+                update_failed: None,
+            }]
+        };
+        let head = Head {
+            module: "m".into(),
+            version: 5,
+            partitions: 1,
+            deleted: false,
+            since: 4,
+            sha256: String::new(),
+            parts: Vec::new(),
+        };
+        assert!(
+            runs_incarnation(&owns(3), &head).is_none(),
+            "deleted at 3, deployed at 4"
+        );
+        assert!(
+            runs_incarnation(&owns(4), &head).is_some(),
+            "the update to 5 pending"
+        );
+        assert!(runs_incarnation(&owns(5), &head).is_some());
     }
 
     #[test]
