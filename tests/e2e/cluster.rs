@@ -30,6 +30,8 @@ use super::nats::{connect, open_log, NatsCluster, Proxy};
 /// Every whole entry's body, read from the start by a fresh view.
 #[path = "cluster_modules.rs"]
 mod modules;
+#[path = "cluster_spread.rs"]
+mod spread;
 
 fn restore_all(log: &dyn ReplicatedLog) -> Vec<Vec<u8>> {
     let mut out = Vec::new();

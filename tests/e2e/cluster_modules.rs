@@ -13,7 +13,7 @@ use crate::nats::{connect, open_log, NatsCluster, Proxy};
 
 const OWNER_TIMEOUT_MS: &str = "1500";
 
-fn start_host(dir: &std::path::Path, urls: &str, id: &str) -> Host {
+pub(super) fn start_host(dir: &std::path::Path, urls: &str, id: &str) -> Host {
     Host::start(
         &dir.join(id),
         &[
@@ -32,7 +32,7 @@ fn start_host(dir: &std::path::Path, urls: &str, id: &str) -> Host {
 }
 
 /// Hosts h1, h2 and h3 joined through `urls`, once each sees all three alive.
-fn three_hosts(dir: &std::path::Path, urls: &str) -> BTreeMap<String, Host> {
+pub(super) fn three_hosts(dir: &std::path::Path, urls: &str) -> BTreeMap<String, Host> {
     let hosts: BTreeMap<String, Host> = ["h1", "h2", "h3"]
         .iter()
         .map(|id| (id.to_string(), start_host(dir, urls, id)))
@@ -57,7 +57,7 @@ fn owner(host: &Host, module: &str) -> Option<String> {
 }
 
 /// `counts` of every word, through `host`.
-fn counts(host: &Host, module: &str) -> BTreeMap<String, i64> {
+pub(super) fn counts(host: &Host, module: &str) -> BTreeMap<String, i64> {
     let r = host.post_json(
         &format!("/v1/modules/{module}/pstates/counts/select"),
         &json!({"path": ["all"], "partition": "all"}),
@@ -73,12 +73,12 @@ fn counts(host: &Host, module: &str) -> BTreeMap<String, i64> {
 
 /// What the acked appends say: each record at its (depot, partition, offset).
 #[derive(Default)]
-struct Acked {
+pub(super) struct Acked {
     records: BTreeMap<(String, u64, u64), Value>,
 }
 
 impl Acked {
-    fn take(&mut self, depot: &str, record: &Value, answer: &Value) {
+    pub(super) fn take(&mut self, depot: &str, record: &Value, answer: &Value) {
         let at = (
             depot.to_string(),
             answer["partition"].as_u64().expect("partition"),
@@ -90,7 +90,7 @@ impl Acked {
     }
 
     /// The counts the acked records make (words count once each; sentences split on spaces).
-    fn counts(&self) -> BTreeMap<String, i64> {
+    pub(super) fn counts(&self) -> BTreeMap<String, i64> {
         let mut c = BTreeMap::new();
         for ((depot, _, _), r) in &self.records {
             let words: Vec<String> = match depot.as_str() {
@@ -112,7 +112,7 @@ impl Acked {
 
 /// Checks every acked record at its offset through `host`, none duplicated, and the counts
 /// equal to the recomputation.
-fn check(host: &Host, acked: &Acked) {
+pub(super) fn check(host: &Host, acked: &Acked) {
     for depot in ["words", "sentences"] {
         let stored = host.read_depot("wc", depot);
         let mut seen = 0;
@@ -491,7 +491,7 @@ fn social_query(host: &Host, name: &str, args: Value) -> Value {
 /// Appends `record` through `host` with an idempotency key, retrying (same key, same host)
 /// until it is acked; answers the ack and how long it took. Any other answer than 200 must
 /// be a 503 (never a false ack, never a refusal).
-fn append_until_acked(
+pub(super) fn append_until_acked(
     host: &Host,
     module: &str,
     depot: &str,

@@ -203,6 +203,21 @@ impl From<ProcessingError> for ApiError {
                 e.retry_after_s = Some(1);
                 e
             }
+            ProcessingError::NotTaken {
+                partition, busy, ..
+            } => {
+                let mut e = if busy {
+                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue-full", message)
+                } else {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "partition-unavailable",
+                        message,
+                    )
+                };
+                e.retry_after_s = Some(1);
+                e.detail("partition", partition)
+            }
             ProcessingError::OutcomeUnknown {
                 partition, offset, ..
             } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "outcome-unknown", message)

@@ -74,6 +74,12 @@ pub(super) async fn module_request(
                 blocking(move || p.catalog.refresh().map_err(catalog_error)).await?;
                 route = placement.route(name);
             }
+            if let (Route::Local, Some(k)) = (&route, remote_partition(state, name, segments)) {
+                if req.headers().contains_key(FORWARDED) {
+                    return Err(not_owner(&placement.host, name));
+                }
+                return handled(forward_to_partition(state, placement, name, k, req).await?);
+            }
             match route {
                 Route::Local => Ok(Outcome::Local(req)),
                 Route::Unknown => Err(ApiError::not_found(
@@ -85,6 +91,80 @@ pub(super) async fn module_request(
             }
         }
         _ => Ok(Outcome::Local(req)),
+    }
+}
+
+/// The partition a request for one partition's data names (a depot read), if the module is
+/// spread and that partition runs on another host.
+fn remote_partition(state: &AppState, name: &str, segments: &[&str]) -> Option<u32> {
+    let ["v1", "modules", _, "depots", _, "partitions", k] = segments else {
+        return None;
+    };
+    let p: u32 = k.parse().ok()?;
+    let m = state.registry.get(name)?;
+    (m.remote.is_some() && p < m.partitions && !m.is_local(p)).then_some(p)
+}
+
+/// Sends a read of partition `p` of the spread module `module` to the host that owns it,
+/// waiting out a failover up to its bound.
+async fn forward_to_partition(
+    state: &AppState,
+    placement: &Arc<Placement>,
+    module: &str,
+    p: u32,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let (method, uri, headers) = (
+        req.method().clone(),
+        req.uri().clone(),
+        req.headers().clone(),
+    );
+    let limit = state.registry.runtime().limits().request_body_bytes;
+    let body = read_body(state, req, limit, "request_body_bytes").await?;
+    let deadline = Instant::now() + placement.failover_wait;
+    let mut last = String::from("no host owns it");
+    loop {
+        if let Some((host, address)) = placement.partition_owner(module, p) {
+            let sent = send(
+                &address,
+                &method,
+                &uri,
+                &headers,
+                body.clone(),
+                &placement.host,
+            );
+            match sent.await {
+                Ok(r) if r.headers().contains_key(NOT_OWNER) => {
+                    last = format!("host `{host}` no longer runs it")
+                }
+                Ok(r) => return Ok(r),
+                Err(Failure::NotSent(why) | Failure::Unknown(why)) if method == Method::GET => {
+                    last = format!("host `{host}`: {why}")
+                }
+                Err(Failure::NotSent(why) | Failure::Unknown(why)) => {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "owner-unreachable",
+                        format!(
+                            "host `{host}`, which runs partition {p} of module `{module}`: {why}"
+                        ),
+                    ))
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-owner",
+                format!(
+                    "no host answered for partition {p} of module `{module}` within the failover bound of {} ms ({last})",
+                    placement.failover_wait.as_millis()
+                ),
+            );
+            e.retry_after_s = Some(1);
+            return Err(e);
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
     }
 }
 
@@ -134,7 +214,19 @@ async fn deploy(
     name: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let options = deploy_options(&query_params(&req))?;
+    let params = query_params(&req);
+    let options = deploy_options(&params)?;
+    let spread = match params.get("placement").map(String::as_str) {
+        None => None,
+        Some("module") => Some(false),
+        Some("partitions") => Some(true),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid-parameter",
+                format!("`placement={other}`: use `module` (every partition on one host, the default) or `partitions` (each partition placed on its own)"),
+            ))
+        }
+    };
     let headers = req.headers().clone();
     let limit = state.registry.runtime().limits().module_size_bytes;
     let wasm = read_body(state, req, limit, "module_size_bytes").await?;
@@ -144,7 +236,7 @@ async fn deploy(
         name.to_string(),
     );
     let (version, created) =
-        blocking(move || store_build(&p, &registry, &module, &wasm, &options)).await?;
+        blocking(move || store_build(&p, &registry, &module, &wasm, &options, spread)).await?;
     let uri: Uri = format!("/v1/modules/{name}").parse().expect("a valid path");
     let deadline = Instant::now() + placement.failover_wait + UPDATE_SWAP_WAIT;
     loop {
@@ -200,6 +292,7 @@ fn store_build(
     module: &str,
     wasm: &[u8],
     options: &crate::module::DeployOptions,
+    spread: Option<bool>,
 ) -> Result<(u64, bool), ApiError> {
     for _ in 0..UPDATE_ATTEMPTS {
         p.catalog.refresh().map_err(catalog_error)?;
@@ -208,8 +301,15 @@ fn store_build(
             None => {
                 let partitions = registry.check_for_cluster(module, wasm, options)?;
                 p.catalog
-                    .deploy(module, partitions, wasm)
+                    .deploy_placed(module, partitions, spread.unwrap_or(false), wasm)
                     .map(|h| (h.version, true))
+            }
+            Some(head) if spread.is_some_and(|s| s != head.spread) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "incompatible-update",
+                    format!("module `{module}`'s placement cannot change on an update; delete it and deploy it again"),
+                ));
             }
             Some(head) => {
                 let old = p.catalog.wasm(&head).map_err(catalog_error)?;

@@ -759,7 +759,7 @@ fn health(state: &AppState, readiness: bool) -> Response<Full<Bytes>> {
             .map(|p| {
                 let h = &m.handles[p as usize];
                 let st = h.status.state();
-                all_serving &= st == PartitionState::Serving;
+                all_serving &= matches!(st, PartitionState::Serving | PartitionState::Remote);
                 let mut v = json!({
                     "partition": p,
                     "state": st.name(),
@@ -953,8 +953,22 @@ fn depot_info(module: &Module, depot: &str) -> Result<Response<Full<Bytes>>, Api
     check_depot(module, depot)?;
     let mut parts = Vec::new();
     for (k, h) in module.handles.iter().enumerate() {
-        let end = h.log.end_offset(depot).map_err(error::storage)?;
-        let start = h.log.start_offset(depot).map_err(error::storage)?;
+        let (start, end) = match (&h.files, &module.remote) {
+            (Some(f), _) => (
+                f.log.start_offset(depot).map_err(error::storage)?,
+                f.log.end_offset(depot).map_err(error::storage)?,
+            ),
+            // A spread module's partition on another host: read there.
+            (None, Some(r)) => {
+                let id = crate::cluster::remote::PartitionId {
+                    module: module.name.clone(),
+                    since: r.since,
+                    partition: k as u32,
+                };
+                r.link.depot_bounds(&id, depot)?
+            }
+            (None, None) => continue,
+        };
         parts.push(json!({"partition": k, "start": start, "end": end}));
     }
     Ok(json_response(
@@ -989,7 +1003,7 @@ fn depot_read(
     let limit = parse_u64(params, "limit")?
         .map_or(100, |l| l as usize)
         .min(read_max);
-    let log = &module.handles[p].log;
+    let log = &module.local_files(p as u32)?.log;
     let start = log.start_offset(depot).map_err(error::storage)?;
     if from < start {
         return Err(ApiError::new(
@@ -1321,6 +1335,15 @@ async fn discard_dead_letter(
     }
 }
 
+/// What a module placed per partition on a cluster does not offer yet.
+fn spread_unsupported(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "cluster-unsupported",
+        format!("{what} of a module placed per partition (`placement=partitions`) are not served on a cluster yet; deploy it with the default placement for them"),
+    )
+}
+
 fn dead_letters(module: &Module, topology: &str) -> Result<Response<Full<Bytes>>, ApiError> {
     const DEAD_LETTERS_PAGE_MAX: usize = 1000;
     if !module.topologies.iter().any(|t| t.name == topology) {
@@ -1329,8 +1352,12 @@ fn dead_letters(module: &Module, topology: &str) -> Result<Response<Full<Bytes>>
             format!("module `{}` has no topology `{topology}`", module.name),
         ));
     }
+    if module.remote.is_some() {
+        return Err(spread_unsupported("dead letters"));
+    }
     let mut out = Vec::new();
     for (k, h) in module.handles.iter().enumerate() {
+        let Some(h) = &h.files else { continue };
         let dls = crate::partition::seams::PartitionStore::dead_letters(
             &*h.store,
             topology,

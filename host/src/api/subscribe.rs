@@ -371,7 +371,17 @@ async fn start(
         values_max,
         bytes_max: limits.answer_bytes_max.saturating_add(4096),
     };
-    let store = Arc::clone(&module.handles[p as usize].store);
+    let Some(files) = &module.handles[p as usize].files else {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "cluster-unsupported",
+            format!(
+                "partition {p} of module `{}` runs on another host: subscribe through that host",
+                module.name
+            ),
+        ));
+    };
+    let store = Arc::clone(&files.store);
     drop(module);
     let sub = subs.subscribe(&store, spec, last_event_id, permit);
     let keepalive = subs.limits().keepalive;

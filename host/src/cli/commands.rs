@@ -19,7 +19,7 @@ pub(super) fn deploy(
     conn: &Connection,
     file: &Path,
     name: Option<&str>,
-    partitions: Option<u32>,
+    (partitions, placement): (Option<u32>, Option<&str>),
     retain: &[String],
     out: &mut Vec<u8>,
 ) -> Result<(), CliError> {
@@ -34,7 +34,7 @@ pub(super) fn deploy(
     };
     let wasm = std::fs::read(file)
         .map_err(|e| CliError::Input(format!("cannot read {}: {e}", file.display())))?;
-    let query = deploy_query(partitions, retain)?;
+    let query = deploy_query(partitions, placement, retain)?;
     let mut api = Api::with_timeout(conn, super::DEPLOY_TIMEOUT_S)?;
     let path = format!("/v1/modules/{}", segment(&name));
     // The version running before, to tell an update from a PUT of the build already running
@@ -143,10 +143,16 @@ fn render_cluster(view: &Value) -> String {
                 ]);
             }
             for p in &partitions {
+                // A module placed per partition names each partition's own owner.
+                let owner = if p["host"].is_string() {
+                    &p["host"]
+                } else {
+                    &m["owner"]
+                };
                 t.row(vec![
                     cell(&m["name"]),
                     cell(&p["partition"]),
-                    cell(&m["owner"]),
+                    cell(owner),
                     cell(&p["epoch"]),
                     cell(&p["log_seq"]),
                     cell(&p["lag"]),
@@ -192,13 +198,18 @@ pub(super) fn describe(conn: &Connection, module: &str, out: &mut Vec<u8>) -> Re
     Ok(())
 }
 
-/// The deploy's query string: `?partitions=N&retain.<depot>=<setting>…` (`--retain
-/// DEPOT=SETTING`).
-fn deploy_query(partitions: Option<u32>, retain: &[String]) -> Result<String, CliError> {
+/// The deploy's query string: `?partitions=N&placement=P&retain.<depot>=<setting>…`
+/// (`--retain DEPOT=SETTING`).
+fn deploy_query(
+    partitions: Option<u32>,
+    placement: Option<&str>,
+    retain: &[String],
+) -> Result<String, CliError> {
     let mut params: Vec<String> = partitions
         .map(|p| format!("partitions={p}"))
         .into_iter()
         .collect();
+    params.extend(placement.map(|p| format!("placement={}", segment(p))));
     for r in retain {
         let (depot, setting) = r.split_once('=').ok_or_else(|| {
             CliError::Input(format!(
@@ -537,16 +548,17 @@ mod tests {
 
     #[test]
     fn deploys_carry_partitions_and_retention_settings() {
-        assert_eq!(deploy_query(None, &[]).unwrap(), "");
+        assert_eq!(deploy_query(None, None, &[]).unwrap(), "");
         assert_eq!(
             deploy_query(
                 Some(4),
+                Some("partitions"),
                 &["events=records:10,age_ms:60000".into(), "ticks=none".into()]
             )
             .unwrap(),
-            "?partitions=4&retain.events=records%3A10%2Cage_ms%3A60000&retain.ticks=none"
+            "?partitions=4&placement=partitions&retain.events=records%3A10%2Cage_ms%3A60000&retain.ticks=none"
         );
-        assert!(deploy_query(None, &["events".into()]).is_err());
+        assert!(deploy_query(None, None, &["events".into()]).is_err());
     }
 
     #[test]

@@ -96,6 +96,10 @@ pub enum Command {
         /// the module's declaration); repeatable.
         #[arg(long, value_name = "DEPOT=SETTING")]
         retain: Vec<String>,
+        /// On a cluster, how a new module is placed: `module` (every partition on one host)
+        /// or `partitions` (each partition on its own host) [default: module].
+        #[arg(long)]
+        placement: Option<String>,
         #[command(flatten)]
         conn: Connection,
     },
@@ -282,8 +286,16 @@ pub fn run(command: Command) -> i32 {
             name,
             partitions,
             retain,
+            placement,
             conn,
-        } => commands::deploy(&conn, &file, name.as_deref(), partitions, &retain, &mut out),
+        } => commands::deploy(
+            &conn,
+            &file,
+            name.as_deref(),
+            (partitions, placement.as_deref()),
+            &retain,
+            &mut out,
+        ),
         Command::Modules { conn } => commands::modules(&conn, &mut out),
         Command::Cluster { conn } => commands::cluster(&conn, &mut out),
         Command::Describe { module, conn } => commands::describe(&conn, &module, &mut out),

@@ -40,6 +40,9 @@ struct Header {
     partitions: u32,
     deleted: bool,
     sha256: String,
+    /// Placed per partition (see [`Head::spread`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    spread: bool,
 }
 
 /// A module as the catalog last says it is.
@@ -56,6 +59,10 @@ pub struct Head {
     pub since: u64,
     /// Of the component.
     pub sha256: String,
+    /// Placed per partition (deployed with `placement=partitions`): each partition has an
+    /// owner of its own, so one module spreads over the hosts; else every partition runs on
+    /// one host. Set by the first deploy of an incarnation; updates keep it.
+    pub spread: bool,
     /// Log sequences of the component's parts, in order.
     #[serde(skip)]
     pub parts: Vec<u64>,
@@ -166,9 +173,20 @@ impl<R: ReplicatedLog + ?Sized> ModuleCatalog<R> {
 
     /// Stores a new module's component; answers its head.
     pub fn deploy(&self, module: &str, partitions: u32, wasm: &[u8]) -> Result<Head, CatalogError> {
+        self.deploy_placed(module, partitions, false, wasm)
+    }
+
+    /// Stores a new module's component, placed per partition if `spread`; answers its head.
+    pub fn deploy_placed(
+        &self,
+        module: &str,
+        partitions: u32,
+        spread: bool,
+        wasm: &[u8],
+    ) -> Result<Head, CatalogError> {
         self.append(module, |previous| match previous {
             Some(h) if !h.deleted => Err(CatalogError::Exists(module.to_string())),
-            _ => Ok((partitions, false, wasm)),
+            _ => Ok((partitions, spread, false, wasm)),
         })
     }
 
@@ -177,7 +195,9 @@ impl<R: ReplicatedLog + ?Sized> ModuleCatalog<R> {
     /// [`CatalogError::Changed`], nothing stored. Answers the new head.
     pub fn update(&self, module: &str, based_on: u64, wasm: &[u8]) -> Result<Head, CatalogError> {
         self.append(module, |previous| match previous {
-            Some(h) if !h.deleted && h.version == based_on => Ok((h.partitions, false, wasm)),
+            Some(h) if !h.deleted && h.version == based_on => {
+                Ok((h.partitions, h.spread, false, wasm))
+            }
             _ => Err(CatalogError::Changed(module.to_string())),
         })
     }
@@ -185,7 +205,7 @@ impl<R: ReplicatedLog + ?Sized> ModuleCatalog<R> {
     /// Marks a module deleted; false if the catalog has no such module.
     pub fn delete(&self, module: &str) -> Result<bool, CatalogError> {
         let gone = self.append(module, |previous| match previous {
-            Some(h) if !h.deleted => Ok((h.partitions, true, &[][..])),
+            Some(h) if !h.deleted => Ok((h.partitions, h.spread, true, &[][..])),
             _ => Err(CatalogError::Exists(String::new())),
         });
         match gone {
@@ -200,7 +220,7 @@ impl<R: ReplicatedLog + ?Sized> ModuleCatalog<R> {
     fn append<'w>(
         &self,
         module: &str,
-        decide: impl Fn(Option<&Head>) -> Result<(u32, bool, &'w [u8]), CatalogError>,
+        decide: impl Fn(Option<&Head>) -> Result<(u32, bool, bool, &'w [u8]), CatalogError>,
     ) -> Result<Head, CatalogError> {
         for _ in 0..PUBLISH_ATTEMPTS {
             self.refresh()?;
@@ -208,7 +228,7 @@ impl<R: ReplicatedLog + ?Sized> ModuleCatalog<R> {
                 let index = self.index.lock().expect("poisoned");
                 (index.read_to, index.heads.get(module).cloned())
             };
-            let (partitions, deleted, wasm) = decide(previous.as_ref())?;
+            let (partitions, spread, deleted, wasm) = decide(previous.as_ref())?;
             let version = previous.map_or(1, |h| h.version + 1);
             let chunks: Vec<&[u8]> = if wasm.is_empty() {
                 vec![wasm]
@@ -231,6 +251,7 @@ impl<R: ReplicatedLog + ?Sized> ModuleCatalog<R> {
                             partitions,
                             deleted,
                             sha256: sha256.clone(),
+                            spread,
                         },
                         chunk,
                     ),
@@ -319,6 +340,7 @@ impl Index {
                 deleted: h.deleted,
                 since,
                 sha256: h.sha256,
+                spread: h.spread,
                 parts: seqs,
             },
         );
@@ -384,6 +406,7 @@ mod tests {
             partitions: 1,
             deleted: false,
             sha256: String::new(),
+            spread: false,
         };
         let out = |h: &Header, id: &str| Outgoing {
             kind: EntryKind::In,

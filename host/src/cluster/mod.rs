@@ -12,7 +12,9 @@
 //! - [`codec`]: the bodies of `In` (appended records) and `Fx` (commits) entries;
 //! - [`membership`]: hosts, heartbeats and who is alive;
 //! - [`catalog`]: the modules deployed on the cluster, their components in JetStream;
-//! - [`placement`]: which host runs which module, claims after a host dies, routing.
+//! - [`placement`]: which host runs which module, claims after a host dies, routing;
+//! - [`remote`]: a spread module's partitions on other hosts: appends, hops and event
+//!   trees between hosts over core NATS.
 //!
 //! Without `--cluster` none of this runs: the host is the embedded single node.
 
@@ -23,4 +25,5 @@ pub mod jetstream;
 pub mod log;
 pub mod membership;
 pub mod placement;
+pub mod remote;
 pub mod replicated;

@@ -21,7 +21,7 @@
 //! ones); a request is served only by the module's current owner, others forward it
 //! (`api::forward`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,8 +31,9 @@ use super::catalog::{CatalogError, Head, ModuleCatalog};
 use super::fence::{Claim, LogView, PART_BYTES_MAX};
 use super::jetstream::{JetStreamLog, Nats};
 use super::membership::{HostView, Membership, OwnedModule, OwnedPartition, UpdateFailed};
+use super::remote::{Link, PartitionInbox, RemoteTrees, Replies, TreeRef, WireAppend};
 use super::replicated::{claim_restoring, Retry};
-use crate::module::Registry;
+use crate::module::{Registry, RemotePartitions};
 use crate::partition::worker::PartitionState;
 
 /// Where a request for a module goes.
@@ -76,7 +77,15 @@ pub struct Placement {
     stats: Mutex<PlacementStats>,
     /// Serialises ticks (the loop's and a deploy's).
     ticking: Mutex<()>,
+    /// How this host reaches the partitions of spread modules that run on other hosts.
+    pub link: Arc<Link>,
+    /// The owner's side of each partition of a spread module running here, by (module,
+    /// incarnation, partition).
+    servers: Mutex<HashMap<(String, u64, u32), tokio::task::JoinHandle<()>>>,
 }
+
+/// How long a spread partition waits for a confirmation before re-sending its hops.
+const RESEND_HOPS_MS: u64 = 500;
 
 /// The stream of the module catalog.
 const CATALOG_STREAM: &str = "SL_MODULES";
@@ -92,7 +101,19 @@ impl Placement {
         let log = JetStreamLog::open_stream(&nats, CATALOG_STREAM.into(), "sl.modules".into())
             .await
             .map_err(|e| anyhow::anyhow!("opening the module catalog: {e}"))?;
+        let trees = Arc::new(RemoteTrees::new(&membership.host));
+        let owners: Arc<dyn super::remote::Owners> = Arc::clone(&membership) as _;
+        super::remote::serve_trees(nats.clone(), Arc::clone(&trees), Arc::clone(&owners)).await?;
+        let link = Arc::new(Link {
+            replies: Replies::start(nats.clone(), failover_wait, Arc::clone(&owners)).await?,
+            nats: nats.clone(),
+            trees,
+            owners,
+            failover_wait,
+        });
         Ok(Arc::new(Self {
+            link,
+            servers: Mutex::new(HashMap::new()),
             host: membership.host.clone(),
             membership,
             catalog: ModuleCatalog::new(Arc::new(log)),
@@ -144,6 +165,9 @@ impl Placement {
     }
 
     fn reconcile(&self, head: &Head, hosts: &[HostView]) -> Result<(), String> {
+        if head.spread {
+            return self.reconcile_spread(head, hosts);
+        }
         let name = &head.module;
         if let Some(m) = self.registry.get(name) {
             if head.deleted || m.version < head.since {
@@ -195,11 +219,259 @@ impl Placement {
         self.claim(head, over)
     }
 
+    /// One tick for a spread module (placed per partition): every connected host runs it,
+    /// each with the partitions it owns. Gives up the partitions that failed here or that
+    /// another host wrote to since (a resumed zombie); claims each partition no live host
+    /// runs when this host holds its epoch, or its holder is dead and this host is the
+    /// partition's first choice; then reshapes what runs here to that set and serves it to
+    /// the other hosts.
+    fn reconcile_spread(&self, head: &Head, hosts: &[HostView]) -> Result<(), String> {
+        let name = &head.module;
+        if let Some(m) = self.registry.get(name) {
+            if head.deleted || m.version < head.since || m.remote.is_none() {
+                self.drop(
+                    name,
+                    "module-deleted",
+                    &format!("module `{name}` was deleted"),
+                );
+            }
+        }
+        if head.deleted {
+            return Ok(());
+        }
+        let running = self.registry.get(name);
+        let mut local = running.as_deref().map(local_partitions).unwrap_or_default();
+        if let Some(m) = &running {
+            for p in local.clone() {
+                if let Some(cause) = self.lost_partition(m, p)? {
+                    tracing::warn!(
+                        module = name,
+                        partition = p,
+                        "giving the partition up: {cause}"
+                    );
+                    local.remove(&p);
+                }
+            }
+        }
+        let connected = self.membership.connected();
+        let mut over: HashMap<u32, u64> = HashMap::new();
+        if connected {
+            for p in 0..head.partitions {
+                if local.contains(&p) || partition_runs_elsewhere(hosts, head, p, &self.host) {
+                    continue;
+                }
+                if let Some(epoch) = self.claimable(head, p, hosts)? {
+                    over.insert(p, epoch);
+                }
+            }
+        }
+        let wanted: BTreeSet<u32> = local.iter().copied().chain(over.keys().copied()).collect();
+        match &running {
+            None if !connected => return Ok(()),
+            None => self.claim_spread(head, &wanted, &over, None)?,
+            Some(m) if local_partitions(m) != wanted => {
+                self.claim_spread(head, &wanted, &over, Some(m))?
+            }
+            Some(m) if head.version > m.version => self.update_with_retries(head)?,
+            Some(_) => {}
+        }
+        self.serve_here(head);
+        Ok(())
+    }
+
+    /// Why this host must give up partition `p` of `m`: it failed here, or another host
+    /// wrote its log after this host's last entry.
+    fn lost_partition(&self, m: &crate::module::Module, p: u32) -> Result<Option<String>, String> {
+        if let PartitionState::Failed { cause } = m.handles[p as usize].status.state() {
+            return Ok(Some(format!("it failed: {cause}")));
+        }
+        let Some(r) = m.replications.get(p as usize).cloned().flatten() else {
+            return Ok(None);
+        };
+        Ok(r.overtaken().map_err(|e| e.to_string())?.map(|last| {
+            format!("its log is at {last}, past this host's last entry: another host claimed it")
+        }))
+    }
+
+    /// The epoch to claim partition `p` of `head`'s module over, if this host should claim
+    /// it: it holds that epoch itself, or the holder is dead (or none) and this host is the
+    /// partition's first choice among the live hosts.
+    fn claimable(&self, head: &Head, p: u32, hosts: &[HostView]) -> Result<Option<u64>, String> {
+        let log = self.log(head, p)?;
+        let mut view = LogView::default();
+        view.catch_up(&*log, |_| Ok(()))
+            .map_err(|e| format!("reading partition {p}: {e}"))?;
+        let (over, holder) = view
+            .epoch()
+            .map_or((0, None), |e| (e.number, Some(e.host.clone())));
+        let mine = holder.as_deref() == Some(self.host.as_str());
+        let holder_alive = holder
+            .as_deref()
+            .is_some_and(|h| hosts.iter().any(|v| v.host == h && v.alive));
+        let first = first_choice(&format!("{}/{p}", head.module), hosts);
+        Ok((mine || (!holder_alive && first == Some(self.host.as_str()))).then_some(over))
+    }
+
+    /// Starts (or reshapes) the spread module `head` here with the partitions `wanted`,
+    /// claiming those in `over` over the epochs given.
+    fn claim_spread(
+        &self,
+        head: &Head,
+        wanted: &BTreeSet<u32>,
+        over: &HashMap<u32, u64>,
+        running: Option<&Arc<crate::module::Module>>,
+    ) -> Result<(), String> {
+        let started = Instant::now();
+        let logs = over
+            .keys()
+            .map(|&p| Ok((p, self.log(head, p)?)))
+            .collect::<Result<HashMap<u32, Arc<JetStreamLog>>, String>>()?;
+        let mut claim =
+            |p: u32, log: &crate::depot::log::DepotLog, store: &crate::pstate::PStateStore| {
+                let (Some(stream), Some(&epoch)) = (logs.get(&p), over.get(&p)) else {
+                    return Err(format!("partition {p} is not to be claimed here"));
+                };
+                claim_restoring(
+                    Arc::clone(stream),
+                    &self.host,
+                    Claim::Over(epoch),
+                    log,
+                    store,
+                    self.retry,
+                    PART_BYTES_MAX,
+                )
+                .map_err(|e| e.to_string())
+            };
+        let result = match running {
+            Some(_) => self
+                .registry
+                .reshape_claimed(&head.module, wanted, &mut claim)
+                .map(|_| ()),
+            None => {
+                let wasm = self
+                    .catalog
+                    .wasm(head)
+                    .map_err(|e: CatalogError| e.to_string())?;
+                let remote = Arc::new(RemotePartitions {
+                    link: Arc::clone(&self.link),
+                    since: head.since,
+                    resend_hops_ms: RESEND_HOPS_MS,
+                });
+                self.registry
+                    .start_claimed(
+                        &head.module,
+                        head.version,
+                        head.partitions,
+                        &wasm,
+                        wanted,
+                        Some(remote),
+                        &mut claim,
+                    )
+                    .map(|_| ())
+            }
+        }
+        .map_err(|e| e.to_string());
+        let mut stats = self.stats.lock().expect("poisoned");
+        match &result {
+            Ok(()) if !over.is_empty() => {
+                stats.claims += over.len() as u64;
+                stats.last_claim_ms = started.elapsed().as_millis() as u64;
+                tracing::info!(module = head.module, partitions = ?over.keys().collect::<Vec<_>>(), ms = stats.last_claim_ms, "claimed partitions");
+            }
+            Ok(()) => {}
+            Err(_) => stats.claims_failed += 1,
+        }
+        result
+    }
+
+    /// Serves the partitions of `head`'s module that run here to the other hosts, and stops
+    /// serving those that do not (any more).
+    fn serve_here(&self, head: &Head) {
+        let name = &head.module;
+        let local = self
+            .registry
+            .get(name)
+            .filter(|m| m.version >= head.since)
+            .map(|m| local_partitions(&m))
+            .unwrap_or_default();
+        let mut servers = self.servers.lock().expect("poisoned");
+        servers.retain(|(m, since, p), task| {
+            let keep = m != name || (*since == head.since && local.contains(p));
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for p in local {
+            let key = (name.clone(), head.since, p);
+            if servers.contains_key(&key) {
+                continue;
+            }
+            let inbox: Arc<dyn PartitionInbox> = Arc::new(ModuleInbox {
+                registry: Arc::clone(&self.registry),
+                module: name.clone(),
+                link: Arc::clone(&self.link),
+            });
+            let subject = super::remote::PartitionId {
+                module: name.clone(),
+                since: head.since,
+                partition: p,
+            }
+            .subject(&self.host);
+            let served = self.nats.runtime.block_on(super::remote::serve(
+                self.nats.clone(),
+                subject,
+                p,
+                inbox,
+            ));
+            match served {
+                Ok(task) => {
+                    servers.insert(key, task);
+                }
+                Err(e) => tracing::warn!(module = name, partition = p, "serving it: {e}"),
+            }
+        }
+    }
+
+    /// Stops serving every partition of `name` (it stopped running here).
+    fn stop_serving(&self, name: &str) {
+        self.servers
+            .lock()
+            .expect("poisoned")
+            .retain(|(m, _, _), task| {
+                if m == name {
+                    task.abort();
+                }
+                m != name
+            });
+    }
+
+    /// The live host that owns partition `p` of `module` as heartbeats say, with its HTTP
+    /// address (a spread module).
+    pub fn partition_owner(&self, module: &str, p: u32) -> Option<(String, String)> {
+        let head = self.catalog.head(module)?;
+        self.membership
+            .hosts()
+            .into_iter()
+            .filter(|h| h.alive)
+            .filter_map(|h| {
+                let epoch = runs_incarnation(&h.owns, &head)?
+                    .partitions
+                    .iter()
+                    .find(|o| o.partition == p)?
+                    .epoch;
+                Some((epoch, h))
+            })
+            .max_by_key(|(epoch, _)| *epoch)
+            .map(|(_, h)| (h.host, h.address))
+    }
+
     /// Whether another host wrote a partition log of `m` after this host's last entry (it
     /// claimed the module while this one was paused or cut off): this host is fenced and
     /// must stop serving, reads included, without waiting for a write of its own to fail.
     fn written_by_another(&self, m: &crate::module::Module) -> Result<Option<String>, String> {
         for (p, r) in m.replications.iter().enumerate() {
+            let Some(r) = r else { continue };
             if let Some(last) = r.overtaken().map_err(|e| e.to_string())? {
                 return Ok(Some(format!(
                     "partition {p}'s log is at {last}, past this host's last entry: another host claimed it"
@@ -264,6 +536,8 @@ impl Placement {
                 head.version,
                 head.partitions,
                 &wasm,
+                &(0..head.partitions).collect(),
+                None,
                 &mut claim,
             )
             .map(|_| ())
@@ -308,6 +582,7 @@ impl Placement {
     }
 
     fn drop(&self, name: &str, code: &str, why: &str) {
+        self.stop_serving(name);
         if self.registry.drop_local(name, code, why) {
             self.stats.lock().expect("poisoned").drops += 1;
         }
@@ -374,12 +649,15 @@ impl Placement {
                     .iter()
                     .zip(&m.handles)
                     .enumerate()
-                    .map(|(p, (r, h))| OwnedPartition {
-                        partition: p as u32,
-                        epoch: r.epoch(),
-                        log_seq: r.last_seq(),
-                        lag: m.topology_lag(p).iter().map(|(_, n)| n).sum(),
-                        state: h.status.state().name().to_string(),
+                    .filter_map(|(p, (r, h))| {
+                        let r = r.as_ref()?;
+                        Some(OwnedPartition {
+                            partition: p as u32,
+                            epoch: r.epoch(),
+                            log_seq: r.last_seq(),
+                            lag: m.topology_lag(p).iter().map(|(_, n)| n).sum(),
+                            state: h.status.state().name().to_string(),
+                        })
                     })
                     .collect(),
             })
@@ -416,6 +694,20 @@ impl Placement {
         {
             return Route::Local;
         }
+        if head.spread {
+            // Every connected host runs it: any live one that says so serves it.
+            return self
+                .membership
+                .hosts()
+                .into_iter()
+                .find(|h| {
+                    h.alive && h.host != self.host && runs_incarnation(&h.owns, &head).is_some()
+                })
+                .map_or(Route::Unowned, |h| Route::Remote {
+                    host: h.host,
+                    address: h.address,
+                });
+        }
         let owner = self
             .membership
             .hosts()
@@ -443,6 +735,9 @@ impl Placement {
             .into_iter()
             .filter(|h| !h.deleted)
             .map(|head| {
+                if head.spread {
+                    return spread_view(&head, &hosts);
+                }
                 let owner = hosts
                     .iter()
                     .filter(|h| h.alive)
@@ -465,6 +760,159 @@ impl Placement {
                 })
             })
             .collect()
+    }
+}
+
+/// Which partitions of `m` run here.
+fn local_partitions(m: &crate::module::Module) -> BTreeSet<u32> {
+    (0..m.partitions).filter(|p| m.is_local(*p)).collect()
+}
+
+/// Whether a live host other than `me` says it runs partition `p` of `head`'s module.
+fn partition_runs_elsewhere(hosts: &[HostView], head: &Head, p: u32, me: &str) -> bool {
+    hosts.iter().any(|h| {
+        h.alive
+            && h.host != me
+            && runs_incarnation(&h.owns, head)
+                .is_some_and(|o| o.partitions.iter().any(|x| x.partition == p))
+    })
+}
+
+/// `GET /v1/cluster`'s entry for a spread module: each partition's owner as heartbeats say.
+fn spread_view(head: &Head, hosts: &[HostView]) -> serde_json::Value {
+    let owners: Vec<serde_json::Value> = (0..head.partitions)
+        .filter_map(|p| {
+            hosts
+                .iter()
+                .filter(|h| h.alive)
+                .filter_map(|h| {
+                    let o = runs_incarnation(&h.owns, head)?
+                        .partitions
+                        .iter()
+                        .find(|x| x.partition == p)?;
+                    Some((h.host.clone(), o.clone()))
+                })
+                .max_by_key(|(_, o)| o.epoch)
+        })
+        .map(|(host, o)| {
+            let mut v = serde_json::to_value(&o).unwrap_or_default();
+            v["host"] = host.into();
+            v
+        })
+        .collect();
+    let owner = owners
+        .iter()
+        .find(|o| o["partition"] == 0)
+        .map(|o| o["host"].clone());
+    serde_json::json!({
+        "name": head.module,
+        "version": head.version,
+        "partitions": head.partitions,
+        "placement": "partitions",
+        "owner": owner,
+        "epoch": serde_json::Value::Null,
+        "partition_owners": owners,
+    })
+}
+
+/// The owner's side of a spread module's partitions here: puts what other hosts send on the
+/// partitions' queues of the module version running now.
+struct ModuleInbox {
+    registry: Arc<Registry>,
+    module: String,
+    link: Arc<Link>,
+}
+
+impl ModuleInbox {
+    fn local(&self, p: u32) -> Option<Arc<crate::module::Module>> {
+        self.registry.get(&self.module).filter(|m| m.is_local(p))
+    }
+}
+
+impl PartitionInbox for ModuleInbox {
+    fn appends(
+        &self,
+        p: u32,
+        appends: Vec<WireAppend>,
+    ) -> Option<
+        Vec<
+            Option<
+                tokio::sync::oneshot::Receiver<
+                    Result<crate::topology::AppendOutcome, crate::topology::ProcessingError>,
+                >,
+            >,
+        >,
+    > {
+        let m = self.local(p)?;
+        Some(
+            appends
+                .into_iter()
+                .map(|a| {
+                    let prepared = crate::module::Prepared {
+                        depot: a.depot.as_str().into(),
+                        partition: p,
+                        record: a.record,
+                        key: a.key.map(Into::into),
+                    };
+                    match m.submit_prepared(&prepared, a.ack) {
+                        Ok(s) => s.reply,
+                        Err(e) => {
+                            let (tx, rx) = tokio::sync::oneshot::channel();
+                            let busy = matches!(e, crate::module::AppendError::QueueFull(_));
+                            let _ = tx.send(Err(crate::topology::ProcessingError::NotTaken {
+                                partition: p,
+                                reason: e.to_string(),
+                                busy,
+                            }));
+                            Some(rx)
+                        }
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    fn peer(&self, p: u32, message: crate::partition::work::PeerMessage) {
+        if let Some(m) = self.local(p) {
+            m.deliver_peer(p, message);
+        }
+    }
+
+    fn tree(&self, p: u32, r: TreeRef, offset: u64) -> Option<Arc<crate::partition::tree::Tree>> {
+        let m = self.local(p)?;
+        Some(super::remote::stand_in_tree(
+            &self.link.nats,
+            r,
+            p,
+            offset,
+            m.open_trees(),
+        ))
+    }
+
+    fn depot_bounds(
+        &self,
+        p: u32,
+        depot: &str,
+    ) -> Option<Result<(u64, u64), crate::pstate::AccessError>> {
+        let m = self.local(p)?;
+        let log = &m.local_files(p).ok()?.log;
+        let storage = |e: redb::Error| crate::pstate::AccessError::new("storage", e.to_string());
+        Some(
+            log.start_offset(depot)
+                .and_then(|start| Ok((start, log.end_offset(depot)?)))
+                .map_err(storage),
+        )
+    }
+
+    fn select(
+        &self,
+        p: u32,
+        pstate: &str,
+        path: &[crate::pstate::Navigator],
+        limit: usize,
+    ) -> Option<Result<Vec<crate::value::Value>, crate::pstate::AccessError>> {
+        let m = self.local(p)?;
+        Some(m.select(pstate, path, Some(p), limit))
     }
 }
 
@@ -630,6 +1078,7 @@ mod tests {
             deleted: false,
             since: 4,
             sha256: String::new(),
+            spread: false,
             parts: Vec::new(),
         };
         assert!(

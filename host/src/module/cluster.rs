@@ -8,9 +8,11 @@
 
 use std::sync::Arc;
 
+use std::collections::BTreeSet;
+
 use super::{
     default_wasm_file, valid_name, write_synced, Definition, DeployError, DeployOptions, Files,
-    Manifest, Module, Registry,
+    Manifest, Module, PartitionFiles, Registry, RemotePartitions,
 };
 use crate::cluster::jetstream::JetStreamLog;
 use crate::cluster::replicated::Replication;
@@ -120,13 +122,17 @@ impl Registry {
 
     /// Starts version `version` of `name` on new, empty local files that `claim` restores
     /// from each partition's log (partition 0 first) while claiming it. Nothing runs unless
-    /// every partition was claimed.
+    /// every partition was claimed. With `remote` (a spread module), only the partitions in
+    /// `local` run here (possibly none) and the others are reached on their hosts.
+    #[allow(clippy::too_many_arguments)]
     pub fn start_claimed(
         &self,
         name: &str,
         version: u64,
         partitions: u32,
         wasm: &[u8],
+        local: &BTreeSet<u32>,
+        remote: Option<Arc<RemotePartitions>>,
         claim: &mut ClaimPartition<'_>,
     ) -> Result<Arc<Module>, DeployError> {
         let _guard = self.deploy_lock.lock().expect("poisoned");
@@ -141,21 +147,18 @@ impl Registry {
         std::fs::create_dir_all(&dir).map_err(|e| io(e.to_string()))?;
         let opts = self.storage_options(self.files_open(), 2 * partitions as usize);
         let mut files = Vec::new();
-        for p in 0..partitions {
-            let pdir = dir.join(format!("p{p}"));
-            crate::storage::create_partition(&pdir, name, p, &opts)
-                .map_err(|e| io(e.to_string()))?;
-            let (log, store) = crate::storage::open_partition(&pdir, name, p, &opts)
-                .map_err(|e| io(e.to_string()))?;
-            files.push((Arc::new(log), Arc::new(store)));
-        }
         let mut replications = Vec::new();
-        for (p, (log, store)) in files.iter().enumerate() {
-            let replication = claim(p as u32, log, store).map_err(|e| {
-                drop_dir(&dir);
-                DeployError::Claim(format!("partition {p}: {e}"))
-            })?;
-            replications.push(replication);
+        for p in 0..partitions {
+            if !local.contains(&p) {
+                files.push(None);
+                replications.push(None);
+                continue;
+            }
+            let restored = self
+                .claim_fresh(&dir, name, p, &opts, claim)
+                .inspect_err(|_| drop_dir(&dir))?;
+            files.push(Some(restored.0));
+            replications.push(Some(restored.1));
         }
         let manifest = Manifest {
             name: name.to_string(),
@@ -166,13 +169,130 @@ impl Registry {
         };
         write_synced(&dir.join(&manifest.wasm), wasm).map_err(|e| io(e.to_string()))?;
         let module = self
-            .start(&dir, &manifest, wasm, Files::Reuse(files), replications)
+            .start(
+                &dir,
+                &manifest,
+                wasm,
+                Files::Reuse(files),
+                replications,
+                remote,
+            )
             .inspect_err(|_| drop_dir(&dir))?;
         self.modules
             .write()
             .expect("poisoned")
             .insert(name.to_string(), Arc::clone(&module));
         tracing::info!(module = name, partitions, version, "module claimed");
+        Ok(module)
+    }
+
+    /// Creates partition `p`'s empty files in `dir` and has `claim` restore and claim them.
+    fn claim_fresh(
+        &self,
+        dir: &std::path::Path,
+        name: &str,
+        p: u32,
+        opts: &crate::storage::StorageOptions,
+        claim: &mut ClaimPartition<'_>,
+    ) -> Result<(PartitionFiles, Arc<Replication<JetStreamLog>>), DeployError> {
+        let io = |e: String| DeployError::Io(e);
+        let pdir = dir.join(format!("p{p}"));
+        if pdir.exists() {
+            std::fs::remove_dir_all(&pdir).map_err(|e| io(format!("{}: {e}", pdir.display())))?;
+        }
+        crate::storage::create_partition(&pdir, name, p, opts).map_err(|e| io(e.to_string()))?;
+        let (log, store) =
+            crate::storage::open_partition(&pdir, name, p, opts).map_err(|e| io(e.to_string()))?;
+        let replication = claim(p, &log, &store).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&pdir);
+            DeployError::Claim(format!("partition {p}: {e}"))
+        })?;
+        Ok((
+            PartitionFiles {
+                log: Arc::new(log),
+                store: Arc::new(store),
+            },
+            replication,
+        ))
+    }
+
+    /// Changes which partitions of the spread module `name` run here to `local`: the ones
+    /// that stay keep their files and claims, the ones that leave are stopped and their files
+    /// deleted (another host claimed them), the new ones are restored and claimed by
+    /// `claim`. The module is drained and restarted as in an update; a new partition whose
+    /// claim fails is left out (placement tries again on its next tick).
+    pub fn reshape_claimed(
+        &self,
+        name: &str,
+        local: &BTreeSet<u32>,
+        claim: &mut ClaimPartition<'_>,
+    ) -> Result<Arc<Module>, DeployError> {
+        let _guard = self.deploy_lock.lock().expect("poisoned");
+        let old = self
+            .get(name)
+            .ok_or_else(|| DeployError::Claim(format!("`{name}` does not run here")))?;
+        let remote = old
+            .remote
+            .clone()
+            .ok_or_else(|| DeployError::Claim(format!("`{name}` is not spread")))?;
+        let dir = self.module_dir(name);
+        old.retire();
+        if let Err(detail) = old.drain(RESHAPE_DRAIN_MAX) {
+            // Leaving partitions answer what they hold "outcome unknown"; nothing is lost
+            // (their new owner restores every acked record from the log).
+            tracing::warn!(module = name, "reshaping without a full drain: {detail}");
+        }
+        let mut files: Vec<Option<PartitionFiles>> =
+            old.handles.iter().map(|h| h.files.clone()).collect();
+        let mut replications = old.replications.clone();
+        replications.resize(old.partitions as usize, None);
+        super::stop_workers(&old);
+        let opts = self.storage_options(self.files_open(), 2 * old.partitions as usize);
+        for p in 0..old.partitions {
+            let i = p as usize;
+            match (files[i].is_some(), local.contains(&p)) {
+                (true, false) => {
+                    if let Some(f) = files[i].take() {
+                        f.store.changes().close(
+                            "owner-lost",
+                            &format!("partition {p} now runs on another host"),
+                        );
+                    }
+                    replications[i] = None;
+                    drop_dir(&dir.join(format!("p{p}")));
+                }
+                (false, true) => match self.claim_fresh(&dir, name, p, &opts, claim) {
+                    Ok((f, r)) => {
+                        files[i] = Some(f);
+                        replications[i] = Some(r);
+                    }
+                    Err(e) => tracing::warn!(module = name, "claiming partition {p}: {e}"),
+                },
+                _ => {}
+            }
+        }
+        let manifest = Manifest {
+            name: name.to_string(),
+            version: old.version,
+            partitions: old.partitions,
+            wasm: old.wasm_file.clone(),
+            retention: old.retention_set.clone(),
+        };
+        let wasm =
+            std::fs::read(dir.join(&manifest.wasm)).map_err(|e| DeployError::Io(e.to_string()))?;
+        let module = self.start(
+            &dir,
+            &manifest,
+            &wasm,
+            Files::Reuse(files),
+            replications,
+            Some(remote),
+        )?;
+        self.modules
+            .write()
+            .expect("poisoned")
+            .insert(name.to_string(), Arc::clone(&module));
+        tracing::info!(module = name, ?local, "partitions here changed");
         Ok(module)
     }
 
@@ -187,14 +307,18 @@ impl Registry {
             .retired
             .store(true, std::sync::atomic::Ordering::Release);
         super::stop_workers(&module);
-        for h in &module.handles {
-            h.store.changes().close(code, why);
+        for f in module.handles.iter().filter_map(|h| h.files.as_ref()) {
+            f.store.changes().close(code, why);
         }
         drop_dir(&self.module_dir(name));
         tracing::info!(module = name, "module dropped here: {why}");
         true
     }
 }
+
+/// How long a reshape waits for queued work and event trees (a tree may be waiting for a
+/// partition that is moving here: it answers "outcome unknown" instead).
+const RESHAPE_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn drop_dir(dir: &std::path::Path) {
     if let Err(e) = std::fs::remove_dir_all(dir) {

@@ -37,6 +37,7 @@ use crate::depot::log::DepotLog;
 use crate::depot::{Depot, RouteError};
 use crate::imports::Imports;
 use crate::partition::progress::processed_offset;
+use crate::partition::work::PeerMessage;
 use crate::partition::worker::panic_message;
 use crate::partition::worker::{PartitionState, PartitionStatus, WorkerSpec};
 use crate::partition::{PartitionConfig, Reply};
@@ -144,11 +145,28 @@ pub struct PartitionHandle {
     tx: RwLock<Option<Sender<Work>>>,
     /// Appends queued and not yet taken by the worker; bounded by `partition_queue_depth`.
     queued_appends: Arc<AtomicUsize>,
-    pub log: Arc<DepotLog>,
-    pub store: Arc<PStateStore>,
+    /// Its files here; `None` for a partition another host runs (a spread module on a
+    /// cluster: its queue goes to that host, `cluster::remote`).
+    pub files: Option<PartitionFiles>,
     /// Recovering, serving, restarting; ready once recovery finished (until then the PState
     /// store may lag the log).
     pub status: Arc<PartitionStatus>,
+}
+
+/// A partition's two files.
+#[derive(Clone)]
+pub struct PartitionFiles {
+    pub log: Arc<DepotLog>,
+    pub store: Arc<PStateStore>,
+}
+
+/// Where a spread module's partitions that run on other hosts are reached (see
+/// `cluster::remote`), and which incarnation of the module this is.
+pub struct RemotePartitions {
+    pub link: Arc<crate::cluster::remote::Link>,
+    pub since: u64,
+    /// Re-send unconfirmed hops after this long.
+    pub resend_hops_ms: u64,
 }
 
 /// A deployed, running module.
@@ -175,8 +193,13 @@ pub struct Module {
     open_trees: Arc<AtomicUsize>,
     /// The microbatch coordinator's stop flag and thread, if the module has microbatches.
     coordinator: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
-    /// Per partition, its replicated log's owner on a cluster (empty on a single node).
-    pub replications: Vec<Arc<Replication<JetStreamLog>>>,
+    /// Per partition, its replicated log's owner on a cluster (empty on a single node;
+    /// `None` for a partition another host runs).
+    pub replications: Vec<Option<Arc<Replication<JetStreamLog>>>>,
+    /// Hops queued per partition (the remote side delivers hops into the queues too).
+    hops_queued: Arc<Vec<AtomicUsize>>,
+    /// How partitions on other hosts are reached (a spread module on a cluster).
+    pub remote: Option<Arc<RemotePartitions>>,
     /// Where dead-letter replays of microbatch topologies go (the coordinator).
     batch_replays: Option<std::sync::mpsc::Sender<ReplayRequest>>,
     record_size_bytes: usize,
@@ -415,6 +438,59 @@ impl Module {
         rx
     }
 
+    /// Partition `p`'s files, if it runs here.
+    pub fn local_files(&self, p: u32) -> Result<&PartitionFiles, AccessError> {
+        self.handles
+            .get(p as usize)
+            .and_then(|h| h.files.as_ref())
+            .ok_or_else(|| {
+                AccessError::new(
+                    "partition-elsewhere",
+                    format!(
+                        "partition {p} of module `{}` runs on another host",
+                        self.name
+                    ),
+                )
+            })
+    }
+
+    /// Whether partition `p` runs on this host.
+    pub fn is_local(&self, p: u32) -> bool {
+        self.handles
+            .get(p as usize)
+            .is_some_and(|h| h.files.is_some())
+    }
+
+    /// The PState stores of the partitions that run here.
+    fn local_stores(&self) -> Vec<Arc<PStateStore>> {
+        self.handles
+            .iter()
+            .filter_map(|h| h.files.as_ref().map(|f| Arc::clone(&f.store)))
+            .collect()
+    }
+
+    /// Queues a hop-protocol message that came from another host on partition `p`, if it
+    /// runs here (else it is dropped: its source sends it again).
+    pub fn deliver_peer(&self, p: u32, message: PeerMessage) {
+        if !self.is_local(p) {
+            return;
+        }
+        let hop = matches!(message, PeerMessage::Hop(_));
+        let tx = self.handles[p as usize].tx.read().expect("poisoned");
+        let Some(tx) = tx.as_ref() else { return };
+        if hop {
+            self.hops_queued[p as usize].fetch_add(1, Ordering::AcqRel);
+        }
+        if tx.send(Work::Peer(message)).is_err() && hop {
+            self.hops_queued[p as usize].fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The module's count of `full`-ack trees alive (stand-in trees of other hosts count).
+    pub fn open_trees(&self) -> &Arc<AtomicUsize> {
+        &self.open_trees
+    }
+
     /// Whether partition `p` finished recovery (its PStates reflect everything acked).
     pub fn is_ready(&self, p: u32) -> bool {
         self.handles[p as usize].status.is_ready()
@@ -434,8 +510,16 @@ impl Module {
         limit: usize,
     ) -> Result<Vec<Value>, AccessError> {
         let p = self.select_partition(pstate, path, partition)?;
+        if let (false, Some(r)) = (self.is_local(p), &self.remote) {
+            let id = crate::cluster::remote::PartitionId {
+                module: self.name.clone(),
+                since: r.since,
+                partition: p,
+            };
+            return r.link.select(&id, pstate, path, limit);
+        }
         pstate::select_committed(
-            &self.handles[p as usize].store,
+            &self.local_files(p)?.store,
             &self.catalog,
             pstate,
             path,
@@ -478,7 +562,9 @@ impl Module {
     /// Per topology, the records appended to its depots on partition `p` and not yet
     /// processed there (0 for a depot whose offsets cannot be read now).
     pub fn topology_lag(&self, p: usize) -> Vec<(&Topology, u64)> {
-        let h = &self.handles[p];
+        let Some(h) = &self.handles[p].files else {
+            return Vec::new();
+        };
         let snapshot = h.store.begin_read().ok();
         self.topologies
             .iter()
@@ -589,7 +675,10 @@ impl Module {
                 let records = self
                     .handles
                     .iter()
-                    .map(|h| pstate::migration::record(&h.store, p).ok().flatten())
+                    .map(|h| {
+                        let f = h.files.as_ref()?;
+                        pstate::migration::record(&f.store, p).ok().flatten()
+                    })
                     .collect();
                 (p.clone(), records)
             })
@@ -662,8 +751,7 @@ impl Module {
                 ));
             }
         }
-        let stores: Vec<_> = self.handles.iter().map(|h| Arc::clone(&h.store)).collect();
-        let claims = WriterClaims::load(&stores).map_err(|e| e.to_string())?;
+        let claims = WriterClaims::load(&self.local_stores()).map_err(|e| e.to_string())?;
         let out = migrated_schema_changes(&self.definition, new)?;
         for (name, _, _) in &out {
             if let Some(pstate::claims::Writer::Microbatch(t)) = claims.writer(name) {
@@ -786,7 +874,7 @@ impl Registry {
                 let wasm = std::fs::read(dir.join(&m.wasm))
                     .map_err(|e| format!("{}: {e}", dir.join(&m.wasm).display()))?;
                 std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    registry.start(&dir, &m, &wasm, Files::Open(&opts), Vec::new())
+                    registry.start(&dir, &m, &wasm, Files::Open(&opts), Vec::new(), None)
                 }))
                 .map_err(|p| format!("panicked: {}", panic_message(&p)))?
                 .map_err(|e| e.to_string())
@@ -948,7 +1036,7 @@ impl Registry {
         write_synced(&tmp.join("module.json"), &json).map_err(io)?;
         std::fs::rename(&tmp, &dir).map_err(io)?;
         sync_dir(dir.parent().expect("has a parent")).map_err(io)?;
-        let module = self.start(&dir, &manifest, wasm, Files::Open(&opts), Vec::new())?;
+        let module = self.start(&dir, &manifest, wasm, Files::Open(&opts), Vec::new(), None)?;
         self.modules
             .write()
             .expect("poisoned")
@@ -1027,11 +1115,7 @@ impl Registry {
                 detail,
             });
         }
-        let files: Vec<_> = old
-            .handles
-            .iter()
-            .map(|h| (Arc::clone(&h.log), Arc::clone(&h.store)))
-            .collect();
+        let files: Vec<_> = old.handles.iter().map(|h| h.files.clone()).collect();
         stop_workers(&old);
         let old_manifest = Manifest {
             name: name.clone(),
@@ -1050,6 +1134,7 @@ impl Registry {
                     wasm,
                     Files::Reuse(files.clone()),
                     old.replications.clone(),
+                    old.remote.clone(),
                 )
             });
         let module = match switched {
@@ -1068,6 +1153,7 @@ impl Registry {
                     &old_wasm,
                     Files::Reuse(files),
                     old.replications.clone(),
+                    old.remote.clone(),
                 )?;
                 self.modules
                     .write()
@@ -1111,8 +1197,8 @@ impl Registry {
         };
         module.retired.store(true, Ordering::Release);
         stop_workers(&module);
-        for h in &module.handles {
-            h.store
+        for f in module.handles.iter().filter_map(|h| h.files.as_ref()) {
+            f.store
                 .changes()
                 .close("module-deleted", &format!("module `{name}` was deleted"));
         }
@@ -1148,7 +1234,8 @@ impl Registry {
         manifest: &Manifest,
         wasm: &[u8],
         files: Files,
-        replications: Vec<Arc<Replication<JetStreamLog>>>,
+        replications: Vec<Option<Arc<Replication<JetStreamLog>>>>,
+        remote: Option<Arc<RemotePartitions>>,
     ) -> Result<Arc<Module>, DeployError> {
         let component = self.runtime.compile(wasm)?;
         let pre = self.runtime.prepare(&component)?;
@@ -1210,18 +1297,66 @@ impl Registry {
                     let (log, store) =
                         crate::storage::open_partition(&pdir, &manifest.name, p, opts)
                             .map_err(|e| io(e.to_string()))?;
-                    opened.push((Arc::new(log), Arc::new(store)));
+                    opened.push(Some(PartitionFiles {
+                        log: Arc::new(log),
+                        store: Arc::new(store),
+                    }));
                 }
                 opened
             }
         };
-        let stores: Vec<Arc<PStateStore>> = files.iter().map(|(_, s)| Arc::clone(s)).collect();
+        let local_everywhere = files.iter().all(Option::is_some);
+        if !local_everywhere && remote.is_none() {
+            return Err(io(
+                "a partition has no files and no host to reach it on".into()
+            ));
+        }
+        if !local_everywhere
+            && topologies
+                .iter()
+                .any(|t| t.kind == TopologyKind::Microbatch)
+        {
+            return Err(DeployError::ClusterUnsupported(
+                "microbatch topologies with partitions on other hosts".into(),
+            ));
+        }
+        let stores: Vec<Arc<PStateStore>> = files
+            .iter()
+            .flatten()
+            .map(|f| Arc::clone(&f.store))
+            .collect();
         let claims = WriterClaims::load(&stores).map_err(|e| io(e.to_string()))?;
+        let resend_hops_ms = remote.as_ref().map_or(0, |r| r.resend_hops_ms);
         for (p, rx) in (0..manifest.partitions).zip(receivers) {
-            let (log, store) = files[p as usize].clone();
-            log.set_idempotency_window_ms(limits.idempotency_window_ms);
             let status = Arc::new(PartitionStatus::default());
             let queued_appends = Arc::new(AtomicUsize::new(0));
+            let Some(PartitionFiles { log, store }) = files[p as usize].clone() else {
+                let remote = remote.as_ref().expect("checked above");
+                let forwarder = crate::cluster::remote::Forwarder {
+                    link: Arc::clone(&remote.link),
+                    id: crate::cluster::remote::PartitionId {
+                        module: manifest.name.clone(),
+                        since: remote.since,
+                        partition: p,
+                    },
+                    hops_queued: Arc::clone(&hops_queued),
+                    queued_appends: Arc::clone(&queued_appends),
+                };
+                let thread = std::thread::Builder::new()
+                    .name(format!("{}-p{p}-remote", manifest.name))
+                    .spawn(move || forwarder.run(rx))
+                    .map_err(|e| io(e.to_string()))?;
+                threads.push(thread);
+                status.set_remote();
+                handles.push(PartitionHandle {
+                    tx: RwLock::new(Some(peers[p as usize].clone())),
+                    queued_appends,
+                    files: None,
+                    status,
+                });
+                continue;
+            };
+            log.set_idempotency_window_ms(limits.idempotency_window_ms);
             let spec = WorkerSpec {
                 cfg: PartitionConfig {
                     module: manifest.name.as_str().into(),
@@ -1250,7 +1385,8 @@ impl Registry {
                 open_trees: Arc::clone(&open_trees),
                 status: Arc::clone(&status),
                 clock: Arc::clone(&self.clock),
-                replication: replications.get(p as usize).cloned(),
+                replication: replications.get(p as usize).cloned().flatten(),
+                resend_hops_ms,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("{}-p{p}", manifest.name))
@@ -1260,8 +1396,7 @@ impl Registry {
             handles.push(PartitionHandle {
                 tx: RwLock::new(Some(peers[p as usize].clone())),
                 queued_appends,
-                log,
-                store,
+                files: Some(PartitionFiles { log, store }),
                 status,
             });
         }
@@ -1282,7 +1417,7 @@ impl Registry {
                 module: manifest.name.as_str().into(),
                 topologies: microbatches,
                 partitions: manifest.partitions,
-                logs: handles.iter().map(|h| Arc::clone(&h.log)).collect(),
+                logs: files.iter().flatten().map(|f| Arc::clone(&f.log)).collect(),
                 peers: Arc::clone(&peers),
                 db,
                 interval: std::time::Duration::from_millis(limits.microbatch_interval_ms),
@@ -1302,10 +1437,18 @@ impl Registry {
             Arc::clone(&self.runtime),
             pre,
             validated.queries,
-            handles.iter().map(|h| Arc::clone(&h.store)).collect(),
+            handles
+                .iter()
+                .map(|h| h.files.as_ref().map(|f| Arc::clone(&f.store)))
+                .collect(),
             Arc::clone(&catalog),
             apply_gate,
-        );
+        )
+        .with_remote(remote.as_ref().map(|r| crate::query::RemoteReads {
+            link: Arc::clone(&r.link),
+            module: manifest.name.clone(),
+            since: r.since,
+        }));
         let append_counters = validated
             .depots
             .keys()
@@ -1342,6 +1485,8 @@ impl Registry {
             record_size_bytes: limits.record_size_bytes,
             queue_depth: limits.partition_queue_depth,
             replications,
+            hops_queued,
+            remote,
         }))
     }
 }
@@ -1350,8 +1495,9 @@ impl Registry {
 enum Files<'a> {
     /// Open them (checking their headers) with these options.
     Open(&'a StorageOptions),
-    /// The files of the version being updated, already open.
-    Reuse(Vec<(Arc<DepotLog>, Arc<PStateStore>)>),
+    /// The files of the version being updated (or restored from a cluster's logs), already
+    /// open; `None` for a partition another host runs.
+    Reuse(Vec<Option<PartitionFiles>>),
 }
 
 /// The smallest redb cache a partition file gets, whatever the budget.
@@ -1362,11 +1508,11 @@ const CACHE_SHARE_BYTES_MIN: usize = 1 << 20;
 fn begin_migrations(
     module: &str,
     migrations: &[(String, String, String)],
-    files: &[(Arc<DepotLog>, Arc<PStateStore>)],
+    files: &[Option<PartitionFiles>],
 ) -> Result<(), DeployError> {
     for (pstate, from, to) in migrations {
-        for (_, store) in files {
-            pstate::migration::begin(store, pstate, from, to).map_err(|e| {
+        for f in files.iter().flatten() {
+            pstate::migration::begin(&f.store, pstate, from, to).map_err(|e| {
                 DeployError::Io(format!("starting the migration of `{pstate}`: {e}"))
             })?;
         }

@@ -199,6 +199,21 @@ pub struct Partition<X, L, S, T> {
     pub(super) tick_last: HashMap<Arc<str>, Option<u64>>,
     /// When depots were last trimmed (monotonic ms).
     pub(super) last_trim_ms: Option<u64>,
+    /// Re-sending hops that no confirmation followed (off unless the transport may lose
+    /// messages: [`Partition::resend_hops_every`]).
+    pub(super) resend: Resend,
+}
+
+/// Re-sending unconfirmed hops over a transport that may lose them (hosts of a cluster):
+/// every `every_ms`, a target whose confirmed watermark did not move over a whole interval
+/// while hops to it stay unconfirmed is sent its outbox again from that watermark (it skips
+/// what it has applied: watermarks make re-sending safe).
+#[derive(Debug, Default)]
+pub(super) struct Resend {
+    every_ms: u64,
+    last_ms: u64,
+    /// The unconfirmed targets and their watermarks at the last check.
+    seen: BTreeMap<u32, u64>,
 }
 
 /// An append taken from the queue, not yet in the log.
@@ -262,7 +277,33 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
             held: BTreeMap::new(),
             tick_last: HashMap::new(),
             last_trim_ms: None,
+            resend: Resend::default(),
         }
+    }
+
+    /// Re-sends hops no confirmation followed within `every_ms` (0: never; in-process
+    /// queues lose nothing, so only a cluster's transport between hosts needs it).
+    pub fn resend_hops_every(&mut self, every_ms: u64) {
+        self.resend.every_ms = every_ms;
+    }
+
+    /// The re-send check of the flush timer (see [`Resend`]).
+    fn resend_due(&mut self) -> Result<(), PartitionError> {
+        let now = self.clock.now_ms();
+        if self.resend.every_ms == 0
+            || now.saturating_sub(self.resend.last_ms) < self.resend.every_ms
+        {
+            return Ok(());
+        }
+        self.resend.last_ms = now;
+        let unconfirmed = self.hops.unconfirmed_targets();
+        for (target, from) in &unconfirmed {
+            if self.resend.seen.get(target) == Some(from) {
+                self.rewind(*target, *from)?;
+            }
+        }
+        self.resend.seen = unconfirmed;
+        Ok(())
     }
 
     /// Recovery: restores the hop book, re-sends the outbox (before anything new, so
@@ -294,6 +335,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
     /// dead-letter replays are run by the caller). Returns whether a `Stop` was among it.
     pub fn step(&mut self, work: Vec<Work>) -> Result<bool, PartitionError> {
         let stopping = self.step_work(work)?;
+        self.resend_due()?;
         self.append_due_ticks()?;
         self.trim_due()?;
         Ok(stopping)
@@ -357,6 +399,7 @@ impl<X: Executor, L: PartitionLog, S: PartitionStore, T: HopTransport> Partition
     /// and appends the ticks that are due.
     pub fn tick(&mut self) -> Result<(), PartitionError> {
         self.offer_held();
+        self.resend_due()?;
         self.append_due_ticks()?;
         self.trim_due()?;
         if self.flush_due() {

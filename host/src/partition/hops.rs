@@ -60,6 +60,9 @@ pub struct HopBook {
     unconfirmed: BTreeMap<u32, u64>,
     /// Per target: confirmed watermarks not yet trimmed from the outbox.
     trim: BTreeMap<u32, u64>,
+    /// Per target: the highest watermark it confirmed since this incarnation started (0
+    /// until it confirms: the outbox holds nothing below what was trimmed anyway).
+    confirmed_out: BTreeMap<u32, u64>,
     /// What moved since the last commit: targets' counters, sources' watermarks.
     moved_out: BTreeMap<u32, u64>,
     moved_in: BTreeMap<u32, u64>,
@@ -90,6 +93,9 @@ impl HopBook {
     pub fn arrive(&mut self, source: u32, seq: u64) -> Arrival {
         let expected = self.applied.get(&source).copied().unwrap_or(0);
         if seq < expected {
+            // Sent again: the source may have lost the confirmation (a transport between
+            // hosts loses messages), so confirm again after the next durable commit.
+            self.unconfirmed.insert(source, expected);
             return Arrival::Duplicate;
         }
         if seq > expected {
@@ -107,6 +113,19 @@ impl HopBook {
     pub fn confirmed(&mut self, target: u32, next: u64) {
         let t = self.trim.entry(target).or_insert(0);
         *t = (*t).max(next);
+        let c = self.confirmed_out.entry(target).or_insert(0);
+        *c = (*c).max(next);
+    }
+
+    /// Targets that have not confirmed every hop sent to them: `(target, confirmed so far)`.
+    pub fn unconfirmed_targets(&self) -> BTreeMap<u32, u64> {
+        self.next_out
+            .iter()
+            .filter_map(|(t, next)| {
+                let c = self.confirmed_out.get(t).copied().unwrap_or(0);
+                (c < *next).then_some((*t, c))
+            })
+            .collect()
     }
 
     /// What the next commit must record: `(counters moved, watermarks moved, outbox trims)`.
@@ -229,6 +248,28 @@ mod tests {
         assert_eq!(b.arrive(4, 3), Arrival::Apply);
         assert_eq!(b.applied(4), 4);
         assert_eq!(b.take_confirmations(), BTreeMap::from([(4, 4)]));
+    }
+
+    #[test]
+    fn targets_stay_unconfirmed_until_they_confirm_everything_sent() {
+        let mut b = HopBook::restore(BTreeMap::from([(1, 3)]), BTreeMap::new());
+        b.assign(2);
+        assert_eq!(
+            b.unconfirmed_targets(),
+            BTreeMap::from([(1, 0), (2, 0)]),
+            "restored counters count as unconfirmed"
+        );
+        b.confirmed(1, 2);
+        b.confirmed(2, 1);
+        assert_eq!(b.unconfirmed_targets(), BTreeMap::from([(1, 2)]));
+        b.confirmed(1, 1);
+        assert_eq!(
+            b.unconfirmed_targets(),
+            BTreeMap::from([(1, 2)]),
+            "an older confirmation never goes back"
+        );
+        b.confirmed(1, 3);
+        assert!(b.unconfirmed_targets().is_empty());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::runtime::GuestError;
 use crate::value::Value;
 
 /// What an append waits for before it is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AckLevel {
     /// Accepted into the partition's bounded queue.
     None,
@@ -38,7 +38,7 @@ impl AckLevel {
 }
 
 /// A successful append.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AppendOutcome {
     pub partition: u32,
     pub offset: u64,
@@ -50,7 +50,7 @@ pub struct AppendOutcome {
 }
 
 /// An append that was not (fully) carried out.
-#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ProcessingError {
     /// The record is durable at (partition, offset) but a handler of its event tree failed;
     /// the failed work is in that topology's dead letters.
@@ -86,6 +86,16 @@ pub enum ProcessingError {
         key: String,
         partition: u32,
         offset: u64,
+    },
+    /// The partition runs on another host of the cluster, which took nothing: it was full,
+    /// restarting or being updated, or no host owns the partition now (a failover).
+    /// Nothing was written; retry.
+    #[error("partition {partition} took nothing: {reason}")]
+    NotTaken {
+        partition: u32,
+        reason: String,
+        /// Its queue was full (else: not running).
+        busy: bool,
     },
     /// The record is durable at (partition, offset), but a partition working on its event
     /// tree restarted before the tree finished: its effects will be applied (exactly once)

@@ -86,6 +86,8 @@ pub enum PartitionState {
         cause: String,
     },
     Stopped,
+    /// Runs on another host of the cluster (a spread module): its queue goes there.
+    Remote,
 }
 
 impl PartitionState {
@@ -96,6 +98,7 @@ impl PartitionState {
             PartitionState::Restarting { .. } => "restarting",
             PartitionState::Failed { .. } => "failed",
             PartitionState::Stopped => "stopped",
+            PartitionState::Remote => "remote",
         }
     }
 }
@@ -134,9 +137,17 @@ impl PartitionStatus {
     }
 
     fn set(&self, s: PartitionState) {
-        self.ready
-            .store(s == PartitionState::Serving, Ordering::Release);
+        self.ready.store(
+            matches!(s, PartitionState::Serving | PartitionState::Remote),
+            Ordering::Release,
+        );
         *self.state.lock().expect("poisoned") = s;
+    }
+
+    /// Marks a partition another host runs: ready as far as this host can tell (its owner
+    /// answers for its state).
+    pub fn set_remote(&self) {
+        self.set(PartitionState::Remote);
     }
 }
 
@@ -167,6 +178,9 @@ pub struct WorkerSpec {
     /// partition never restarts in place: its local files may then be behind its log, so
     /// every failure is final here and the cluster re-claims it (restoring from the log).
     pub replication: Option<Arc<Replication<JetStreamLog>>>,
+    /// Re-send hops unconfirmed for this long (0: never; see
+    /// [`Partition::resend_hops_every`]): set when some partitions run on other hosts.
+    pub resend_hops_ms: u64,
 }
 
 /// How soon hops held for a full queue are offered again when nothing else arrives.
@@ -387,6 +401,7 @@ impl WorkerSpec {
             Arc::clone(&self.clock),
             Arc::clone(&self.open_trees),
         );
+        partition.resend_hops_every(self.resend_hops_ms);
         let claims = Arc::clone(&self.claims);
         partition.mb.new_session = Some(Box::new(move |topology: &str| {
             Session::new(Arc::clone(&store), Arc::clone(&catalog), p, partitions, max)
@@ -419,9 +434,10 @@ impl WorkerSpec {
         self.store
             .changes()
             .started(p.position(), Arc::clone(&self.catalog));
-        if restarted {
-            // Hops taken by the failed incarnation are gone: ask every source to re-send
-            // from what is applied here.
+        if restarted || self.resend_hops_ms > 0 {
+            // Hops taken by the failed incarnation are gone (or, on a cluster, were sent to
+            // this partition's previous owner): ask every source to re-send from what is
+            // applied here.
             p.ask_rewind();
         }
         self.status.set(PartitionState::Serving);

@@ -13,7 +13,7 @@ use crate::value::{as_i64, type_name, Value};
 use super::key;
 
 /// Bounds of a `sorted-range` over a map's keys or a set's elements.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Range {
     pub start: Option<Value>,
     pub end: Option<Value>,
@@ -27,7 +27,7 @@ pub struct Range {
 }
 
 /// A comparison of a `filter` navigator.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Cmp {
     Eq,
     Ne,
@@ -38,7 +38,7 @@ pub enum Cmp {
 }
 
 /// One step of a path.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Navigator {
     /// The value under this key of a map; an absent key selects nothing (a transform creates it).
     Key(Value),

@@ -20,12 +20,25 @@ use crate::pstate::{AccessError, Catalog, Navigator, PStateStore};
 use crate::runtime::{GuestError, GuestInstance, Pre, Runtime};
 use crate::value::{from_cbor, to_cbor, Value};
 
-/// A query's reads: one snapshot per partition, all opened at one moment.
+/// A query's reads: one snapshot per partition, all opened at one moment (partitions that
+/// run on other hosts of a cluster are read on their hosts, see [`RemoteReads`]).
 pub struct QueryReads {
     catalog: Arc<Catalog>,
-    stores: Vec<Arc<PStateStore>>,
-    snapshots: Vec<ReadTransaction>,
+    /// `None` for a partition another host runs.
+    stores: Vec<Option<Arc<PStateStore>>>,
+    snapshots: Vec<Option<ReadTransaction>>,
+    remote: Option<RemoteReads>,
     select_values_max: usize,
+}
+
+/// How a query reads the partitions of a spread module that run on other hosts: each read
+/// is a select on the partition's owner, from its latest commit (not from one snapshot
+/// taken when the query started, as the local partitions are).
+#[derive(Clone)]
+pub struct RemoteReads {
+    pub link: Arc<crate::cluster::remote::Link>,
+    pub module: String,
+    pub since: u64,
 }
 
 impl QueryReads {
@@ -33,7 +46,8 @@ impl QueryReads {
     /// opened while holding `gate` for reading (the coordinator holds it for writing while it
     /// applies a batch).
     pub fn consistent(
-        stores: &[Arc<PStateStore>],
+        stores: &[Option<Arc<PStateStore>>],
+        remote: Option<RemoteReads>,
         catalog: Arc<Catalog>,
         select_values_max: usize,
         gate: &std::sync::RwLock<()>,
@@ -41,12 +55,13 @@ impl QueryReads {
         let _read = gate.read().expect("poisoned");
         let snapshots = stores
             .iter()
-            .map(|s| s.begin_read())
+            .map(|s| s.as_ref().map(|s| s.begin_read()).transpose())
             .collect::<Result<_, _>>()?;
         Ok(Self {
             catalog,
             stores: stores.to_vec(),
             snapshots,
+            remote,
             select_values_max,
         })
     }
@@ -75,14 +90,22 @@ impl QueryReads {
         let catalog = Arc::clone(&self.catalog);
         let schema = catalog.schema(pstate)?;
         crate::pstate::check_leading_key(schema, pstate, path)?;
-        let (snapshots, stores) = (&self.snapshots, &self.stores);
+        let (snapshots, stores, remote) = (&self.snapshots, &self.stores, &self.remote);
         let limit = self.select_values_max;
         let one = |p: u32| -> Result<Vec<Value>, AccessError> {
-            let snapshot = &snapshots[p as usize];
-            let mut view = SnapshotView {
-                store: &stores[p as usize],
-                snapshot,
+            let (Some(snapshot), Some(store)) = (&snapshots[p as usize], &stores[p as usize])
+            else {
+                let r = remote.as_ref().ok_or_else(|| {
+                    AccessError::new("partition-elsewhere", format!("partition {p} is not here"))
+                })?;
+                let id = crate::cluster::remote::PartitionId {
+                    module: r.module.clone(),
+                    since: r.since,
+                    partition: p,
+                };
+                return r.link.select(&id, pstate, path, limit);
             };
+            let mut view = SnapshotView { store, snapshot };
             crate::pstate::select_with(&mut view, &catalog, pstate, limit, path)
         };
         // The first partition is read here and timed: when reading one partition is cheap
@@ -150,7 +173,8 @@ pub struct Queries {
     runtime: Arc<Runtime>,
     pre: Pre,
     names: BTreeSet<String>,
-    stores: Vec<Arc<PStateStore>>,
+    stores: Vec<Option<Arc<PStateStore>>>,
+    remote: Option<RemoteReads>,
     catalog: Arc<Catalog>,
     /// See [`QueryReads::consistent`].
     apply_gate: Arc<std::sync::RwLock<()>>,
@@ -167,7 +191,7 @@ impl Queries {
         runtime: Arc<Runtime>,
         pre: Pre,
         names: BTreeSet<String>,
-        stores: Vec<Arc<PStateStore>>,
+        stores: Vec<Option<Arc<PStateStore>>>,
         catalog: Arc<Catalog>,
         apply_gate: Arc<std::sync::RwLock<()>>,
     ) -> Self {
@@ -177,10 +201,17 @@ impl Queries {
             pre,
             names,
             stores,
+            remote: None,
             catalog,
             apply_gate,
             idle: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Reads partitions that have no store here on their hosts (a spread module).
+    pub fn with_remote(mut self, remote: Option<RemoteReads>) -> Self {
+        self.remote = remote;
+        self
     }
 
     pub fn names(&self) -> &BTreeSet<String> {
@@ -214,6 +245,7 @@ impl Queries {
         };
         let reads = QueryReads::consistent(
             &self.stores,
+            self.remote.clone(),
             Arc::clone(&self.catalog),
             self.runtime.limits().select_values_max,
             &self.apply_gate,
@@ -270,11 +302,15 @@ mod tests {
             .insert("m".into(), Schema::parse("map<int, int>").unwrap());
         let catalog = Arc::new(catalog);
         const PARTITIONS: u32 = 4;
-        let stores: Vec<Arc<PStateStore>> = (0..PARTITIONS)
-            .map(|p| Arc::new(PStateStore::open(&dir.path().join(format!("p{p}"))).unwrap()))
+        let stores: Vec<Option<Arc<PStateStore>>> = (0..PARTITIONS)
+            .map(|p| {
+                Some(Arc::new(
+                    PStateStore::open(&dir.path().join(format!("p{p}"))).unwrap(),
+                ))
+            })
             .collect();
         let mut expected = vec![0i64; PARTITIONS as usize];
-        for (p, store) in stores.iter().enumerate() {
+        for (p, store) in stores.iter().flatten().enumerate() {
             let mut s = Session::new(
                 Arc::clone(store),
                 Arc::clone(&catalog),
@@ -300,9 +336,14 @@ mod tests {
         }
         let all: Vec<u32> = (0..PARTITIONS).collect();
         for path in [vec![Navigator::MapVals], vec![Navigator::Count]] {
-            let reads =
-                QueryReads::consistent(&stores, Arc::clone(&catalog), 100_000, &Default::default())
-                    .unwrap();
+            let reads = QueryReads::consistent(
+                &stores,
+                None,
+                Arc::clone(&catalog),
+                100_000,
+                &Default::default(),
+            )
+            .unwrap();
             let got = reads.select("m", &path, &all).unwrap();
             assert_eq!(got.len(), PARTITIONS as usize);
             for (p, values) in got.iter().enumerate() {
@@ -314,9 +355,14 @@ mod tests {
             }
         }
         // One partition, and none.
-        let reads =
-            QueryReads::consistent(&stores, Arc::clone(&catalog), 100_000, &Default::default())
-                .unwrap();
+        let reads = QueryReads::consistent(
+            &stores,
+            None,
+            Arc::clone(&catalog),
+            100_000,
+            &Default::default(),
+        )
+        .unwrap();
         assert_eq!(
             reads.select("m", &[Navigator::Count], &[2]).unwrap().len(),
             1

@@ -63,7 +63,7 @@ pub struct RecordCtx<'a> {
 
 /// A failed guest call. `code` is one of `guest-error` (the guest returned an error),
 /// `trap`, `deadline-exceeded`, `memory-limit`, `invalid-definition`, `instantiate`.
-#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, serde::Serialize, serde::Deserialize)]
 #[error("{code}: {message}")]
 pub struct GuestError {
     pub code: String,
