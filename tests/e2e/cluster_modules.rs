@@ -435,33 +435,19 @@ struct Social {
 }
 
 impl Social {
-    /// Checks every account's counts and timeline through `host`.
+    /// Checks every account's counts and timeline through `host`, once they settle: a post
+    /// whose ack was lost in a fault and came back `replayed` on a retry may still have its
+    /// deliveries on their way (re-sent from the outbox), so the state is awaited — and must
+    /// then hold each followee's post exactly once.
     fn check(&self, host: &Host, accounts: &[String]) {
         for a in accounts {
-            let p = social_query(host, "profile", json!({"account": a}));
             let followers = self.follows.values().filter(|f| f.contains(a)).count();
             let posts = self.posts.iter().filter(|(author, _)| author == a).count();
-            assert_eq!(
-                (
-                    p["followers"].as_u64(),
-                    p["following"].as_u64(),
-                    p["posts"].as_u64()
-                ),
-                (
-                    Some(followers as u64),
-                    Some(self.follows[a].len() as u64),
-                    Some(posts as u64)
-                ),
-                "profile of {a}: {p}"
+            let want_profile = (
+                Some(followers as u64),
+                Some(self.follows[a].len() as u64),
+                Some(posts as u64),
             );
-            let page = social_query(host, "timeline", json!({"account": a, "limit": 500}));
-            let mut got: Vec<String> = page["posts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p["id"].as_str().unwrap().to_string())
-                .collect();
-            got.sort();
             let mut want: Vec<String> = self
                 .posts
                 .iter()
@@ -469,9 +455,33 @@ impl Social {
                 .map(|(_, id)| id.clone())
                 .collect();
             want.sort();
-            assert_eq!(
-                got, want,
-                "timeline of {a}: each followee's post exactly once"
+            let mut last = None;
+            let settled = (0..300).any(|_| {
+                let p = social_query(host, "profile", json!({"account": a}));
+                let profile = (
+                    p["followers"].as_u64(),
+                    p["following"].as_u64(),
+                    p["posts"].as_u64(),
+                );
+                let page = social_query(host, "timeline", json!({"account": a, "limit": 500}));
+                let mut got: Vec<String> = page["posts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["id"].as_str().unwrap().to_string())
+                    .collect();
+                got.sort();
+                let ok = profile == want_profile && got == want;
+                last = Some((profile, got));
+                if !ok {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                ok
+            });
+            let (profile, got) = last.unwrap();
+            assert!(
+                settled,
+                "account {a}: profile {profile:?} (want {want_profile:?}); timeline {got:?} (want each followee's post exactly once: {want:?})"
             );
         }
     }

@@ -192,6 +192,67 @@ fn a_module_placed_per_partition_spreads_over_hosts_and_fails_over_without_loss(
     round(&all(&hosts), &mut acked, &mut n, "f");
     check_everywhere(&all(&hosts), &acked);
 
+    // Dead letters of a partition on another host: listed, replayed and discarded through
+    // every host (a sentence with no text fails its handler there).
+    let (via, k) = {
+        let owners = agreed_owners(&all(&hosts), "");
+        let (id, h) = hosts.iter().next().unwrap();
+        let k = *owners.iter().find(|(_, o)| *o != id).unwrap().0;
+        (h, k)
+    };
+    // A keyed record of a random depot goes where its key hashes: pick a key for partition k.
+    let key = (0..)
+        .map(|i| format!("bad{i}"))
+        .find(|key| u64::from(sluice::partition::partition_of(key.as_bytes(), 4)) == k)
+        .unwrap();
+    let r = sluice::client::Client::new(&via.addr)
+        .unwrap()
+        .request_with_headers(
+            "POST",
+            "/v1/modules/wc/depots/sentences/append?ack=full",
+            "application/json",
+            br#"{"no": "text"}"#,
+            &[("Idempotency-Key", &key)],
+        )
+        .expect("an answer");
+    assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.error_code(), "topology-failed");
+    assert_eq!(r.json()["error"]["partition"], k);
+    let offset = r.json()["error"]["offset"].as_u64().expect("offset");
+    let listed = |h: &Host| {
+        let r = h.get("/v1/modules/wc/topologies/sentences/dead-letters");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["dead_letters"].as_array().unwrap().clone()
+    };
+    for h in hosts.values() {
+        let dl = listed(h);
+        assert_eq!(dl.len(), 1, "{dl:?}");
+        assert_eq!(
+            (&dl[0]["partition"], &dl[0]["offset"], &dl[0]["record"]),
+            (&json!(k), &json!(offset), &json!({"no": "text"})),
+            "{dl:?}"
+        );
+    }
+    let r = via.request(
+        "POST",
+        "/v1/modules/wc/topologies/sentences/dead-letters/replay",
+        "application/json",
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json(), json!({"replayed": 0, "still_failing": 1}));
+    let r = via.request(
+        "DELETE",
+        &format!("/v1/modules/wc/topologies/sentences/dead-letters?partition={k}&depot=sentences&offset={offset}"),
+        "application/json",
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["discarded"]["offset"], offset, "{}", r.json());
+    for h in hosts.values() {
+        assert!(listed(h).is_empty());
+    }
+
     // Deleted through any host: gone everywhere.
     let r = hosts[&paused].request("DELETE", "/v1/modules/wc", "application/json", b"");
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));

@@ -1335,64 +1335,93 @@ async fn discard_dead_letter(
     }
 }
 
-/// What a module placed per partition on a cluster does not offer yet.
-fn spread_unsupported(what: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "cluster-unsupported",
-        format!("{what} of a module placed per partition (`placement=partitions`) are not served on a cluster yet; deploy it with the default placement for them"),
-    )
-}
-
 fn dead_letters(module: &Module, topology: &str) -> Result<Response<Full<Bytes>>, ApiError> {
-    const DEAD_LETTERS_PAGE_MAX: usize = 1000;
     if !module.topologies.iter().any(|t| t.name == topology) {
         return Err(ApiError::not_found(
             "unknown-topology",
             format!("module `{}` has no topology `{topology}`", module.name),
         ));
     }
-    if module.remote.is_some() {
-        return Err(spread_unsupported("dead letters"));
-    }
     let mut out = Vec::new();
     for (k, h) in module.handles.iter().enumerate() {
-        let Some(h) = &h.files else { continue };
-        let dls = crate::partition::seams::PartitionStore::dead_letters(
-            &*h.store,
-            topology,
-            DEAD_LETTERS_PAGE_MAX,
-        )
-        .map_err(|e| {
-            let code = if e.damaged { "damaged" } else { "storage" };
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, e.message)
-        })?;
-        for d in dls {
-            let mut entry = json!({"partition": k, "depot": d.depot, "offset": d.offset,
-                "code": d.error_code, "error": d.error, "attempts": d.attempts});
-            let record = match &d.hop {
-                Some(hop) => {
-                    entry["hop"] = json!({"handler": hop.handler, "origin":
-                        {"depot": hop.origin_depot, "offset": hop.origin_offset}});
-                    from_cbor(&hop.payload).map_or(serde_json::Value::Null, |v| to_json(&v))
+        match (&h.files, &module.remote) {
+            (Some(files), _) => out.extend(partition_dead_letters(files, k as u32, topology)?),
+            // A spread module's partition on another host: listed there.
+            (None, Some(r)) => {
+                let id = crate::cluster::remote::PartitionId {
+                    module: module.name.clone(),
+                    since: r.since,
+                    partition: k as u32,
+                };
+                let listed = r.link.dead_letters(
+                    &id,
+                    topology,
+                    crate::cluster::remote::DeadLetterOp::List,
+                )?;
+                let entries = match listed.first() {
+                    Some(crate::value::Value::Text(t)) => {
+                        serde_json::from_str::<Vec<serde_json::Value>>(t).ok()
+                    }
+                    _ => None,
                 }
-                None => match h
-                    .log
-                    .read(&d.depot, d.offset, 1)
-                    .map_err(error::storage)?
-                    .into_iter()
-                    .next()
-                {
-                    Some((o, b)) if o == d.offset => decode_record(&h.log, &d.depot, o, &b)?,
-                    _ => serde_json::Value::Null,
-                },
-            };
-            entry["record"] = record;
-            out.push(entry);
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "partition-unavailable",
+                        format!("partition {k}'s host answered with no dead-letter list"),
+                    )
+                })?;
+                out.extend(entries);
+            }
+            (None, None) => {}
         }
     }
     Ok(json_response(
         StatusCode::OK,
         &json!({"topology": topology, "dead_letters": out}),
     ))
+}
+
+/// The dead letters of `topology` on partition `k`, as `GET …/dead-letters` lists them
+/// (also what a host answers for a partition of a spread module it owns).
+pub(crate) fn partition_dead_letters(
+    h: &crate::module::PartitionFiles,
+    k: u32,
+    topology: &str,
+) -> Result<Vec<serde_json::Value>, ApiError> {
+    const DEAD_LETTERS_PAGE_MAX: usize = 1000;
+    let dls = crate::partition::seams::PartitionStore::dead_letters(
+        &*h.store,
+        topology,
+        DEAD_LETTERS_PAGE_MAX,
+    )
+    .map_err(|e| {
+        let code = if e.damaged { "damaged" } else { "storage" };
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, e.message)
+    })?;
+    let mut out = Vec::new();
+    for d in dls {
+        let mut entry = json!({"partition": k, "depot": d.depot, "offset": d.offset,
+            "code": d.error_code, "error": d.error, "attempts": d.attempts});
+        let record = match &d.hop {
+            Some(hop) => {
+                entry["hop"] = json!({"handler": hop.handler, "origin":
+                    {"depot": hop.origin_depot, "offset": hop.origin_offset}});
+                from_cbor(&hop.payload).map_or(serde_json::Value::Null, |v| to_json(&v))
+            }
+            None => match h
+                .log
+                .read(&d.depot, d.offset, 1)
+                .map_err(error::storage)?
+                .into_iter()
+                .next()
+            {
+                Some((o, b)) if o == d.offset => decode_record(&h.log, &d.depot, o, &b)?,
+                _ => serde_json::Value::Null,
+            },
+        };
+        entry["record"] = record;
+        out.push(entry);
+    }
+    Ok(out)
 }

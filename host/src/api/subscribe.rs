@@ -260,6 +260,40 @@ fn elsewhere(
     }
 }
 
+/// A subscription to partition `p` of a module placed per partition, which runs on
+/// another host: 307 to its owner, or 503 `no-owner` during a failover.
+fn partition_elsewhere(
+    state: &AppState,
+    module: &str,
+    p: u32,
+    req: &Request<Incoming>,
+) -> ApiError {
+    let owner = state
+        .cluster
+        .as_ref()
+        .and_then(|placement| placement.partition_owner(module, p));
+    let Some((host, address)) = owner else {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-owner",
+            format!("no host runs partition {p} of module `{module}` now (a failover); retry"),
+        );
+        e.retry_after_s = Some(1);
+        return e;
+    };
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut e = ApiError::new(
+        StatusCode::TEMPORARY_REDIRECT,
+        "owner-elsewhere",
+        format!("partition {p} of module `{module}` runs on host `{host}`: subscribe there"),
+    )
+    .detail("owner", host)
+    .detail("partition", p);
+    e.headers
+        .push((hyper::header::LOCATION, format!("{address}{target}")));
+    e
+}
+
 async fn start(
     state: &AppState,
     req: &Request<Incoming>,
@@ -372,14 +406,7 @@ async fn start(
         bytes_max: limits.answer_bytes_max.saturating_add(4096),
     };
     let Some(files) = &module.handles[p as usize].files else {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "cluster-unsupported",
-            format!(
-                "partition {p} of module `{}` runs on another host: subscribe through that host",
-                module.name
-            ),
-        ));
+        return Err(partition_elsewhere(state, &module.name, p, req));
     };
     let store = Arc::clone(&files.store);
     drop(module);

@@ -243,7 +243,11 @@ impl Placement {
         let mut local = running.as_deref().map(local_partitions).unwrap_or_default();
         if let Some(m) = &running {
             for p in local.clone() {
-                if let Some(cause) = self.lost_partition(m, p)? {
+                let lost = self.lost_partition(m, p).unwrap_or_else(|e| {
+                    tracing::warn!(module = name, partition = p, "checking its log: {e}");
+                    None
+                });
+                if let Some(cause) = lost {
                     tracing::warn!(
                         module = name,
                         partition = p,
@@ -260,8 +264,14 @@ impl Placement {
                 if local.contains(&p) || partition_runs_elsewhere(hosts, head, p, &self.host) {
                     continue;
                 }
-                if let Some(epoch) = self.claimable(head, p, hosts)? {
-                    over.insert(p, epoch);
+                match self.claimable(head, p, hosts) {
+                    Ok(Some(epoch)) => {
+                        over.insert(p, epoch);
+                    }
+                    Ok(None) => {}
+                    // One partition's log unreadable now (a NATS election, say) must not keep
+                    // the others from being claimed, nor lost ones from being given up.
+                    Err(e) => tracing::warn!(module = name, partition = p, "{e}"),
                 }
             }
         }
@@ -773,8 +783,12 @@ fn partition_runs_elsewhere(hosts: &[HostView], head: &Head, p: u32, me: &str) -
     hosts.iter().any(|h| {
         h.alive
             && h.host != me
-            && runs_incarnation(&h.owns, head)
-                .is_some_and(|o| o.partitions.iter().any(|x| x.partition == p))
+            && runs_incarnation(&h.owns, head).is_some_and(|o| {
+                // A partition that failed there is given up on its next tick: not running.
+                o.partitions
+                    .iter()
+                    .any(|x| x.partition == p && x.state != "failed")
+            })
     })
 }
 
@@ -887,6 +901,62 @@ impl PartitionInbox for ModuleInbox {
             offset,
             m.open_trees(),
         ))
+    }
+
+    fn dead_letters(
+        &self,
+        p: u32,
+        topology: &str,
+        op: super::remote::DeadLetterOp<'_>,
+    ) -> Option<Result<Vec<crate::value::Value>, crate::pstate::AccessError>> {
+        use crate::pstate::AccessError;
+        use crate::value::Value;
+        let m = self.local(p)?;
+        let refused = |code: &'static str, e: String| Err(AccessError::new(code, e));
+        Some(match op {
+            super::remote::DeadLetterOp::List => {
+                let files = m.local_files(p).ok()?;
+                match crate::api::partition_dead_letters(files, p, topology) {
+                    Ok(entries) => Ok(vec![Value::Text(
+                        serde_json::Value::from(entries).to_string(),
+                    )]),
+                    Err(e) => refused("storage", e.message),
+                }
+            }
+            super::remote::DeadLetterOp::Replay => {
+                match m.replay_dead_letters_on(p, topology).blocking_recv() {
+                    Ok(Ok((replayed, failing))) => Ok(vec![
+                        Value::Integer(replayed.into()),
+                        Value::Integer(failing.into()),
+                    ]),
+                    Ok(Err(e)) => refused("cannot-replay", e),
+                    Err(_) => refused(
+                        "partition-unavailable",
+                        "the partition stopped before answering".into(),
+                    ),
+                }
+            }
+            super::remote::DeadLetterOp::Discard { depot, offset, by } => {
+                use crate::partition::dead_letters::Discard;
+                match m
+                    .discard_dead_letter(p, topology, depot, offset, by)
+                    .blocking_recv()
+                {
+                    Ok(Ok(Discard::Done(d))) => Ok(vec![Value::Text(
+                        serde_json::json!({"depot": d.depot, "offset": d.offset,
+                            "code": d.error_code, "error": d.error})
+                        .to_string(),
+                    )]),
+                    Ok(Ok(Discard::Missing)) => refused("missing", String::new()),
+                    Ok(Ok(Discard::Busy)) => refused("busy", String::new()),
+                    Ok(Err(e)) => refused("partition-unavailable", e),
+                    Err(_) => refused(
+                        "partition-unavailable",
+                        "the partition stopped before answering".into(),
+                    ),
+                }
+            }
+        })
     }
 
     fn depot_bounds(

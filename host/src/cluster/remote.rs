@@ -91,7 +91,7 @@ impl Owners for super::membership::Membership {
                 let epoch = o
                     .partitions
                     .iter()
-                    .find(|x| x.partition == id.partition)?
+                    .find(|x| x.partition == id.partition && x.state != "failed")?
                     .epoch;
                 Some((epoch, h.host))
             })
@@ -129,6 +129,35 @@ pub enum ToPartition {
     /// the two.
     DepotBounds {
         depot: String,
+    },
+    /// The partition's dead letters of a topology, answered with a [`Selected`] of one
+    /// JSON text (the entries `GET …/dead-letters` lists).
+    DeadLetters {
+        topology: String,
+    },
+    /// Runs a topology's dead letters again on the partition; a [`Selected`] of the counts
+    /// (replayed, still failing).
+    ReplayDeadLetters {
+        topology: String,
+    },
+    /// Discards one dead letter; a [`Selected`] of its JSON text, or refused `missing` /
+    /// `busy`.
+    DiscardDeadLetter {
+        topology: String,
+        depot: String,
+        offset: u64,
+        by: String,
+    },
+}
+
+/// A dead-letter operation on a partition (see [`ToPartition`]).
+pub enum DeadLetterOp<'a> {
+    List,
+    Replay,
+    Discard {
+        depot: &'a str,
+        offset: u64,
+        by: &'a str,
     },
 }
 
@@ -613,6 +642,28 @@ impl Link {
         }
     }
 
+    /// A dead-letter operation on partition `id`'s `topology`, on the host that owns it
+    /// (see [`ToPartition::DeadLetters`] and after it for the answers). Blocking.
+    pub fn dead_letters(
+        &self,
+        id: &PartitionId,
+        topology: &str,
+        op: DeadLetterOp<'_>,
+    ) -> Result<Vec<Value>, AccessError> {
+        let topology = topology.to_string();
+        let message = match op {
+            DeadLetterOp::List => ToPartition::DeadLetters { topology },
+            DeadLetterOp::Replay => ToPartition::ReplayDeadLetters { topology },
+            DeadLetterOp::Discard { depot, offset, by } => ToPartition::DiscardDeadLetter {
+                topology,
+                depot: depot.to_string(),
+                offset,
+                by: by.to_string(),
+            },
+        };
+        self.read(id, message)
+    }
+
     /// A read of partition `id` on the host that owns it (retried while no host does, up to
     /// the failover bound).
     fn read(&self, id: &PartitionId, message: ToPartition) -> Result<Vec<Value>, AccessError> {
@@ -736,11 +787,25 @@ impl Forwarder {
                 Work::Peer(m) => self.peer(m),
                 Work::Stop => stop = true,
                 Work::Batch { .. } => {}
-                Work::ReplayDeadLetters { reply, .. } => {
-                    let _ = reply.send(Err(self.elsewhere()));
+                Work::ReplayDeadLetters { topology, reply } => {
+                    let (link, id) = (Arc::clone(&self.link), self.id.clone());
+                    // Off this thread: the queue's other messages do not wait for it.
+                    std::thread::spawn(move || {
+                        let _ = reply.send(replay_there(&link, &id, &topology));
+                    });
                 }
-                Work::DiscardDeadLetter { reply, .. } => {
-                    let _ = reply.send(Err(self.elsewhere()));
+                Work::DiscardDeadLetter {
+                    topology,
+                    depot,
+                    offset,
+                    by,
+                    reply,
+                } => {
+                    let (link, id) = (Arc::clone(&self.link), self.id.clone());
+                    std::thread::spawn(move || {
+                        let _ =
+                            reply.send(discard_there(&link, &id, &topology, &depot, offset, &by));
+                    });
                 }
             }
         }
@@ -750,10 +815,6 @@ impl Forwarder {
             self.link.replies.send(&self.id, appends, replies);
         }
         stop
-    }
-
-    fn elsewhere(&self) -> String {
-        format!("partition {} runs on another host", self.id.partition)
     }
 
     fn peer(&self, m: PeerMessage) {
@@ -801,6 +862,54 @@ impl Forwarder {
     }
 }
 
+/// Re-runs `topology`'s dead letters on partition `id`'s host: (replayed, still failing).
+fn replay_there(link: &Link, id: &PartitionId, topology: &str) -> Result<(u64, u64), String> {
+    let v = link
+        .dead_letters(id, topology, DeadLetterOp::Replay)
+        .map_err(|e| e.message)?;
+    let n = |i: usize| {
+        v.get(i)
+            .and_then(crate::value::as_i64)
+            .and_then(|x| u64::try_from(x).ok())
+    };
+    n(0).zip(n(1))
+        .ok_or_else(|| "an undecodable answer from the partition's host".to_string())
+}
+
+/// Discards one dead letter on partition `id`'s host.
+fn discard_there(
+    link: &Link,
+    id: &PartitionId,
+    topology: &str,
+    depot: &str,
+    offset: u64,
+    by: &str,
+) -> Result<crate::partition::dead_letters::Discard, String> {
+    use crate::partition::dead_letters::{DeadLetter, Discard};
+    let op = DeadLetterOp::Discard { depot, offset, by };
+    match link.dead_letters(id, topology, op) {
+        Ok(v) => {
+            let d = match v.first() {
+                Some(Value::Text(t)) => serde_json::from_str::<serde_json::Value>(t).ok(),
+                _ => None,
+            }
+            .ok_or_else(|| "an undecodable answer from the partition's host".to_string())?;
+            let text = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+            Ok(Discard::Done(DeadLetter::new(
+                topology,
+                &text("depot"),
+                d["offset"].as_u64().unwrap_or(offset),
+                &text("code"),
+                &text("error"),
+                0,
+            )))
+        }
+        Err(e) if e.code == "missing" => Ok(Discard::Missing),
+        Err(e) if e.code == "busy" => Ok(Discard::Busy),
+        Err(e) => Err(e.message),
+    }
+}
+
 /// Where the owner's side puts what arrives for one of its partitions.
 pub trait PartitionInbox: Send + Sync {
     /// Queues the appends on partition `p`, answering each at its ack level; `None` if `p`
@@ -816,6 +925,15 @@ pub trait PartitionInbox: Send + Sync {
     fn peer(&self, p: u32, message: PeerMessage);
     /// A tree standing in, on this host, for the origin's tree `r`; its outcome goes back.
     fn tree(&self, p: u32, r: TreeRef, offset: u64) -> Option<Arc<Tree>>;
+    /// A dead-letter operation on partition `p`'s `topology`: answered as
+    /// [`ToPartition::DeadLetters`] and the others say; `None` if `p` does not run here.
+    /// Blocking.
+    fn dead_letters(
+        &self,
+        p: u32,
+        topology: &str,
+        op: DeadLetterOp<'_>,
+    ) -> Option<Result<Vec<Value>, AccessError>>;
     /// `depot`'s `(start, end)` offsets on partition `p`; `None` if `p` does not run here.
     /// Blocking.
     fn depot_bounds(&self, p: u32, depot: &str) -> Option<Result<(u64, u64), AccessError>>;
@@ -892,7 +1010,11 @@ pub async fn serve(
                 ToPartition::Rewind { target, from } => {
                     inbox.peer(p, PeerMessage::Rewind { target, from })
                 }
-                m @ (ToPartition::Select { .. } | ToPartition::DepotBounds { .. }) => {
+                m @ (ToPartition::Select { .. }
+                | ToPartition::DepotBounds { .. }
+                | ToPartition::DeadLetters { .. }
+                | ToPartition::ReplayDeadLetters { .. }
+                | ToPartition::DiscardDeadLetter { .. }) => {
                     let Some(reply) = msg.reply.clone() else {
                         continue;
                     };
@@ -935,6 +1057,26 @@ fn read_here(
         ToPartition::DepotBounds { depot } => inbox.depot_bounds(p, &depot).map(|r| {
             r.map(|(start, end)| vec![Value::Integer(start.into()), Value::Integer(end.into())])
         }),
+        ToPartition::DeadLetters { topology } => {
+            inbox.dead_letters(p, &topology, DeadLetterOp::List)
+        }
+        ToPartition::ReplayDeadLetters { topology } => {
+            inbox.dead_letters(p, &topology, DeadLetterOp::Replay)
+        }
+        ToPartition::DiscardDeadLetter {
+            topology,
+            depot,
+            offset,
+            by,
+        } => inbox.dead_letters(
+            p,
+            &topology,
+            DeadLetterOp::Discard {
+                depot: &depot,
+                offset,
+                by: &by,
+            },
+        ),
         _ => None,
     }
 }

@@ -278,16 +278,28 @@ impl Registry {
             wasm: old.wasm_file.clone(),
             retention: old.retention_set.clone(),
         };
-        let wasm =
-            std::fs::read(dir.join(&manifest.wasm)).map_err(|e| DeployError::Io(e.to_string()))?;
-        let module = self.start(
-            &dir,
-            &manifest,
-            &wasm,
-            Files::Reuse(files),
-            replications,
-            Some(remote),
-        )?;
+        let started = std::fs::read(dir.join(&manifest.wasm))
+            .map_err(|e| DeployError::Io(e.to_string()))
+            .and_then(|wasm| {
+                self.start(
+                    &dir,
+                    &manifest,
+                    &wasm,
+                    Files::Reuse(files),
+                    replications,
+                    Some(remote),
+                )
+            });
+        let module = match started {
+            Ok(m) => m,
+            Err(e) => {
+                // Nothing runs here now: the next tick starts the module afresh, restoring
+                // every partition this host still holds from its log.
+                self.modules.write().expect("poisoned").remove(name);
+                drop_dir(&dir);
+                return Err(e);
+            }
+        };
         self.modules
             .write()
             .expect("poisoned")

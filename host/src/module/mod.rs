@@ -397,18 +397,40 @@ impl Module {
             });
             return vec![rx];
         }
-        let mut out = Vec::new();
-        for h in &self.handles {
-            let (tx, rx) = oneshot::channel();
-            if let Some(q) = h.tx.read().expect("poisoned").as_ref() {
-                let _ = q.send(Work::ReplayDeadLetters {
-                    topology: topology.to_string(),
-                    reply: tx,
-                });
-            }
-            out.push(rx);
+        (0..self.partitions)
+            .map(|p| self.replay_dead_letters_on(p, topology))
+            .collect()
+    }
+
+    /// Queues `work` on partition `p` (dropped if the module is stopping: its reply then
+    /// answers that the partition stopped).
+    fn queue_on(&self, p: u32, work: Work) {
+        if let Some(q) = self.handles[p as usize]
+            .tx
+            .read()
+            .expect("poisoned")
+            .as_ref()
+        {
+            let _ = q.send(work);
         }
-        out
+    }
+
+    /// Asks partition `p` (a stream topology's, on this host) to re-run `topology` on its dead
+    /// letters; answers (replayed, still failing).
+    pub fn replay_dead_letters_on(
+        &self,
+        p: u32,
+        topology: &str,
+    ) -> oneshot::Receiver<Result<(u64, u64), String>> {
+        let (tx, rx) = oneshot::channel();
+        self.queue_on(
+            p,
+            Work::ReplayDeadLetters {
+                topology: topology.to_string(),
+                reply: tx,
+            },
+        );
+        rx
     }
 
     /// Asks partition `p` to discard one dead letter of `topology` (`by`: who asked).
@@ -421,20 +443,16 @@ impl Module {
         by: &str,
     ) -> oneshot::Receiver<Result<crate::partition::dead_letters::Discard, String>> {
         let (tx, rx) = oneshot::channel();
-        if let Some(q) = self.handles[p as usize]
-            .tx
-            .read()
-            .expect("poisoned")
-            .as_ref()
-        {
-            let _ = q.send(Work::DiscardDeadLetter {
+        self.queue_on(
+            p,
+            Work::DiscardDeadLetter {
                 topology: topology.to_string(),
                 depot: depot.to_string(),
                 offset,
                 by: by.to_string(),
                 reply: tx,
-            });
-        }
+            },
+        );
         rx
     }
 
