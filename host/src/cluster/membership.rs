@@ -113,6 +113,26 @@ struct Seen {
     changed: Instant,
 }
 
+/// After this host was out of touch (cut off from NATS, or paused) — its previous heartbeat
+/// stored at `before`, longer than the owner timeout before `now` — what it saw of the others
+/// is stale: their heartbeats went on while it could not read them. So each of them counts as
+/// seen `now`, and is judged dead only if its heartbeat then stays still for a whole timeout
+/// this host watched. Without this, a host back from a cut would take everyone for dead and
+/// claim what they run, before its watch caught up.
+fn back_in_touch(
+    seen: &mut BTreeMap<String, Seen>,
+    before: Instant,
+    now: Instant,
+    owner_timeout: Duration,
+) {
+    if now.saturating_duration_since(before) < owner_timeout {
+        return;
+    }
+    for s in seen.values_mut() {
+        s.changed = s.changed.max(now);
+    }
+}
+
 /// This host's membership: its heartbeats and its view of the others.
 pub struct Membership {
     pub host: String,
@@ -157,7 +177,14 @@ impl Membership {
         };
         let bytes = serde_json::to_vec(&heartbeat).expect("serializable");
         self.kv.put(&self.host, bytes.into()).await?;
-        *self.own_ok.lock().expect("poisoned") = Instant::now();
+        let now = Instant::now();
+        let before = std::mem::replace(&mut *self.own_ok.lock().expect("poisoned"), now);
+        back_in_touch(
+            &mut self.seen.lock().expect("poisoned"),
+            before,
+            now,
+            self.owner_timeout,
+        );
         Ok(())
     }
 
@@ -264,5 +291,41 @@ impl Membership {
 
     pub fn owner_timeout(&self) -> Duration {
         self.owner_timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(changed: Instant) -> BTreeMap<String, Seen> {
+        BTreeMap::from([(
+            "h2".to_string(),
+            Seen {
+                heartbeat: Heartbeat {
+                    host: "h2".into(),
+                    address: String::new(),
+                    beat: 1,
+                    owns: Vec::new(),
+                },
+                revision: 1,
+                changed,
+            },
+        )])
+    }
+
+    #[test]
+    fn a_host_back_in_touch_judges_the_others_afresh() {
+        let timeout = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(60);
+        // In touch all along: what it saw stands (h2 looks dead: still for 60 s).
+        let mut s = seen(t0);
+        back_in_touch(&mut s, later - Duration::from_secs(1), later, timeout);
+        assert_eq!(s["h2"].changed, t0);
+        // Out of touch for 60 s: h2 counts as seen now, dead only after a watched timeout.
+        let mut s = seen(t0);
+        back_in_touch(&mut s, t0, later, timeout);
+        assert_eq!(s["h2"].changed, later);
     }
 }
