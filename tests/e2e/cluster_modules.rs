@@ -538,6 +538,53 @@ pub(super) fn append_until_acked(
     }
 }
 
+/// On a panic (a failed check), prints the warnings and errors the hosts logged last, so
+/// that a failure seen only in CI says what the hosts did (the logs go with the temp dir).
+pub(super) struct LogsOnPanic(pub(super) std::path::PathBuf);
+
+impl Drop for LogsOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for id in ["h1", "h2", "h3"] {
+            let log = std::fs::read_to_string(self.0.join(format!("{id}.log"))).unwrap_or_default();
+            let lines: Vec<String> = log
+                .lines()
+                .map(strip_ansi)
+                .filter(|l| {
+                    l.contains("WARN")
+                        || l.contains("ERROR")
+                        || l.contains("claimed")
+                        || l.contains("dropped")
+                })
+                .collect();
+            eprintln!("---- {id}: last of {} notable log lines", lines.len());
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{}", l.chars().take(240).collect::<String>());
+            }
+        }
+    }
+}
+
+/// `line` without its terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// [`append_until_acked`] with `ack=full`, answering the ack.
 fn acked_append(host: &Host, module: &str, depot: &str, record: &Value, key: &str) -> Value {
     append_until_acked(host, module, depot, "full", record, key).0
@@ -557,6 +604,7 @@ fn a_seeded_schedule_of_host_faults_loses_nothing() {
         None => tmp.path().to_path_buf(),
     };
     eprintln!("hosts' logs: {}", dir.display());
+    let _logs = LogsOnPanic(dir.clone());
     let mut members: Vec<Member> = ["h1", "h2", "h3"]
         .iter()
         .map(|id| {

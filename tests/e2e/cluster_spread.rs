@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::modules::{append_until_acked, check, counts, three_hosts, Acked};
+use super::modules::{append_until_acked, check, counts, three_hosts, Acked, LogsOnPanic};
 use super::signal;
 use crate::harness::{eventually, module_wasm, Host};
 use crate::nats::NatsCluster;
@@ -82,6 +82,7 @@ fn a_module_placed_per_partition_spreads_over_hosts_and_fails_over_without_loss(
         return;
     };
     let dir = tempfile::tempdir().unwrap();
+    let _logs = LogsOnPanic(dir.path().to_path_buf());
     let urls = cluster.urls();
     let mut hosts = three_hosts(dir.path(), &urls);
 

@@ -121,51 +121,8 @@ async fn forward_to_partition(
     );
     let limit = state.registry.runtime().limits().request_body_bytes;
     let body = read_body(state, req, limit, "request_body_bytes").await?;
-    let deadline = Instant::now() + placement.failover_wait;
-    let mut last = String::from("no host owns it");
-    loop {
-        if let Some((host, address)) = placement.partition_owner(module, p) {
-            let sent = send(
-                &address,
-                &method,
-                &uri,
-                &headers,
-                body.clone(),
-                &placement.host,
-            );
-            match sent.await {
-                Ok(r) if r.headers().contains_key(NOT_OWNER) => {
-                    last = format!("host `{host}` no longer runs it")
-                }
-                Ok(r) => return Ok(r),
-                Err(Failure::NotSent(why) | Failure::Unknown(why)) if method == Method::GET => {
-                    last = format!("host `{host}`: {why}")
-                }
-                Err(Failure::NotSent(why) | Failure::Unknown(why)) => {
-                    return Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "owner-unreachable",
-                        format!(
-                            "host `{host}`, which runs partition {p} of module `{module}`: {why}"
-                        ),
-                    ))
-                }
-            }
-        }
-        if Instant::now() >= deadline {
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no-owner",
-                format!(
-                    "no host answered for partition {p} of module `{module}` within the failover bound of {} ms ({last})",
-                    placement.failover_wait.as_millis()
-                ),
-            );
-            e.retry_after_s = Some(1);
-            return Err(e);
-        }
-        tokio::time::sleep(RETRY_PAUSE).await;
-    }
+    let target = Target::Partition(p);
+    send_until_owned(placement, module, target, &method, &uri, &headers, body).await
 }
 
 /// The refusal of a forwarded request by a host that does not run the module.
@@ -240,8 +197,16 @@ async fn deploy(
     let uri: Uri = format!("/v1/modules/{name}").parse().expect("a valid path");
     let deadline = Instant::now() + placement.failover_wait + UPDATE_SWAP_WAIT;
     loop {
-        let described =
-            send_until_owned(placement, name, &Method::GET, &uri, &headers, Bytes::new()).await?;
+        let described = send_until_owned(
+            placement,
+            name,
+            Target::Module,
+            &Method::GET,
+            &uri,
+            &headers,
+            Bytes::new(),
+        )
+        .await?;
         let (mut parts, body) = described.into_parts();
         let body = match body.collect().await {
             Ok(b) => b.to_bytes(),
@@ -378,14 +343,65 @@ async fn forward(
     let limits = state.registry.runtime().limits();
     let limit = limits.module_size_bytes.max(limits.request_body_bytes);
     let body = read_body(state, req, limit, "request_body_bytes").await?;
-    send_until_owned(placement, module, &method, &uri, &headers, body).await
+    send_until_owned(
+        placement,
+        module,
+        Target::Module,
+        &method,
+        &uri,
+        &headers,
+        body,
+    )
+    .await
 }
 
-/// Sends the request to whoever runs `module` (this host included, through its own HTTP
-/// address), waiting out a failover up to its bound.
+/// What a forwarded request is for: a whole module, or one partition of a spread module.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Module,
+    Partition(u32),
+}
+
+impl Target {
+    /// The host to send to now (id and HTTP address), `None` during a failover.
+    fn owner(
+        self,
+        placement: &Placement,
+        module: &str,
+    ) -> Result<Option<(String, String)>, ApiError> {
+        match self {
+            Target::Partition(p) => Ok(placement.partition_owner(module, p)),
+            Target::Module => match placement.route(module) {
+                Route::Local => Ok(Some((
+                    placement.host.clone(),
+                    placement.membership.address.clone(),
+                ))),
+                Route::Remote { host, address } => Ok(Some((host, address))),
+                Route::Unowned => Ok(None),
+                Route::Unknown => Err(ApiError::not_found(
+                    "unknown-module",
+                    format!("no module named `{module}` on the cluster"),
+                )),
+            },
+        }
+    }
+
+    fn describe(self, module: &str) -> String {
+        match self {
+            Target::Module => format!("module `{module}`"),
+            Target::Partition(p) => format!("partition {p} of module `{module}`"),
+        }
+    }
+}
+
+/// Sends the request to whoever runs `target` of `module` (this host included, through its
+/// own HTTP address), waiting out a failover up to its bound. A request that never reached
+/// an owner is sent again; one whose answer was lost is too when it is a read, and is
+/// answered "outcome unknown" otherwise.
 async fn send_until_owned(
     placement: &Arc<Placement>,
     module: &str,
+    target: Target,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -394,18 +410,7 @@ async fn send_until_owned(
     let deadline = Instant::now() + placement.failover_wait;
     let mut last = String::from("no host runs it");
     loop {
-        let target = match placement.route(module) {
-            Route::Local => Some((placement.host.clone(), placement.membership.address.clone())),
-            Route::Remote { host, address } => Some((host, address)),
-            Route::Unowned => None,
-            Route::Unknown => {
-                return Err(ApiError::not_found(
-                    "unknown-module",
-                    format!("no module named `{module}` on the cluster"),
-                ))
-            }
-        };
-        if let Some((host, address)) = target {
+        if let Some((host, address)) = target.owner(placement, module)? {
             let sent = send(
                 &address,
                 method,
@@ -414,7 +419,7 @@ async fn send_until_owned(
                 body.clone(),
                 &placement.host,
             );
-            match while_owner(placement, module, &host, sent).await {
+            match while_owner(placement, module, target, &host, sent).await {
                 Ok(r) if r.headers().contains_key(NOT_OWNER) => {
                     last = format!("host `{host}` no longer runs it");
                 }
@@ -428,7 +433,8 @@ async fn send_until_owned(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "owner-unreachable",
                         format!(
-                            "host `{host}`, which runs module `{module}`, took the request but its answer was lost ({why}): it may have been applied; retry it with the same Idempotency-Key to get the original answer"
+                            "host `{host}`, which runs {}, took the request but its answer was lost ({why}): it may have been applied; retry it with the same Idempotency-Key to get the original answer",
+                            target.describe(module)
                         ),
                     )
                     .detail("owner", host)
@@ -441,7 +447,8 @@ async fn send_until_owned(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no-owner",
                 format!(
-                    "no host answered for module `{module}` within the failover bound of {} ms ({last}); nothing was done",
+                    "no host answered for {} within the failover bound of {} ms ({last}); nothing was done",
+                    target.describe(module),
                     placement.failover_wait.as_millis()
                 ),
             );
@@ -452,12 +459,13 @@ async fn send_until_owned(
     }
 }
 
-/// Awaits `sent` while `host` still runs `module` as this host sees it: an owner seen dead
-/// (or replaced) with the request in hand may never answer (paused, cut off), so the wait
-/// ends there, its outcome unknown.
+/// Awaits `sent` while `host` still runs `target` of `module` as this host sees it: an owner
+/// seen dead (or replaced) with the request in hand may never answer (paused, cut off), so
+/// the wait ends there, its outcome unknown.
 async fn while_owner(
     placement: &Placement,
     module: &str,
+    target: Target,
     host: &str,
     sent: impl std::future::Future<Output = Result<Response<Full<Bytes>>, Failure>>,
 ) -> Result<Response<Full<Bytes>>, Failure> {
@@ -466,14 +474,11 @@ async fn while_owner(
         tokio::select! {
             r = &mut sent => return r,
             () = tokio::time::sleep(OWNER_CHECK) => {
-                let still = match placement.route(module) {
-                    Route::Local => host == placement.host,
-                    Route::Remote { host: h, .. } => h == host,
-                    _ => false,
-                };
+                let still = matches!(target.owner(placement, module), Ok(Some((h, _))) if h == host);
                 if !still {
                     return Err(Failure::Unknown(format!(
-                        "host `{host}` stopped running the module (seen dead or replaced) while it had the request"
+                        "host `{host}` stopped running {} (seen dead or replaced) while it had the request",
+                        target.describe(module)
                     )));
                 }
             }

@@ -84,6 +84,9 @@ pub struct Placement {
     servers: Mutex<HashMap<(String, u64, u32), tokio::task::JoinHandle<()>>>,
 }
 
+/// A placement tick longer than this is logged (its NATS reads waited out timeouts).
+const SLOW_TICK: Duration = Duration::from_secs(3);
+
 /// How long a spread partition waits for a confirmation before re-sending its hops.
 const RESEND_HOPS_MS: u64 = 500;
 
@@ -147,6 +150,9 @@ impl Placement {
     /// One pass over the catalog (see the module docs). Blocking.
     pub fn tick(&self) {
         let _one = self.ticking.lock().expect("poisoned");
+        let started = Instant::now();
+        // First what needs no NATS: a stalled read below must not keep a failed module here.
+        self.drop_failed();
         if let Err(e) = self.catalog.refresh() {
             tracing::warn!("reading the module catalog: {e}");
         }
@@ -162,6 +168,24 @@ impl Placement {
             }
         }
         self.report();
+        let took = started.elapsed();
+        if took > SLOW_TICK {
+            tracing::warn!(ms = took.as_millis() as u64, "a slow placement tick");
+        }
+    }
+
+    /// Drops each module placed per module that runs here with a partition failed for good
+    /// (fenced by another host's claim, or a write left in doubt): only a new claim of the
+    /// whole module restores it.
+    fn drop_failed(&self) {
+        for m in self.registry.list() {
+            if m.remote.is_some() || m.replications.is_empty() {
+                continue;
+            }
+            if let Some(cause) = failed_partition(&m) {
+                self.drop(&m.name, "owner-lost", &cause);
+            }
+        }
     }
 
     fn reconcile(&self, head: &Head, hosts: &[HostView]) -> Result<(), String> {
@@ -196,27 +220,18 @@ impl Placement {
         if head.deleted || !self.membership.connected() {
             return Ok(());
         }
-        let runs_elsewhere = hosts
-            .iter()
-            .any(|h| h.alive && h.host != self.host && runs_incarnation(&h.owns, head).is_some());
+        let runs_elsewhere = hosts.iter().any(|h| {
+            h.alive
+                && h.host != self.host
+                && runs_incarnation(&h.owns, head).is_some_and(serves_whole)
+        });
         if runs_elsewhere {
             return Ok(());
         }
-        let p0 = self.log(head, 0)?;
-        let mut view = LogView::default();
-        view.catch_up(&*p0, |_| Ok(()))
-            .map_err(|e| format!("reading partition 0: {e}"))?;
-        let (over, holder) = view
-            .epoch()
-            .map_or((0, None), |e| (e.number, Some(e.host.clone())));
-        let mine = holder.as_deref() == Some(self.host.as_str());
-        let holder_alive = holder
-            .as_deref()
-            .is_some_and(|h| hosts.iter().any(|v| v.host == h && v.alive));
-        if !mine && (holder_alive || first_choice(name, hosts) != Some(self.host.as_str())) {
-            return Ok(());
+        match self.claimable(head, 0, name, hosts)? {
+            Some(over) => self.claim(head, over),
+            None => Ok(()),
         }
-        self.claim(head, over)
     }
 
     /// One tick for a spread module (placed per partition): every connected host runs it,
@@ -264,7 +279,7 @@ impl Placement {
                 if local.contains(&p) || partition_runs_elsewhere(hosts, head, p, &self.host) {
                     continue;
                 }
-                match self.claimable(head, p, hosts) {
+                match self.claimable(head, p, &format!("{name}/{p}"), hosts) {
                     Ok(Some(epoch)) => {
                         over.insert(p, epoch);
                     }
@@ -305,8 +320,15 @@ impl Placement {
 
     /// The epoch to claim partition `p` of `head`'s module over, if this host should claim
     /// it: it holds that epoch itself, or the holder is dead (or none) and this host is the
-    /// partition's first choice among the live hosts.
-    fn claimable(&self, head: &Head, p: u32, hosts: &[HostView]) -> Result<Option<u64>, String> {
+    /// first choice for `key` among the live hosts (the module's name when placed per
+    /// module, `<module>/<p>` when per partition).
+    fn claimable(
+        &self,
+        head: &Head,
+        p: u32,
+        key: &str,
+        hosts: &[HostView],
+    ) -> Result<Option<u64>, String> {
         let log = self.log(head, p)?;
         let mut view = LogView::default();
         view.catch_up(&*log, |_| Ok(()))
@@ -318,7 +340,7 @@ impl Placement {
         let holder_alive = holder
             .as_deref()
             .is_some_and(|h| hosts.iter().any(|v| v.host == h && v.alive));
-        let first = first_choice(&format!("{}/{p}", head.module), hosts);
+        let first = first_choice(key, hosts);
         Ok((mine || (!holder_alive && first == Some(self.host.as_str()))).then_some(over))
     }
 
@@ -468,7 +490,7 @@ impl Placement {
                 let epoch = runs_incarnation(&h.owns, &head)?
                     .partitions
                     .iter()
-                    .find(|o| o.partition == p)?
+                    .find(|o| o.partition == p && o.state != "failed")?
                     .epoch;
                 Some((epoch, h))
             })
@@ -697,11 +719,12 @@ impl Placement {
             _ if self.registry.get(module).is_some() => return Route::Local,
             _ => return Route::Unknown,
         };
-        if self
-            .registry
-            .get(module)
-            .is_some_and(|m| m.version >= head.since)
-        {
+        if self.registry.get(module).is_some_and(|m| {
+            // A module placed per module whose partition failed for good (fenced: another
+            // host claimed it) is dropped on this host's next tick; until then its requests
+            // go to whoever else runs it, not to the failed partition.
+            m.version >= head.since && (head.spread || failed_partition(&m).is_none())
+        }) {
             return Route::Local;
         }
         if head.spread {
@@ -724,8 +747,8 @@ impl Placement {
             .into_iter()
             .filter(|h| h.alive && h.host != self.host)
             .filter_map(|h| {
-                let epoch = runs_incarnation(&h.owns, &head)?.partitions.first()?.epoch;
-                Some((epoch, h))
+                let o = runs_incarnation(&h.owns, &head).filter(|o| serves_whole(o))?;
+                Some((o.partitions.first()?.epoch, h))
             })
             .max_by_key(|(epoch, _)| *epoch);
         match owner {
@@ -991,6 +1014,12 @@ impl PartitionInbox for ModuleInbox {
 fn runs_incarnation<'o>(owns: &'o [OwnedModule], head: &Head) -> Option<&'o OwnedModule> {
     owns.iter()
         .find(|o| o.module == head.module && o.version >= head.since)
+}
+
+/// Whether a host's report of a module placed per module says it serves the module: no
+/// partition of it failed there (such a host drops the module on its next tick).
+fn serves_whole(o: &OwnedModule) -> bool {
+    o.partitions.iter().all(|p| p.state != "failed")
 }
 
 /// The first pause before a failed update is tried again; it doubles with each failure.

@@ -25,18 +25,25 @@ use crate::partition::seams::{
 };
 use crate::pstate::store::DeadLetter;
 
-/// How a write the log did not answer is retried (same message ids: stored once).
+/// How a write the log did not answer is retried (same message ids: stored once): every
+/// `pause`, at most `attempts` times and only while `within` has not passed since the first
+/// try (one try may itself wait a whole request timeout, and the seams hold the writer
+/// meanwhile: the time bound keeps that wait bounded).
 #[derive(Debug, Clone, Copy)]
 pub struct Retry {
     pub attempts: u32,
+    pub within: Duration,
     pub pause: Duration,
 }
 
 impl Default for Retry {
-    /// Long enough for a stream leader election (4–6 s measured, CLUSTER.md §1.1).
+    /// Long enough for a stream leader election (4–6 s measured, CLUSTER.md §1.1) with a
+    /// request timeout to spare; a write still in doubt then poisons the partition, which
+    /// the cluster claims again (restoring whatever did land).
     fn default() -> Self {
         Self {
             attempts: 40,
+            within: Duration::from_secs(15),
             pause: Duration::from_millis(250),
         }
     }
@@ -48,15 +55,21 @@ struct Writer<R: ?Sized> {
     poisoned: Option<String>,
 }
 
-/// The partition's owner, shared by its two seams (they write one log, in order).
+/// The partition's owner, shared by its two seams (they write one log, in order). Its
+/// epoch and last sequence are also kept outside the writer, so that the heartbeats and
+/// the placement read them without waiting for a write in flight.
 pub struct Replication<R: ReplicatedLog + ?Sized> {
     writer: Mutex<Writer<R>>,
     retry: Retry,
+    epoch: u64,
+    last: std::sync::atomic::AtomicU64,
 }
 
 impl<R: ReplicatedLog + ?Sized> Replication<R> {
     pub fn new(owner: Owner<R>, retry: Retry) -> Arc<Self> {
         Arc::new(Self {
+            epoch: owner.epoch(),
+            last: std::sync::atomic::AtomicU64::new(owner.next_seq() - 1),
             writer: Mutex::new(Writer {
                 owner,
                 poisoned: None,
@@ -71,15 +84,23 @@ impl<R: ReplicatedLog + ?Sized> Replication<R> {
     }
 
     pub fn epoch(&self) -> u64 {
-        self.writer.lock().expect("poisoned").owner.epoch()
+        self.epoch
     }
 
     /// Whether the log holds entries past this owner's last one (another host claimed the
     /// partition, or a write in doubt landed): answers the log's last sequence if so. No
     /// write is in flight meanwhile (it holds the writer), so an entry of this owner's own
     /// is never mistaken for another's.
+    ///
+    /// A write in flight (retried through a leader election, say) holds the writer for up to
+    /// [`Retry::within`]: then this answers `None` at once rather than wait, since that write
+    /// itself finds a fence.
     pub fn overtaken(&self) -> Result<Option<u64>, super::log::LogError> {
-        let w = self.writer.lock().expect("poisoned");
+        let w = match self.writer.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::sync::TryLockError::Poisoned(_)) => panic!("poisoned"),
+        };
         let ours = w.owner.next_seq() - 1;
         let last = w.owner.log().last_seq()?;
         Ok((last > ours).then_some(last))
@@ -87,7 +108,7 @@ impl<R: ReplicatedLog + ?Sized> Replication<R> {
 
     /// The sequence of the last entry this owner stored (its claim, at first).
     pub fn last_seq(&self) -> u64 {
-        self.writer.lock().expect("poisoned").owner.next_seq() - 1
+        self.last.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Stores one entry, retrying a write in doubt; any failure poisons the seams.
@@ -98,15 +119,21 @@ impl<R: ReplicatedLog + ?Sized> Replication<R> {
                 "the partition stopped writing ({why}); it restarts from its log"
             )));
         }
+        let started = std::time::Instant::now();
         let mut result = w.owner.write(kind, body);
         let mut attempts = 0;
-        while matches!(result, Err(WriteError::Unavailable(_))) && attempts < self.retry.attempts {
+        while matches!(result, Err(WriteError::Unavailable(_)))
+            && attempts < self.retry.attempts
+            && started.elapsed() < self.retry.within
+        {
             attempts += 1;
             if !self.retry.pause.is_zero() {
                 std::thread::sleep(self.retry.pause);
             }
             result = w.owner.retry();
         }
+        self.last
+            .store(w.owner.next_seq() - 1, std::sync::atomic::Ordering::Release);
         result.map_err(|e| {
             let why = e.to_string();
             w.poisoned = Some(why.clone());

@@ -325,6 +325,7 @@ pub static LOG_FAULTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU
 /// Retries of a write in doubt in the simulation (no pauses: time is simulated).
 pub const SIM_RETRY: Retry = Retry {
     attempts: 2,
+    within: std::time::Duration::MAX,
     pause: std::time::Duration::ZERO,
 };
 
