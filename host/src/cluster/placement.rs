@@ -77,12 +77,18 @@ pub struct Placement {
     stats: Mutex<PlacementStats>,
     /// Serialises ticks (the loop's and a deploy's).
     ticking: Mutex<()>,
+    /// What the tick in progress is doing, since when (read by the watch thread).
+    stage: Mutex<Option<(Instant, String)>>,
     /// How this host reaches the partitions of spread modules that run on other hosts.
     pub link: Arc<Link>,
     /// The owner's side of each partition of a spread module running here, by (module,
     /// incarnation, partition).
     servers: Mutex<HashMap<(String, u64, u32), tokio::task::JoinHandle<()>>>,
 }
+
+/// A placement tick still running after this long is logged by the watch thread, with
+/// what it is doing.
+const STUCK_TICK: Duration = Duration::from_secs(10);
 
 /// A placement tick longer than this is logged (its NATS reads waited out timeouts).
 const SLOW_TICK: Duration = Duration::from_secs(3);
@@ -128,6 +134,7 @@ impl Placement {
             update_failures: Mutex::new(UpdateFailures::default()),
             stats: Mutex::new(PlacementStats::default()),
             ticking: Mutex::new(()),
+            stage: Mutex::new(None),
         }))
     }
 
@@ -141,6 +148,26 @@ impl Placement {
                 std::thread::sleep(every);
             })
             .expect("spawning the placement thread");
+        let me = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("placement-watch".into())
+            .spawn(move || loop {
+                std::thread::sleep(STUCK_TICK);
+                if let Some((since, stage)) = me.stage.lock().expect("poisoned").clone() {
+                    if since.elapsed() >= STUCK_TICK {
+                        tracing::warn!(
+                            s = since.elapsed().as_secs(),
+                            "the placement tick is stuck at: {stage}"
+                        );
+                    }
+                }
+            })
+            .expect("spawning the placement watch thread");
+    }
+
+    /// Records what the tick does now (`None`: it ended).
+    fn at(&self, stage: Option<String>) {
+        *self.stage.lock().expect("poisoned") = stage.map(|s| (Instant::now(), s));
     }
 
     pub fn stats(&self) -> PlacementStats {
@@ -152,12 +179,15 @@ impl Placement {
         let _one = self.ticking.lock().expect("poisoned");
         let started = Instant::now();
         // First what needs no NATS: a stalled read below must not keep a failed module here.
+        self.at(Some("dropping failed modules".into()));
         self.drop_failed();
+        self.at(Some("reading the catalog".into()));
         if let Err(e) = self.catalog.refresh() {
             tracing::warn!("reading the module catalog: {e}");
         }
         let hosts = self.membership.hosts();
         for head in self.catalog.heads() {
+            self.at(Some(format!("module `{}`", head.module)));
             if let Err(e) = self.reconcile(&head, &hosts) {
                 tracing::warn!(module = head.module, "placement: {e}");
             }
@@ -167,7 +197,9 @@ impl Placement {
                 self.drop(&m.name, "module-deleted", "the cluster has no such module");
             }
         }
+        self.at(Some("reporting".into()));
         self.report();
+        self.at(None);
         let took = started.elapsed();
         if took > SLOW_TICK {
             tracing::warn!(ms = took.as_millis() as u64, "a slow placement tick");
@@ -291,6 +323,7 @@ impl Placement {
             }
         }
         let wanted: BTreeSet<u32> = local.iter().copied().chain(over.keys().copied()).collect();
+        self.at(Some(format!("module `{name}`: partitions {wanted:?} here")));
         match &running {
             None if !connected => return Ok(()),
             None => self.claim_spread(head, &wanted, &over, None)?,
@@ -300,6 +333,7 @@ impl Placement {
             Some(m) if head.version > m.version => self.update_with_retries(head)?,
             Some(_) => {}
         }
+        self.at(Some(format!("module `{name}`: serving its partitions")));
         self.serve_here(head);
         Ok(())
     }

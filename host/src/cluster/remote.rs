@@ -17,8 +17,9 @@
 //!   the host it went to stops being the partition's owner (seen dead, or replaced) or
 //!   after [`ANSWER_WAIT_MAX`], is answered [`ProcessingError::AppendUnknown`]: never a false
 //!   ack;
-//! - **hop-protocol messages** (hops, confirmations, rewinds) are published with no answer.
-//!   A lost one costs nothing: the source re-sends unconfirmed hops on a timer
+//! - **hop-protocol messages** (hops, confirmations, rewinds) are published with no answer
+//!   (held, in order, while no owner is known, up to the failover bound). A lost one costs
+//!   nothing: the source re-sends unconfirmed hops on a timer
 //!   ([`crate::partition::Partition::resend_hops_every`]) and targets skip what they
 //!   applied (watermarks), so each hop is still applied exactly once, in order per pair;
 //! - a hop that belongs to a `full`-ack **event tree** carries a [`TreeRef`]: the target
@@ -745,10 +746,32 @@ pub struct Forwarder {
     pub queued_appends: Arc<AtomicUsize>,
 }
 
+/// Hop-protocol messages waiting for the partition's owner to be known, oldest first.
+type Held = std::collections::VecDeque<(Instant, PeerMessage)>;
+
 impl Forwarder {
-    /// Runs until the queue closes or a `Stop` arrives.
+    /// Runs until the queue closes or a `Stop` arrives. Hop-protocol messages queued while
+    /// no owner is known (a failover, or the owner's first heartbeat not seen yet) are held
+    /// and sent, in order, once one is, up to the failover bound: a hop's `full`-ack tree
+    /// then still finishes, instead of answering "outcome unknown" for a moment's gap.
     pub fn run(self, rx: Receiver<Work>) {
-        while let Ok(first) = rx.recv() {
+        let mut held = Held::new();
+        loop {
+            let first = if held.is_empty() {
+                match rx.recv() {
+                    Ok(w) => w,
+                    Err(_) => return,
+                }
+            } else {
+                match rx.recv_timeout(RETRY_PAUSE) {
+                    Ok(w) => w,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        self.send_held(&mut held);
+                        continue;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            };
             let mut work = vec![first];
             while work.len() < BATCH_APPENDS_MAX {
                 match rx.try_recv() {
@@ -756,14 +779,16 @@ impl Forwarder {
                     Err(_) => break,
                 }
             }
-            if self.forward(work) {
+            let stop = self.forward(work, &mut held);
+            self.send_held(&mut held);
+            if stop {
                 return;
             }
         }
     }
 
-    /// Sends one drain of the queue on; true at `Stop`.
-    fn forward(&self, work: Vec<Work>) -> bool {
+    /// Sends one drain of the queue on (hop-protocol messages into `held`); true at `Stop`.
+    fn forward(&self, work: Vec<Work>, held: &mut Held) -> bool {
         let mut appends = Vec::new();
         let mut replies = Vec::new();
         let mut stop = false;
@@ -784,7 +809,14 @@ impl Forwarder {
                     });
                     replies.push(reply);
                 }
-                Work::Peer(m) => self.peer(m),
+                Work::Peer(m) => {
+                    if matches!(m, PeerMessage::Hop(_)) {
+                        if let Some(n) = self.hops_queued.get(self.id.partition as usize) {
+                            n.fetch_sub(1, Ordering::AcqRel);
+                        }
+                    }
+                    held.push_back((Instant::now(), m));
+                }
                 Work::Stop => stop = true,
                 Work::Batch { .. } => {}
                 Work::ReplayDeadLetters { topology, reply } => {
@@ -817,38 +849,38 @@ impl Forwarder {
         stop
     }
 
-    fn peer(&self, m: PeerMessage) {
-        let (host, message) = match m {
+    /// Sends the held messages, in order, if the partition's owner is known; drops those
+    /// held past the failover bound (the source re-sends its hops; a tree dropped with its
+    /// hop answers "outcome unknown" once nothing else holds it).
+    fn send_held(&self, held: &mut Held) {
+        if held.is_empty() {
+            return;
+        }
+        let owner = self.link.owners.owner(&self.id);
+        drain_held(
+            held,
+            owner.as_deref(),
+            self.link.failover_wait,
+            |host, m| self.publish(host, m),
+        );
+    }
+
+    /// Publishes one hop-protocol message to `host`, the partition's owner (a hop's tree
+    /// registered to wait for its outcome from there).
+    fn publish(&self, host: &str, m: PeerMessage) {
+        let message = match m {
             PeerMessage::Hop(hop) => {
-                if let Some(n) = self.hops_queued.get(self.id.partition as usize) {
-                    n.fetch_sub(1, Ordering::AcqRel);
-                }
-                let Some(host) = self.link.owners.owner(&self.id) else {
-                    // No owner now: the source sends it again (its tree, dropped here,
-                    // answers "outcome unknown" once nothing else holds it).
-                    return;
-                };
                 let tree = hop
                     .tree
                     .clone()
-                    .map(|t| self.link.trees.register(t, &self.id, &host));
-                (host, ToPartition::Hop(WireHop::new(&hop, tree)))
+                    .map(|t| self.link.trees.register(t, &self.id, host));
+                ToPartition::Hop(WireHop::new(&hop, tree))
             }
-            PeerMessage::Confirmed { target, next } => {
-                let Some(host) = self.link.owners.owner(&self.id) else {
-                    return;
-                };
-                (host, ToPartition::Confirmed { target, next })
-            }
-            PeerMessage::Rewind { target, from } => {
-                let Some(host) = self.link.owners.owner(&self.id) else {
-                    return;
-                };
-                (host, ToPartition::Rewind { target, from })
-            }
+            PeerMessage::Confirmed { target, next } => ToPartition::Confirmed { target, next },
+            PeerMessage::Rewind { target, from } => ToPartition::Rewind { target, from },
         };
         let client = self.link.nats.client.clone();
-        let subject = self.id.subject(&host);
+        let subject = self.id.subject(host);
         let payload = encode(&message);
         // In order: each publish is queued on the client before the next one.
         let sent = self
@@ -858,6 +890,28 @@ impl Forwarder {
             .block_on(async move { client.publish(subject, payload).await });
         if let Err(e) = sent {
             tracing::debug!("sending a hop message to another host: {e} (re-sent later)");
+        }
+    }
+}
+
+/// Sends `held` in order to `owner` if one is known (emptying it), else drops the messages
+/// held for `wait` or longer and keeps the rest.
+fn drain_held(
+    held: &mut Held,
+    owner: Option<&str>,
+    wait: Duration,
+    mut send: impl FnMut(&str, PeerMessage),
+) {
+    while let Some((since, _)) = held.front() {
+        match owner {
+            Some(host) => {
+                let (_, m) = held.pop_front().expect("a front");
+                send(host, m);
+            }
+            None if since.elapsed() >= wait => {
+                held.pop_front();
+            }
+            None => break,
         }
     }
 }
@@ -1157,6 +1211,37 @@ mod tests {
             since: 1,
             partition: 5,
         }
+    }
+
+    #[test]
+    fn hop_messages_wait_for_an_owner_in_order_and_up_to_the_bound() {
+        let confirmed = |next| PeerMessage::Confirmed { target: 1, next };
+        let mut held: Held = (1..=3).map(|n| (Instant::now(), confirmed(n))).collect();
+        let mut sent = Vec::new();
+        let mut send = |host: &str, m: PeerMessage| {
+            let PeerMessage::Confirmed { next, .. } = m else {
+                panic!("not sent as queued")
+            };
+            sent.push((host.to_string(), next));
+        };
+        // No owner known yet, within the bound: all kept.
+        drain_held(&mut held, None, Duration::from_secs(60), &mut send);
+        assert_eq!(held.len(), 3);
+        // An owner: all sent to it, in queue order.
+        drain_held(&mut held, Some("h2"), Duration::from_secs(60), &mut send);
+        assert!(held.is_empty());
+        assert_eq!(
+            sent,
+            vec![("h2".into(), 1), ("h2".into(), 2), ("h2".into(), 3)]
+        );
+        // Past the bound with no owner: the old ones dropped, the fresh one kept.
+        let old = Instant::now() - Duration::from_secs(2);
+        held.push_back((old, confirmed(4)));
+        held.push_back((Instant::now(), confirmed(5)));
+        drain_held(&mut held, None, Duration::from_secs(1), |_, _| {
+            panic!("nothing sent without an owner")
+        });
+        assert_eq!(held.len(), 1);
     }
 
     #[test]
