@@ -441,6 +441,7 @@ fn a_host_cut_off_from_nats_knows_it_and_is_seen_dead() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
+    let _logs = modules::LogsOnPanic(dir.path().to_path_buf());
     // h2 reaches every server only through a proxy the test controls.
     let proxies: Vec<Proxy> = (0..3)
         .map(|i| Proxy::start(cluster.client_port(i)))

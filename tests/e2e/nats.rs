@@ -199,6 +199,11 @@ impl Proxy {
                     continue;
                 };
                 let mut kept = conns.lock().unwrap();
+                // Checked again under the lock `cut` drains: a connection accepted as the
+                // cut began is refused, not kept past it.
+                if cut.load(Ordering::Acquire) {
+                    continue;
+                }
                 for s in [&client, &server] {
                     if let Ok(s) = s.try_clone() {
                         kept.push(s);

@@ -725,7 +725,8 @@ async fn submit(
     submit_prepared(state, module, &prepared, ack).await
 }
 
-/// Queues a prepared record; while the module is being updated, waits for its successor.
+/// Queues a prepared record; while the module is being updated (or rebuilt around a
+/// partition fenced here), waits for its successor.
 async fn submit_prepared(
     state: &AppState,
     module: &mut Arc<Module>,
@@ -740,6 +741,18 @@ async fn submit_prepared(
             {
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
                 if let Some(m) = state.registry.get(&name) {
+                    *module = m;
+                }
+            }
+            // A spread module's partition fenced here: placement rebuilds the module
+            // around it on its next tick, and the successor forwards to the new owner.
+            // Nothing was queued.
+            Err(crate::module::AppendError::Failed { .. })
+                if module.remote.is_some()
+                    && started.elapsed().as_millis() < u128::from(RECOVERY_WAIT_MS_MAX) =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                if let Some(m) = state.registry.get(&module.name) {
                     *module = m;
                 }
             }
@@ -952,8 +965,8 @@ fn check_depot(module: &Module, depot: &str) -> Result<(), ApiError> {
 fn depot_info(module: &Module, depot: &str) -> Result<Response<Full<Bytes>>, ApiError> {
     check_depot(module, depot)?;
     let mut parts = Vec::new();
-    for (k, h) in module.handles.iter().enumerate() {
-        let (start, end) = match (&h.files, &module.remote) {
+    for k in 0..module.handles.len() {
+        let (start, end) = match (module.serving_files(k as u32), &module.remote) {
             (Some(f), _) => (
                 f.log.start_offset(depot).map_err(error::storage)?,
                 f.log.end_offset(depot).map_err(error::storage)?,
@@ -1183,6 +1196,7 @@ async fn query(
     } else {
         json::parse_record(body)?
     };
+    let module = without_given_up_partitions(state, module).await?;
     for p in 0..module.partitions {
         wait_ready(&module, p).await?;
     }
@@ -1224,6 +1238,11 @@ const SELECT_SKIP_MAX: usize = 100_000;
 async fn wait_ready(module: &Module, p: u32) -> Result<(), ApiError> {
     let started = std::time::Instant::now();
     use crate::partition::worker::PartitionState;
+    if module.remote.is_some() && !module.is_local(p) {
+        // A spread module's partition on another host (or failed here for good and
+        // about to be given up): read on its owner, which waits out a failover.
+        return Ok(());
+    }
     while !module.is_ready(p) {
         match module.partition_state(p) {
             PartitionState::Restarting { cause } => {
@@ -1256,6 +1275,34 @@ async fn wait_ready(module: &Module, p: u32) -> Result<(), ApiError> {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     Ok(())
+}
+
+/// `module`, or the version of it that replaces it here, once none of its partitions
+/// is failed here and about to be given up (a spread module fenced by another host's
+/// claim): a query reads the partitions that run here from this host's stores, so it
+/// waits for placement to rebuild the module around the moved partition, up to a bound.
+async fn without_given_up_partitions(
+    state: &AppState,
+    mut module: Arc<Module>,
+) -> Result<Arc<Module>, ApiError> {
+    let started = std::time::Instant::now();
+    let given_up = |m: &Module| (0..m.partitions).find(|p| m.has_files(*p) && !m.is_local(*p));
+    while let Some(p) = given_up(&module) {
+        if started.elapsed().as_millis() as u64 > RECOVERY_WAIT_MS_MAX {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "partition-moving",
+                format!("partition {p} failed here for good and is moving to another host; retry"),
+            );
+            e.retry_after_s = Some(1);
+            return Err(e);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if let Some(now) = state.registry.get(&module.name) {
+            module = now;
+        }
+    }
+    Ok(module)
 }
 
 /// `DELETE …/dead-letters?partition=P&depot=D&offset=O`: discards one dead letter for good.
@@ -1343,8 +1390,8 @@ fn dead_letters(module: &Module, topology: &str) -> Result<Response<Full<Bytes>>
         ));
     }
     let mut out = Vec::new();
-    for (k, h) in module.handles.iter().enumerate() {
-        match (&h.files, &module.remote) {
+    for k in 0..module.handles.len() {
+        match (module.serving_files(k as u32), &module.remote) {
             (Some(files), _) => out.extend(partition_dead_letters(files, k as u32, topology)?),
             // A spread module's partition on another host: listed there.
             (None, Some(r)) => {

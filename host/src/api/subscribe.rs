@@ -405,7 +405,7 @@ async fn start(
         values_max,
         bytes_max: limits.answer_bytes_max.saturating_add(4096),
     };
-    let Some(files) = &module.handles[p as usize].files else {
+    let Some(files) = module.serving_files(p) else {
         return Err(partition_elsewhere(state, &module.name, p, req));
     };
     let store = Arc::clone(&files.store);

@@ -830,9 +830,9 @@ impl Placement {
     }
 }
 
-/// Which partitions of `m` run here.
+/// Which partitions of `m` run here (failed ones too, until given up).
 fn local_partitions(m: &crate::module::Module) -> BTreeSet<u32> {
-    (0..m.partitions).filter(|p| m.is_local(*p)).collect()
+    (0..m.partitions).filter(|p| m.has_files(*p)).collect()
 }
 
 /// Whether a live host other than `me` says it runs partition `p` of `head`'s module.

@@ -472,11 +472,30 @@ impl Module {
             })
     }
 
-    /// Whether partition `p` runs on this host.
+    /// Whether partition `p` runs on this host and serves here. A partition of a spread
+    /// module that failed for good does not (fenced: another host claimed it): this host
+    /// gives it up on its next placement tick, and until then its reads and hop messages
+    /// go to the partition's new owner.
     pub fn is_local(&self, p: u32) -> bool {
+        self.has_files(p)
+            && !(self.remote.is_some()
+                && matches!(self.partition_state(p), PartitionState::Failed { .. }))
+    }
+
+    /// Whether partition `p`'s files are open on this host (it runs here, or failed here
+    /// and is not given up yet).
+    pub fn has_files(&self, p: u32) -> bool {
         self.handles
             .get(p as usize)
             .is_some_and(|h| h.files.is_some())
+    }
+
+    /// Partition `p`'s files, if it serves here (see [`Module::is_local`]).
+    pub fn serving_files(&self, p: u32) -> Option<&PartitionFiles> {
+        self.handles[p as usize]
+            .files
+            .as_ref()
+            .filter(|_| self.is_local(p))
     }
 
     /// The PState stores of the partitions that run here.
@@ -1610,6 +1629,7 @@ fn stop_workers(module: &Module) {
     }
     for h in &module.handles {
         if let Some(tx) = h.tx.write().expect("poisoned").take() {
+            h.status.request_stop();
             let _ = tx.send(Work::Stop);
         }
     }

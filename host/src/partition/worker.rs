@@ -113,6 +113,10 @@ pub struct PartitionStatus {
     pub durable_position: AtomicU64,
     /// Why the partition last failed, if it ever did.
     pub last_failure: Mutex<Option<String>>,
+    /// Set when the partition is asked to stop, before its `Stop` is queued: an
+    /// incarnation that took the `Stop` from the queue and then failed is neither restarted
+    /// nor left waiting for another one (its queue never closes: peers hold senders).
+    stop_requested: AtomicBool,
 }
 
 impl Default for PartitionStatus {
@@ -123,6 +127,7 @@ impl Default for PartitionStatus {
             restarts: AtomicU64::new(0),
             durable_position: AtomicU64::new(0),
             last_failure: Mutex::new(None),
+            stop_requested: AtomicBool::new(false),
         }
     }
 }
@@ -134,6 +139,15 @@ impl PartitionStatus {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Marks the partition as asked to stop; queue a `Stop` after it.
+    pub fn request_stop(&self) {
+        self.stop_requested.store(true, Ordering::Release);
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop_requested.load(Ordering::Acquire)
     }
 
     fn set(&self, s: PartitionState) {
@@ -202,7 +216,8 @@ pub(super) enum Exit {
 /// The supervision loop: runs `incarnation(queue, work kept from before, restarted)` until
 /// one ends with `Stopped`; after a failure (an `Exit::Failed` or a panic) records the cause,
 /// pauses with backoff (reset once an incarnation reached `Serving`) keeping what arrives, and
-/// starts the next. A `Stop` during a pause ends it.
+/// starts the next. A `Stop` during a pause ends it, and so does a stop requested (see
+/// [`PartitionStatus::request_stop`]) whose `Stop` the failed incarnation took.
 pub(super) fn supervise(
     module: &str,
     status: &PartitionStatus,
@@ -228,7 +243,7 @@ pub(super) fn supervise(
                     cause: cause.clone(),
                 });
                 crate::metrics::inc("sluice_partition_failures_total", &[("module", module)]);
-                refuse_until_stopped(queue, std::mem::take(&mut carry), &cause);
+                refuse_until_stopped(queue, status, std::mem::take(&mut carry), &cause);
                 break;
             }
         };
@@ -242,7 +257,7 @@ pub(super) fn supervise(
         status.set(PartitionState::Restarting { cause });
         crate::metrics::inc("sluice_partition_restarts_total", &[("module", module)]);
         let pause = (RESTART_BACKOFF_MS_MIN << failures.min(10)).min(RESTART_BACKOFF_MS_MAX);
-        if wait(rx, &mut carry, Duration::from_millis(pause)) {
+        if status.stop_requested() || wait(rx, &mut carry, Duration::from_millis(pause)) {
             break;
         }
     }
@@ -259,9 +274,17 @@ pub(super) struct Queue<'a> {
     pub partition: u32,
 }
 
+/// How often a failed partition's queue looks whether a stop was requested.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
 /// A failed partition's queue: appends are answered "partition failed" (nothing was written
-/// to the log), everything else is dropped, until a `Stop`.
-fn refuse_until_stopped(queue: &Queue<'_>, carry: Vec<Work>, cause: &str) {
+/// to the log), everything else is dropped, until a `Stop` or a stop requested.
+fn refuse_until_stopped(
+    queue: &Queue<'_>,
+    status: &PartitionStatus,
+    carry: Vec<Work>,
+    cause: &str,
+) {
     let rx = queue.rx;
     let refuse = |w: Work| match w {
         Work::Stop => true,
@@ -288,7 +311,19 @@ fn refuse_until_stopped(queue: &Queue<'_>, carry: Vec<Work>, cause: &str) {
             return;
         }
     }
-    while let Ok(w) = rx.recv() {
+    while !status.stop_requested() {
+        match rx.recv_timeout(STOP_POLL) {
+            Ok(w) => {
+                if refuse(w) {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+    // Answer what is still queued: nothing takes it after this.
+    while let Ok(w) = rx.try_recv() {
         if refuse(w) {
             return;
         }
@@ -797,6 +832,45 @@ mod tests {
             "nothing queued was lost"
         );
         assert_eq!(status.state(), PartitionState::Stopped);
+    }
+
+    /// The `Stop` a partition is sent can be taken by an incarnation that then fails (a
+    /// batch held appends and the `Stop`, and the appends' write was fenced): the stop
+    /// requested ends the partition anyway, failed for good or not, instead of a restart or
+    /// a wait for a second `Stop` that never comes (the queue stays open: peers hold
+    /// senders) — an update or a reshape joining the worker would hang.
+    #[test]
+    fn a_stop_taken_by_a_failing_incarnation_still_ends_the_partition() {
+        for fatal in [false, true] {
+            let status = Arc::new(PartitionStatus::default());
+            let (tx, rx) = channel();
+            let (done_tx, done) = channel();
+            let calls = Arc::new(AtomicUsize::new(0));
+            let supervisor = {
+                let (status, calls) = (Arc::clone(&status), Arc::clone(&calls));
+                std::thread::spawn(move || {
+                    supervise("m", &status, &test_queue(&rx), |rx, _, _| {
+                        calls.fetch_add(1, Ordering::AcqRel);
+                        let taken = rx.recv().unwrap();
+                        assert!(matches!(taken, Work::Stop));
+                        if fatal {
+                            Exit::Fatal("fenced".into())
+                        } else {
+                            Exit::Failed("disk full".into())
+                        }
+                    });
+                    done_tx.send(()).unwrap();
+                })
+            };
+            status.request_stop();
+            tx.send(Work::Stop).unwrap();
+            let ended = done.recv_timeout(Duration::from_secs(10));
+            assert!(ended.is_ok(), "the partition never ended (fatal: {fatal})");
+            supervisor.join().unwrap();
+            assert_eq!(calls.load(Ordering::Acquire), 1, "restarted after a stop");
+            assert_eq!(status.state(), PartitionState::Stopped);
+            drop(tx);
+        }
     }
 
     #[test]
