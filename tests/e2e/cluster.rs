@@ -17,7 +17,9 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use sluice::cluster::fence::{Claim, ClaimError, LogView, Owner, WriteError, PART_BYTES_MAX};
+use sluice::cluster::fence::{
+    latest_claim, Claim, ClaimError, LogView, Owner, WriteError, PART_BYTES_MAX,
+};
 use sluice::cluster::jetstream::JetStreamLog;
 use sluice::cluster::log::{EntryKind, ReplicatedLog};
 use sluice::cluster::replicated::{claim_restoring, ReplicatedDepotLog, ReplicatedStore, Retry};
@@ -71,6 +73,7 @@ fn fence_holds_on_jetstream() {
     let (rt, nats) = connect(&cluster);
     let log = Arc::new(open_log(&rt, &nats, "fence", 0));
 
+    assert_eq!(latest_claim(&*log).unwrap(), None, "never claimed");
     let mut a = Owner::claim(
         Arc::clone(&log),
         "a",
@@ -107,6 +110,15 @@ fn fence_holds_on_jetstream() {
     b.write(EntryKind::In, b"b-0").unwrap();
     expected.push(b"b-0".to_vec());
     assert_eq!(restore_all(&*log), expected);
+    // The current claim in one lookup (placement's hint) is the one a full read ends at.
+    let mut view = LogView::default();
+    view.catch_up(&*log, |_| Ok(())).unwrap();
+    let latest = latest_claim(&*log).unwrap();
+    assert_eq!(
+        latest.as_ref().map(|e| (e.number, e.host.as_str())),
+        Some((2, "b"))
+    );
+    assert_eq!(latest.as_ref(), view.epoch());
 
     // Rival claimants that read the same tail: exactly one wins, every round.
     for round in 0..5 {

@@ -89,6 +89,29 @@ pub fn current_epoch<L: ReplicatedLog + ?Sized>(log: &L) -> Result<u64, ViewErro
     Ok(view.epoch().map_or(0, |e| e.number))
 }
 
+/// The partition's current claim (`None`: never claimed), from the log's last `Ctl` entry:
+/// one lookup, not a read of the log. A hint for choosing whom to claim over (placement);
+/// the claim itself is fenced by the log's last sequence, so a stale answer only loses it.
+pub fn latest_claim<L: ReplicatedLog + ?Sized>(log: &L) -> Result<Option<Epoch>, ViewError> {
+    let Some(stored) = log.last_claim()? else {
+        return Ok(None);
+    };
+    let (epoch, _, body) = unframe(&stored)?;
+    let damaged = |reason: String| ViewError::Damaged {
+        seq: stored.seq,
+        reason,
+    };
+    let claim: Epoch =
+        serde_json::from_slice(body).map_err(|e| damaged(format!("unreadable claim: {e}")))?;
+    if claim.number != epoch {
+        return Err(damaged(format!(
+            "a claim of epoch {} framed as epoch {epoch}",
+            claim.number
+        )));
+    }
+    Ok(Some(claim))
+}
+
 /// A reader's position in a partition log: the current epoch and any entry whose parts are
 /// still arriving. Restoring a partition is one view read to the end; an owner keeps reading
 /// nothing (it wrote everything after its claim itself).
@@ -475,6 +498,31 @@ mod tests {
         );
         c.write(EntryKind::In, b"two").unwrap();
         assert_eq!(bodies(&log).len(), 2);
+    }
+
+    /// The current claim found in one lookup is the one a read of the whole log ends at,
+    /// with entries of several epochs after their claims.
+    #[test]
+    fn the_latest_claim_is_the_one_a_full_read_ends_at() {
+        let log = Arc::new(MemoryLog::default());
+        assert_eq!(latest_claim(&*log).unwrap(), None);
+        let mut a = claim(&log, "a", 0);
+        a.write(EntryKind::In, b"one").unwrap();
+        assert_eq!(latest_claim(&*log).unwrap().map(|e| e.number), Some(1));
+        let mut b = claim(&log, "b", 1);
+        b.write(EntryKind::Fx, b"two").unwrap();
+        b.write(EntryKind::In, b"three").unwrap();
+        let mut view = LogView::default();
+        view.catch_up(&*log, |_| Ok(())).unwrap();
+        let latest = latest_claim(&*log).unwrap();
+        assert_eq!(latest.as_ref(), view.epoch());
+        assert_eq!(
+            latest,
+            Some(Epoch {
+                number: 2,
+                host: "b".into()
+            })
+        );
     }
 
     #[test]

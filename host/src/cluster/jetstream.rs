@@ -374,6 +374,27 @@ impl JetStreamLog {
         Ok(out)
     }
 
+    async fn last_claim_async(&self) -> Result<Option<Stored>, LogError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let stream = self
+            .nats
+            .js
+            .get_stream_no_info(&self.stream)
+            .await
+            .map_err(|e| LogError::Unavailable(e.to_string()))?;
+        let subject = format!("{}.{}", self.prefix, EntryKind::Ctl.token());
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => Ok(Some(stored(
+                m.sequence,
+                m.subject.as_str(),
+                Some(&m.headers),
+                &m.payload,
+            )?)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(LogError::Unavailable(format!("the last claim: {e}"))),
+        }
+    }
+
     async fn last_seq_async(&self) -> Result<u64, LogError> {
         let mut stream = self
             .nats
@@ -445,5 +466,10 @@ impl ReplicatedLog for JetStreamLog {
 
     fn last_seq(&self) -> Result<u64, LogError> {
         self.nats.runtime.block_on(self.last_seq_async())
+    }
+
+    /// One request to the stream leader: the last message on the `ctl` subject.
+    fn last_claim(&self) -> Result<Option<Stored>, LogError> {
+        self.nats.runtime.block_on(self.last_claim_async())
     }
 }

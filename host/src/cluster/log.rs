@@ -94,6 +94,23 @@ pub trait ReplicatedLog {
     fn read(&self, from: u64, max: usize) -> Result<Vec<Stored>, LogError>;
     /// The last stored sequence (0: empty).
     fn last_seq(&self) -> Result<u64, LogError>;
+    /// The last `Ctl` entry stored (`None`: never claimed): the partition's current claim.
+    /// This default reads the whole log (the models); a log that can look up the last
+    /// entry of a kind answers in one request.
+    fn last_claim(&self) -> Result<Option<Stored>, LogError> {
+        let mut last = None;
+        let mut from = 1;
+        loop {
+            let batch = self.read(from, 512)?;
+            let Some(end) = batch.last().map(|s| s.seq) else {
+                return Ok(last);
+            };
+            if let Some(claim) = batch.into_iter().rev().find(|s| s.kind == EntryKind::Ctl) {
+                last = Some(claim);
+            }
+            from = end + 1;
+        }
+    }
 }
 
 /// How the in-memory log answers, set by a simulation's scheduler.

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::catalog::{CatalogError, Head, ModuleCatalog};
-use super::fence::{Claim, LogView, PART_BYTES_MAX};
+use super::fence::{latest_claim, Claim, PART_BYTES_MAX};
 use super::jetstream::{JetStreamLog, Nats};
 use super::membership::{HostView, Membership, OwnedModule, OwnedPartition, UpdateFailed};
 use super::remote::{Link, PartitionInbox, RemoteTrees, Replies, TreeRef, WireAppend};
@@ -364,12 +364,11 @@ impl Placement {
         hosts: &[HostView],
     ) -> Result<Option<u64>, String> {
         let log = self.log(head, p)?;
-        let mut view = LogView::default();
-        view.catch_up(&*log, |_| Ok(()))
-            .map_err(|e| format!("reading partition {p}: {e}"))?;
-        let (over, holder) = view
-            .epoch()
-            .map_or((0, None), |e| (e.number, Some(e.host.clone())));
+        // One lookup of the last claim, not a read of the whole log: a failover's tick
+        // must not grow with the partition's history.
+        let (over, holder) = latest_claim(&*log)
+            .map_err(|e| format!("reading partition {p}'s claim: {e}"))?
+            .map_or((0, None), |e| (e.number, Some(e.host)));
         let mine = holder.as_deref() == Some(self.host.as_str());
         let holder_alive = holder
             .as_deref()
