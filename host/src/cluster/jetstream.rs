@@ -333,7 +333,7 @@ impl JetStreamLog {
     /// A pull consumer on this stream delivering from sequence `from` (none if it cannot be
     /// made now: the read takes its entries one by one).
     async fn consumer_at(&self, from: u64) -> Option<PullConsumer> {
-        let stream = self.nats.js.get_stream_no_info(&self.stream).await.ok()?;
+        let stream = self.stream_handle().await.ok()?;
         stream
             .create_consumer(pull::Config {
                 deliver_policy: DeliverPolicy::ByStartSequence {
@@ -349,14 +349,18 @@ impl JetStreamLog {
             .ok()
     }
 
-    /// Entries `from..=to`, each asked of the stream leader.
-    async fn read_each(&self, from: u64, to: u64) -> Result<Vec<Stored>, LogError> {
-        let stream = self
-            .nats
+    /// The stream, for requests to its leader (no info request on the way).
+    async fn stream_handle(&self) -> Result<async_nats::jetstream::stream::Stream<()>, LogError> {
+        self.nats
             .js
             .get_stream_no_info(&self.stream)
             .await
-            .map_err(|e| LogError::Unavailable(e.to_string()))?;
+            .map_err(|e| LogError::Unavailable(e.to_string()))
+    }
+
+    /// Entries `from..=to`, each asked of the stream leader.
+    async fn read_each(&self, from: u64, to: u64) -> Result<Vec<Stored>, LogError> {
+        let stream = self.stream_handle().await?;
         let gets = (from..=to).map(|seq| {
             let stream = &stream;
             async move { (seq, stream.get_raw_message(seq).await) }
@@ -376,12 +380,7 @@ impl JetStreamLog {
 
     async fn last_claim_async(&self) -> Result<Option<Stored>, LogError> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
-        let stream = self
-            .nats
-            .js
-            .get_stream_no_info(&self.stream)
-            .await
-            .map_err(|e| LogError::Unavailable(e.to_string()))?;
+        let stream = self.stream_handle().await?;
         let subject = format!("{}.{}", self.prefix, EntryKind::Ctl.token());
         match stream.get_last_raw_message_by_subject(&subject).await {
             Ok(m) => Ok(Some(stored(
