@@ -37,12 +37,18 @@ fn partition_owners(host: &Host, module: &str) -> Option<BTreeMap<u64, String>> 
     (owners.len() == m["partitions"].as_u64()? as usize).then_some(owners)
 }
 
-/// The owners every host in `hosts` agrees on, once they do (and none is `not`).
+/// The owners of `wc`'s partitions every host in `hosts` agrees on, once they do (and none
+/// is `not`).
 fn agreed_owners(hosts: &[&Host], not: &str) -> BTreeMap<u64, String> {
+    agreed_owners_of(hosts, "wc", not)
+}
+
+/// [`agreed_owners`] of `module`.
+fn agreed_owners_of(hosts: &[&Host], module: &str, not: &str) -> BTreeMap<u64, String> {
     eventually("every host sees one owner per partition", || {
         let views: Vec<_> = hosts
             .iter()
-            .map(|h| partition_owners(h, "wc"))
+            .map(|h| partition_owners(h, module))
             .collect::<Option<_>>()?;
         let first: &BTreeMap<u64, String> = &views[0];
         (views.iter().all(|v| v == first) && first.values().all(|o| o != not))
@@ -262,6 +268,88 @@ fn a_module_placed_per_partition_spreads_over_hosts_and_fails_over_without_loss(
             (h.get("/v1/modules/wc").status == 404).then_some(())
         });
     }
+}
+
+/// A query reads a partition on another host from one snapshot for its whole run: `kv`'s
+/// `counts` reads one key's field count 300 times through a host that does not own the
+/// key's partition while the owner takes new fields for that key; every read of one query
+/// answers the same count, and the counts move between queries (the writes were
+/// concurrent). A query after the writes sees them all.
+#[test]
+#[ignore = "needs nats-server: make test-cluster"]
+fn a_query_reads_each_partition_on_another_host_from_one_snapshot() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let _logs = LogsOnPanic(dir.path().to_path_buf());
+    let hosts = three_hosts(dir.path(), &cluster.urls());
+    let r = hosts["h2"].deploy("kv", &module_wasm("kv"), "?placement=partitions");
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let owners = agreed_owners_of(&all(&hosts), "kv", "");
+    let via = &hosts["h1"];
+    // A key whose partition another host owns.
+    let (key, owner) = (0..)
+        .find_map(|i| {
+            let key = format!("k{i}");
+            let put = json!({"key": key, "field": 0, "value": "v"});
+            let (a, _) = append_until_acked(via, "kv", "puts", "full", &put, &key);
+            let owner = &owners[&a["partition"].as_u64().expect("partition")];
+            (owner != "h1").then(|| (key, owner.clone()))
+        })
+        .unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (addr, key, stop) = (hosts[&owner].addr.clone(), key.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut client = sluice::client::Client::new(&addr).unwrap();
+            let mut field = 1u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && field < 100_000 {
+                let put = json!({"key": key, "field": field, "value": "v"});
+                let r = client
+                    .request(
+                        "POST",
+                        "/v1/modules/kv/depots/puts/append?ack=append",
+                        "application/json",
+                        put.to_string().as_bytes(),
+                    )
+                    .expect("an answer");
+                assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                field += 1;
+            }
+            field - 1
+        })
+    };
+    let query = json!({"keys": vec![key.clone(); 300]});
+    let run = |h: &Host| -> Vec<u64> {
+        let r = h.post_json("/v1/modules/kv/queries/counts", &query);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        serde_json::from_value(r.json()["result"].clone()).unwrap()
+    };
+    let mut seen = BTreeSet::new();
+    for i in 0..20 {
+        // Mostly through a host without the partition; now and then through its owner.
+        let h = if i % 5 == 4 { &hosts[&owner] } else { via };
+        let counts = run(h);
+        assert_eq!(counts.len(), 300);
+        assert!(
+            counts.iter().all(|c| *c == counts[0]),
+            "one query read two states of partition of `{key}` through {}: {:?}",
+            h.addr,
+            counts.iter().collect::<BTreeSet<_>>()
+        );
+        seen.insert(counts[0]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    assert!(
+        seen.len() >= 3,
+        "the counts hardly moved between queries (so nothing was written during them): {seen:?}"
+    );
+    eventually("a new query sees every write", || {
+        run(via).iter().all(|c| *c == written + 1).then_some(())
+    });
 }
 
 /// One `full` append, answered 200 at the first try.

@@ -245,6 +245,15 @@ impl From<QueryError> for ApiError {
             QueryError::Storage(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
             }
+            QueryError::Unavailable(_) => {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "partition-unavailable",
+                    message,
+                );
+                e.retry_after_s = Some(1);
+                e
+            }
             QueryError::BadAnswer(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "query-failed", message)
                     .detail("guest_error", "invalid-value")

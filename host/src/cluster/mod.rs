@@ -14,7 +14,9 @@
 //! - [`catalog`]: the modules deployed on the cluster, their components in JetStream;
 //! - [`placement`]: which host runs which module, claims after a host dies, routing;
 //! - [`remote`]: a spread module's partitions on other hosts: appends, hops and event
-//!   trees between hosts over core NATS.
+//!   trees between hosts over core NATS;
+//! - [`pinned`]: the snapshots a partition's owner holds for queries of other hosts (one
+//!   snapshot per partition per query).
 //!
 //! Without `--cluster` none of this runs: the host is the embedded single node.
 
@@ -24,6 +26,7 @@ pub mod fence;
 pub mod jetstream;
 pub mod log;
 pub mod membership;
+pub mod pinned;
 pub mod placement;
 pub mod remote;
 pub mod replicated;

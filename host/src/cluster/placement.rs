@@ -476,6 +476,7 @@ impl Placement {
                 registry: Arc::clone(&self.registry),
                 module: name.clone(),
                 link: Arc::clone(&self.link),
+                pinned: Default::default(),
             });
             let subject = super::remote::PartitionId {
                 module: name.clone(),
@@ -885,12 +886,14 @@ fn spread_view(head: &Head, hosts: &[HostView]) -> serde_json::Value {
     })
 }
 
-/// The owner's side of a spread module's partitions here: puts what other hosts send on the
-/// partitions' queues of the module version running now.
+/// The owner's side of a spread module's partition here: puts what other hosts send on the
+/// partition's queue of the module version running now, and answers their reads.
 struct ModuleInbox {
     registry: Arc<Registry>,
     module: String,
     link: Arc<Link>,
+    /// The snapshots queries of other hosts hold of the partition.
+    pinned: super::pinned::PinnedSnapshots,
 }
 
 impl ModuleInbox {
@@ -1036,9 +1039,24 @@ impl PartitionInbox for ModuleInbox {
         pstate: &str,
         path: &[crate::pstate::Navigator],
         limit: usize,
+        pin: Option<&super::remote::Pin>,
     ) -> Option<Result<Vec<crate::value::Value>, crate::pstate::AccessError>> {
         let m = self.local(p)?;
-        Some(m.select(pstate, path, Some(p), limit))
+        let Some(pin) = pin else {
+            return Some(m.select(pstate, path, Some(p), limit));
+        };
+        Some(self.pinned.read(
+            pin,
+            p,
+            || Ok(Arc::clone(&m.local_files(p)?.store)),
+            |store, snapshot| {
+                crate::pstate::select_in(store, &m.catalog, pstate, path, snapshot, limit)
+            },
+        ))
+    }
+
+    fn end_query(&self, _p: u32, query: &super::remote::QueryRef) {
+        self.pinned.end(query);
     }
 }
 

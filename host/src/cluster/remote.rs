@@ -120,12 +120,17 @@ pub enum ToPartition {
         target: u32,
         from: u64,
     },
-    /// A select from the partition's committed state, answered with a [`Selected`].
+    /// A select from the partition's committed state, answered with a [`Selected`]; with a
+    /// `pin`, from the snapshot the pin's query holds there ([`super::pinned`]).
     Select {
         pstate: String,
         path: Vec<Navigator>,
         limit: usize,
+        #[serde(default)]
+        pin: Option<Pin>,
     },
+    /// The query ended: the snapshot it held of the partition is dropped. Not answered.
+    EndQuery(QueryRef),
     /// A depot's first offset and end on the partition, answered with a [`Selected`] of
     /// the two.
     DepotBounds {
@@ -149,6 +154,40 @@ pub enum ToPartition {
         offset: u64,
         by: String,
     },
+}
+
+/// A query running on host `host`, as the owners of the partitions it reads name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct QueryRef {
+    pub host: String,
+    pub id: u64,
+}
+
+impl QueryRef {
+    /// A new query's ref on `host`, unique also across restarts of the host (ids start from
+    /// the time the process first made one).
+    pub fn next(host: &str) -> Self {
+        static NEXT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+        let next = NEXT.get_or_init(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            AtomicU64::new(now.as_nanos() as u64)
+        });
+        Self {
+            host: host.to_string(),
+            id: next.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+/// A query's select of a partition on another host: read from the snapshot the query holds
+/// there, opened by its first read (`first`), held for `hold_ms` at most.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pin {
+    pub query: QueryRef,
+    pub first: bool,
+    pub hold_ms: u64,
 }
 
 /// A dead-letter operation on a partition (see [`ToPartition`]).
@@ -616,8 +655,40 @@ impl Link {
                 pstate: pstate.to_string(),
                 path: path.to_vec(),
                 limit,
+                pin: None,
             },
         )
+    }
+
+    /// A query's select of partition `p` on the host that owns it, from the snapshot the
+    /// query holds there ([`super::pinned`]); also the host that answered. Blocking.
+    pub fn select_pinned(
+        &self,
+        id: &PartitionId,
+        pstate: &str,
+        path: &[Navigator],
+        limit: usize,
+        pin: Pin,
+    ) -> Result<(Vec<Value>, String), AccessError> {
+        self.read_at(
+            id,
+            ToPartition::Select {
+                pstate: pstate.to_string(),
+                path: path.to_vec(),
+                limit,
+                pin: Some(pin),
+            },
+        )
+    }
+
+    /// Tells `host` that `query` ended: the snapshot it held of partition `id` is dropped
+    /// (fire and forget: the hold expires anyway).
+    pub fn end_query(&self, id: &PartitionId, host: &str, query: QueryRef) {
+        let (client, subject) = (self.nats.client.clone(), id.subject(host));
+        let payload = encode(&ToPartition::EndQuery(query));
+        self.nats.runtime.spawn(async move {
+            let _ = client.publish(subject, payload).await;
+        });
     }
 
     /// `depot`'s `(start, end)` offsets on partition `id`, from the host that owns it.
@@ -668,6 +739,15 @@ impl Link {
     /// A read of partition `id` on the host that owns it (retried while no host does, up to
     /// the failover bound).
     fn read(&self, id: &PartitionId, message: ToPartition) -> Result<Vec<Value>, AccessError> {
+        self.read_at(id, message).map(|(values, _)| values)
+    }
+
+    /// [`Self::read`], with the host that answered.
+    fn read_at(
+        &self,
+        id: &PartitionId,
+        message: ToPartition,
+    ) -> Result<(Vec<Value>, String), AccessError> {
         let p = id.partition;
         let payload = encode(&message);
         let deadline = Instant::now() + self.failover_wait;
@@ -707,7 +787,7 @@ impl Link {
                     .map_err(|e| AccessError::new("partition-unavailable", e))?,
             };
             match selected {
-                Selected::Values(v) => return Ok(v),
+                Selected::Values(v) => return Ok((v, host)),
                 Selected::Refused { code, message } => {
                     return Err(AccessError::new(intern(&code), message))
                 }
@@ -991,15 +1071,18 @@ pub trait PartitionInbox: Send + Sync {
     /// `depot`'s `(start, end)` offsets on partition `p`; `None` if `p` does not run here.
     /// Blocking.
     fn depot_bounds(&self, p: u32, depot: &str) -> Option<Result<(u64, u64), AccessError>>;
-    /// Selects from partition `p`'s committed state; `None` if `p` does not run here.
-    /// Blocking.
+    /// Selects from partition `p`'s committed state, or with a `pin` from the snapshot its
+    /// query holds ([`super::pinned`]); `None` if `p` does not run here. Blocking.
     fn select(
         &self,
         p: u32,
         pstate: &str,
         path: &[Navigator],
         limit: usize,
+        pin: Option<&Pin>,
     ) -> Option<Result<Vec<Value>, AccessError>>;
+    /// A query reading partition `p` ended: drops the snapshot it held.
+    fn end_query(&self, p: u32, query: &QueryRef);
 }
 
 /// The owner's side of partition `p`: takes its subject's messages until aborted.
@@ -1064,6 +1147,7 @@ pub async fn serve(
                 ToPartition::Rewind { target, from } => {
                     inbox.peer(p, PeerMessage::Rewind { target, from })
                 }
+                ToPartition::EndQuery(query) => inbox.end_query(p, &query),
                 m @ (ToPartition::Select { .. }
                 | ToPartition::DepotBounds { .. }
                 | ToPartition::DeadLetters { .. }
@@ -1107,7 +1191,8 @@ fn read_here(
             pstate,
             path,
             limit,
-        } => inbox.select(p, &pstate, &path, limit),
+            pin,
+        } => inbox.select(p, &pstate, &path, limit, pin.as_ref()),
         ToPartition::DepotBounds { depot } => inbox.depot_bounds(p, &depot).map(|r| {
             r.map(|(start, end)| vec![Value::Integer(start.into()), Value::Integer(end.into())])
         }),

@@ -115,9 +115,10 @@ impl Imports {
         std::mem::take(&mut self.hops)
     }
 
-    /// The next query call reads through `reads` (`None` after it).
-    pub fn set_query(&mut self, reads: Option<QueryReads>) {
-        self.query = reads;
+    /// The next query call reads through `reads` (`None` after it); returns the reads set
+    /// before.
+    pub fn set_query(&mut self, reads: Option<QueryReads>) -> Option<QueryReads> {
+        std::mem::replace(&mut self.query, reads)
     }
 }
 

@@ -1485,6 +1485,8 @@ impl Registry {
             link: Arc::clone(&r.link),
             module: manifest.name.clone(),
             since: r.since,
+            host: r.link.trees.host.clone(),
+            hold_ms: self.runtime.limits().query_deadline_ms + QUERY_HOLD_MARGIN_MS,
         }));
         let append_counters = validated
             .depots
@@ -1608,6 +1610,10 @@ fn read_manifest(dir: &Path) -> Result<Manifest, String> {
 
 /// Backoff before a handler's retry n is this `<< n` milliseconds.
 const RETRY_BACKOFF_BASE_MS: u64 = 5;
+
+/// How much longer than the query deadline another host holds a query's snapshot of its
+/// partition (the query's end message may be lost; `cluster::pinned`).
+const QUERY_HOLD_MARGIN_MS: u64 = 1_000;
 
 /// How long an update waits for the old version to drain.
 const UPDATE_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(30);

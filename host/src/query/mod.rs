@@ -6,10 +6,14 @@
 //! the host imports); each partition is read from one redb snapshot, all taken together when
 //! the query starts (between two microbatch applies: the module's apply gate) and kept until
 //! the query ends, so a query never sees a partition change under it nor half of a
-//! microbatch; a query is bounded by the `query_deadline_ms` limit and the instance memory cap like any
+//! microbatch; a partition on another host of a cluster (a spread module) is read from one
+//! snapshot its owner takes at the query's first read of it and holds until the query ends
+//! (`cluster::pinned`) — if that snapshot is lost mid-query (the partition moved), the query
+//! answers [`QueryError::Unavailable`] (503, retry) whatever the guest did with the error;
+//! a query is bounded by the `query_deadline_ms` limit and the instance memory cap like any
 //! guest call, and a failed query's instance is replaced.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use redb::ReadTransaction;
@@ -27,18 +31,82 @@ pub struct QueryReads {
     /// `None` for a partition another host runs.
     stores: Vec<Option<Arc<PStateStore>>>,
     snapshots: Vec<Option<ReadTransaction>>,
-    remote: Option<RemoteReads>,
+    remote: Option<Pinned>,
     select_values_max: usize,
 }
 
 /// How a query reads the partitions of a spread module that run on other hosts: each read
-/// is a select on the partition's owner, from its latest commit (not from one snapshot
-/// taken when the query started, as the local partitions are).
+/// is a select on the partition's owner, from the snapshot the owner took at the query's
+/// first read of that partition and holds for it (`cluster::pinned`).
 #[derive(Clone)]
 pub struct RemoteReads {
     pub link: Arc<crate::cluster::remote::Link>,
     pub module: String,
     pub since: u64,
+    /// This host's id (it names the query to the owners).
+    pub host: String,
+    /// How long an owner holds a query's snapshot at most: the query deadline and a margin.
+    pub hold_ms: u64,
+}
+
+/// One query's reads of other hosts' partitions.
+struct Pinned {
+    reads: RemoteReads,
+    query: crate::cluster::remote::QueryRef,
+    /// The partitions read there so far, each with the host holding its snapshot.
+    held: Mutex<BTreeMap<u32, String>>,
+    /// The first read refused because a partition was unavailable or its snapshot lost.
+    unavailable: Mutex<Option<String>>,
+}
+
+impl Pinned {
+    fn select(
+        &self,
+        p: u32,
+        pstate: &str,
+        path: &[Navigator],
+        limit: usize,
+    ) -> Result<Vec<Value>, AccessError> {
+        let r = &self.reads;
+        let id = crate::cluster::remote::PartitionId {
+            module: r.module.clone(),
+            since: r.since,
+            partition: p,
+        };
+        let pin = crate::cluster::remote::Pin {
+            query: self.query.clone(),
+            first: !self.held.lock().expect("poisoned").contains_key(&p),
+            hold_ms: r.hold_ms,
+        };
+        match r.link.select_pinned(&id, pstate, path, limit, pin) {
+            Ok((values, host)) => {
+                self.held.lock().expect("poisoned").entry(p).or_insert(host);
+                Ok(values)
+            }
+            Err(e) => {
+                if matches!(e.code, "partition-unavailable" | "snapshot-lost") {
+                    let mut unavailable = self.unavailable.lock().expect("poisoned");
+                    unavailable.get_or_insert_with(|| e.message.clone());
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Pinned {
+    /// The query ended: its owners drop the snapshots they hold for it.
+    fn drop(&mut self) {
+        let r = &self.reads;
+        for (&p, host) in self.held.get_mut().expect("poisoned").iter() {
+            let id = crate::cluster::remote::PartitionId {
+                module: r.module.clone(),
+                since: r.since,
+                partition: p,
+            };
+            r.link.end_query(&id, host, self.query.clone());
+        }
+    }
 }
 
 impl QueryReads {
@@ -57,6 +125,12 @@ impl QueryReads {
             .iter()
             .map(|s| s.as_ref().map(|s| s.begin_read()).transpose())
             .collect::<Result<_, _>>()?;
+        let remote = remote.map(|reads| Pinned {
+            query: crate::cluster::remote::QueryRef::next(&reads.host),
+            reads,
+            held: Mutex::default(),
+            unavailable: Mutex::default(),
+        });
         Ok(Self {
             catalog,
             stores: stores.to_vec(),
@@ -64,6 +138,13 @@ impl QueryReads {
             remote,
             select_values_max,
         })
+    }
+
+    /// Why a read of another host's partition was refused as unavailable (it moved, or its
+    /// snapshot for this query was lost), if one was: the query then answers 503.
+    pub fn unavailable(&self) -> Option<String> {
+        let remote = self.remote.as_ref()?;
+        remote.unavailable.lock().expect("poisoned").clone()
     }
 
     /// The partition holding `path` of `pstate` (see [`Catalog::home_partition`]).
@@ -98,12 +179,7 @@ impl QueryReads {
                 let r = remote.as_ref().ok_or_else(|| {
                     AccessError::new("partition-elsewhere", format!("partition {p} is not here"))
                 })?;
-                let id = crate::cluster::remote::PartitionId {
-                    module: r.module.clone(),
-                    since: r.since,
-                    partition: p,
-                };
-                return r.link.select(&id, pstate, path, limit);
+                return r.select(p, pstate, path, limit);
             };
             let mut view = SnapshotView { store, snapshot };
             crate::pstate::select_with(&mut view, &catalog, pstate, limit, path)
@@ -165,6 +241,10 @@ pub enum QueryError {
     BadAnswer(String),
     #[error("storage: {0}")]
     Storage(String),
+    /// A partition on another host could not be read from one snapshot for the whole query
+    /// (it moved, or no host owns it now): retry.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A module's queries and the instances that run them.
@@ -257,10 +337,12 @@ impl Queries {
             .expect("query instances are made with `Imports`");
         imports.set_query(Some(reads));
         let result = instance.query(name, &to_cbor(args), partitions);
-        let fault = instance.imports_mut::<Imports>().and_then(|imports| {
-            imports.set_query(None);
-            imports.take_storage_fault()
-        });
+        let (reads, fault) = instance
+            .imports_mut::<Imports>()
+            .map(|imports| (imports.set_query(None), imports.take_storage_fault()))
+            .unwrap_or_default();
+        let unavailable = reads.as_ref().and_then(QueryReads::unavailable);
+        drop(reads);
         // A failed call already replaced the instance's store; either way it is reusable.
         let mut idle = self.idle.lock().expect("poisoned");
         if idle.len() < IDLE_INSTANCES_MAX {
@@ -270,6 +352,10 @@ impl Queries {
         if let Some(e) = fault {
             // A read failed on the host's side: a server fault, whatever the guest answered.
             return Err(QueryError::Storage(e.message));
+        }
+        if let Some(why) = unavailable {
+            // Not one snapshot of every partition it read: no answer, whatever the guest said.
+            return Err(QueryError::Unavailable(why));
         }
         match result {
             Ok(Ok(bytes)) => from_cbor(&bytes).map_err(|e| QueryError::BadAnswer(e.to_string())),

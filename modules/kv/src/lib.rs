@@ -2,13 +2,14 @@
 //! "value": "v"}`, hash-partitioned by `key`; `"value": null` removes the field), PState `kv`
 //! (`map<string, subindexed map<int, string>>`: each key holds a sorted map that may grow to
 //! millions of fields, range-read with one seek), and a stream topology applying the puts. The
-//! handler answers with the key's field count (O(1), from the subindex).
+//! handler answers with the key's field count (O(1), from the subindex). Query `counts`
+//! (`{"keys": ["a", "b"]}`): each key's field count, in order, each read where the key lives.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use sluice_sdk::{
-    AckReturn, Ctx, Definition, Depot, Module, PStateDef, Partitioner, Result, Subindexed,
+    AckReturn, Ctx, Definition, Depot, Module, PStateDef, Partitioner, QueryCtx, Result, Subindexed,
 };
 
 #[derive(Deserialize)]
@@ -34,7 +35,18 @@ impl Module for Kv {
         m.stream_topology("apply")
             .on(PUTS, apply)
             .on(DIRECT_PUTS, apply);
+        m.query("counts", counts);
     }
+}
+
+#[derive(Deserialize)]
+struct Keys {
+    keys: Vec<String>,
+}
+
+fn counts(q: &QueryCtx, args: Keys) -> Result<Vec<u64>> {
+    let kv = q.pstate(KV);
+    args.keys.iter().map(|k| kv.count(k)).collect()
 }
 
 fn apply(ctx: &Ctx, put: Put) -> Result<AckReturn<u64>> {
