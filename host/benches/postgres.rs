@@ -22,6 +22,10 @@
 #[path = "../../tests/e2e/harness.rs"]
 mod harness;
 
+#[allow(dead_code)]
+#[path = "common/goals.rs"]
+mod goals;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -120,6 +124,16 @@ fn main() {
                 ms(append.p99_ms),
                 append.records_per_s / p.records_per_s,
             );
+            for (ack, r) in [("full", &full), ("append", &append)] {
+                record_goal(
+                    w,
+                    *partitions,
+                    ack,
+                    r.records_per_s,
+                    p.records_per_s,
+                    fsyncs,
+                );
+            }
         }
     }
     // Both sides did the work they were asked: every answered record is in the log, and
@@ -135,6 +149,43 @@ fn main() {
         print!("; `{module}`'s `words` depot holds {stored} records (≥ the {sent} answered with success)");
     }
     println!(".");
+}
+
+/// The row of issue 15's goals table for workload `w` at `ack` (`common/goals.rs`): 16
+/// single-record clients ≥ 3× PostgreSQL, 1,000-record batches ≥ 5×, one client against
+/// the disk's fsync rate (the limit at one fsync per answer).
+fn record_goal(w: Workload, partitions: u32, ack: &str, sluice: f64, pg: f64, fsyncs: f64) {
+    let at = format!("{partitions} partitions, `{ack}`");
+    let figure = format!("{sluice:.0} records/s");
+    let postgres = format!("PostgreSQL: {pg:.0}");
+    match (w.batch, w.clients) {
+        (1, 1) => goals::record(
+            &format!("one client at the fsync limit ({at})"),
+            &figure,
+            &format!("{fsyncs:.0} fdatasyncs/s; {postgres}"),
+            sluice,
+            fsyncs,
+            goals::Target::RatioAtLeast(0.9),
+        ),
+        (1, clients) => goals::record(
+            &format!("event log + counts ≥ 3× PostgreSQL, {clients} single-record clients ({at})"),
+            &figure,
+            &postgres,
+            sluice,
+            pg,
+            goals::Target::RatioAtLeast(3.0),
+        ),
+        (batch, clients) => goals::record(
+            &format!(
+                "event log + counts ≥ 5× PostgreSQL, {batch}-record batches, {clients} clients ({at})"
+            ),
+            &figure,
+            &postgres,
+            sluice,
+            pg,
+            goals::Target::RatioAtLeast(5.0),
+        ),
+    }
 }
 
 fn ms(v: Option<f64>) -> String {

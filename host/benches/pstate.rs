@@ -7,6 +7,10 @@
 #[path = "../../tests/e2e/harness.rs"]
 mod harness;
 
+#[allow(dead_code)]
+#[path = "common/goals.rs"]
+mod goals;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -306,6 +310,14 @@ fn main() {
             a.0 / b.0
         );
     }
+    goals::record(
+        "in-process key select ≤ 2× a raw redb read",
+        &format!("{:.1} µs p50", key_sel.0),
+        &format!("raw redb point read: {:.1} µs", raw_key.0),
+        key_sel.0,
+        raw_key.0,
+        goals::Target::RatioAtMost(2.0),
+    );
     println!(
         "\nNested transform `kv[\"big\"][n] = \"v<n>\"` through the session/engine, {BATCH} per commit: {transform_rate:.0} writes/s; raw redb inserts of the same 1M pairs, same batches and durability: {raw_rate:.0} writes/s; ratio {:.2}.",
         transform_rate / raw_rate

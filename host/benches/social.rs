@@ -13,6 +13,10 @@ mod harness;
 #[path = "../src/bin/sluice-load.rs"]
 mod load;
 
+#[allow(dead_code)]
+#[path = "common/goals.rs"]
+mod goals;
+
 use std::time::Instant;
 
 use clap::Parser;
@@ -332,4 +336,43 @@ fn main() {
         native.celebrity_deliveries,
         ratio(native.celebrity_ms, celebrity_ms),
     );
+    record_goals(&native, &single, &batched);
+}
+
+/// The `social` rows of issue 15's goals table (`common/goals.rs`).
+fn record_goals(native: &Native, single: &load::Report, batched: &load::Report) {
+    use goals::Target;
+    let baseline = format!(
+        "native Rust + redb: {:.0} deliveries/s",
+        native.deliveries_per_s
+    );
+    for (shape, r) in [
+        ("16 clients × 1 post", single),
+        ("8 clients × 25 posts", batched),
+    ] {
+        goals::record(
+            &format!("`social` deliveries ≥ 1.0× native ({shape})"),
+            &format!("{:.0} deliveries/s", r.deliveries_per_s),
+            &baseline,
+            r.deliveries_per_s,
+            native.deliveries_per_s,
+            Target::RatioAtLeast(1.0),
+        );
+        goals::record(
+            &format!("timeline query p99 < 5 ms during the writes ({shape})"),
+            &format!("{:.2} ms (p50 {:.2})", r.query.p99_ms, r.query.p50_ms),
+            "",
+            r.query.p99_ms,
+            0.0,
+            Target::Below(5.0),
+        );
+        goals::record(
+            &format!("`full`-ack p99 reported ({shape})"),
+            &format!("{:.1} ms (p50 {:.1})", r.ack.p99_ms, r.ack.p50_ms),
+            "",
+            r.ack.p99_ms,
+            0.0,
+            Target::Report,
+        );
+    }
 }

@@ -9,6 +9,10 @@
 #[path = "../../tests/e2e/harness.rs"]
 mod harness;
 
+#[allow(dead_code)]
+#[path = "common/goals.rs"]
+mod goals;
+
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -165,4 +169,17 @@ fn main() {
         sentences / native_s
     );
     println!("| `bank` transfers (microbatch, debit + hop + credit) | {transfers:.0} | {native_b:.0} | {:.2} |", transfers / native_b);
+    for (what, figure, native) in [
+        ("`sentences` ≥ 0.5× native", sentences, native_s),
+        ("`bank` transfers ≥ 0.5× native", transfers, native_b),
+    ] {
+        goals::record(
+            what,
+            &format!("{figure:.0} records/s"),
+            &format!("native Rust + redb: {native:.0}"),
+            figure,
+            native,
+            goals::Target::RatioAtLeast(0.5),
+        );
+    }
 }

@@ -21,6 +21,8 @@
 //!   membership (`sluice serve --cluster`).
 //! - [`storage`]: redb files: headers (format, identity), seals (checksums), reopening,
 //!   offline checks.
+//! - [`journal`]: one append-only log shared by many writers, made durable by group commit
+//!   (one fsync for every writer waiting); not yet written through (issue 15).
 
 pub mod api;
 pub mod cli;
@@ -29,6 +31,7 @@ pub mod cluster;
 pub mod config;
 pub mod depot;
 pub mod imports;
+pub mod journal;
 pub mod metrics;
 pub mod module;
 pub mod partition;
