@@ -49,6 +49,17 @@ pub struct RemoteReads {
     pub hold_ms: u64,
 }
 
+impl RemoteReads {
+    /// Partition `p` of this module incarnation, as the cluster names it.
+    fn partition(&self, p: u32) -> crate::cluster::remote::PartitionId {
+        crate::cluster::remote::PartitionId {
+            module: self.module.clone(),
+            since: self.since,
+            partition: p,
+        }
+    }
+}
+
 /// One query's reads of other hosts' partitions.
 struct Pinned {
     reads: RemoteReads,
@@ -68,11 +79,7 @@ impl Pinned {
         limit: usize,
     ) -> Result<Vec<Value>, AccessError> {
         let r = &self.reads;
-        let id = crate::cluster::remote::PartitionId {
-            module: r.module.clone(),
-            since: r.since,
-            partition: p,
-        };
+        let id = r.partition(p);
         let pin = crate::cluster::remote::Pin {
             query: self.query.clone(),
             first: !self.held.lock().expect("poisoned").contains_key(&p),
@@ -99,12 +106,7 @@ impl Drop for Pinned {
     fn drop(&mut self) {
         let r = &self.reads;
         for (&p, host) in self.held.get_mut().expect("poisoned").iter() {
-            let id = crate::cluster::remote::PartitionId {
-                module: r.module.clone(),
-                since: r.since,
-                partition: p,
-            };
-            r.link.end_query(&id, host, self.query.clone());
+            r.link.end_query(&r.partition(p), host, self.query.clone());
         }
     }
 }
